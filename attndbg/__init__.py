@@ -1,0 +1,27 @@
+"""attndbg — find the attention bugs that never raise.
+
+``import attndbg`` is cheap: torch is imported only when :func:`diagnose` runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["diagnose", "Report", "Finding", "Severity", "__version__"]
+
+if TYPE_CHECKING:
+    from attndbg.engine import diagnose
+    from attndbg.report import Finding, Report, Severity
+
+
+def __getattr__(name: str) -> Any:
+    if name == "diagnose":
+        from attndbg.engine import diagnose
+
+        return diagnose
+    if name in ("Report", "Finding", "Severity", "CaseReport"):
+        from attndbg import report
+
+        return getattr(report, name)
+    raise AttributeError(f"module 'attndbg' has no attribute {name!r}")

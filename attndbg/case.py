@@ -1,0 +1,127 @@
+"""A case: the tensors of one attention call plus its settings, before any checking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from attndbg.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+ROLE_ALIASES: dict[str, tuple[str, ...]] = {
+    "q": ("q", "query"),
+    "k": ("k", "key"),
+    "v": ("v", "value"),
+    "mask": ("mask", "attn_mask", "attention_mask", "key_padding_mask"),
+    "weights": ("weights", "attn_weights", "attn", "probs"),
+    "scores": ("scores", "logits"),
+    "out": ("out", "output"),
+}
+ALIAS_TO_ROLE = {alias: role for role, aliases in ROLE_ALIASES.items() for alias in aliases}
+ROLE_ORDER = ("q", "k", "v", "mask", "scores", "weights", "out")
+MASK_SEMANTICS = ("keep", "drop", "additive")
+SETTING_KEYS = (
+    "is_causal",
+    "scale",
+    "layout",
+    "mask_semantics",
+    "enable_gqa",
+    "dropout_p",
+    "source",
+)
+DEFAULT_LAYOUT = {4: "bhsd", 3: "bsd", 2: "sd"}
+LAYOUT_LETTERS = set("bhsd")
+
+
+@dataclass
+class Settings:
+    """What the user told us (flags override metadata); ``None`` means "not said"."""
+
+    is_causal: bool | None = None
+    scale: float | None = None
+    layout: str | None = None
+    mask_semantics: str | None = None
+    enable_gqa: bool | None = None
+    dropout_p: float | None = None
+    source: str | None = None
+
+    def merged_over(self, base: Settings) -> Settings:
+        return Settings(
+            **{
+                key: getattr(self, key) if getattr(self, key) is not None else getattr(base, key)
+                for key in SETTING_KEYS
+            }
+        )
+
+
+@dataclass
+class Case:
+    name: str
+    file: str
+    tensors: dict[str, torch.Tensor]
+    keys: dict[str, str] = field(default_factory=dict)  # role -> name of the tensor in the file
+    settings: Settings = field(default_factory=Settings)
+    origins: dict[str, str] = field(default_factory=dict)  # setting -> "flag" | "metadata"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mask_key(self) -> str:
+        return self.keys.get("mask", "mask").rsplit(".", 1)[-1].lower()
+
+
+def parse_bool(value: str, what: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise InputError(f"{what} is {value!r}; expected true or false")
+
+
+def parse_layout(value: str, what: str = "layout") -> str:
+    layout = value.strip().lower()
+    if (
+        not 2 <= len(layout) <= 4
+        or set(layout) - LAYOUT_LETTERS
+        or len(set(layout)) != len(layout)
+        or "s" not in layout
+        or "d" not in layout
+    ):
+        raise UsageError(
+            f"{what} {value!r} is not a layout; use letters b (batch), h (heads), s (sequence), "
+            "d (dim), e.g. bhsd, bshd, bsd, sbd"
+        )
+    return layout
+
+
+def parse_mask_semantics(value: str, what: str = "mask_semantics") -> str:
+    lowered = value.strip().lower()
+    if lowered not in MASK_SEMANTICS:
+        raise UsageError(f"{what} is {value!r}; expected one of {', '.join(MASK_SEMANTICS)}")
+    return lowered
+
+
+def settings_from_strings(values: dict[str, str], where: str) -> Settings:
+    """Parse metadata strings; a bad value is an input error naming the key."""
+    parsed: dict[str, Any] = {}
+    for key, raw in values.items():
+        what = f"{where}: metadata {key}"
+        try:
+            if key in ("is_causal", "enable_gqa"):
+                parsed[key] = parse_bool(raw, what)
+            elif key in ("scale", "dropout_p"):
+                try:
+                    parsed[key] = float(raw)
+                except ValueError:
+                    raise InputError(f"{what} is {raw!r}; expected a number") from None
+            elif key == "layout":
+                parsed[key] = parse_layout(raw, what)
+            elif key == "mask_semantics":
+                parsed[key] = parse_mask_semantics(raw, what)
+            elif key == "source":
+                parsed[key] = raw
+        except UsageError as exc:
+            raise InputError(str(exc)) from None
+    return Settings(**parsed)

@@ -1,0 +1,1 @@
+"""Checks, one module per stage (family). Importing a module registers its checks."""

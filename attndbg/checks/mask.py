@@ -1,0 +1,446 @@
+"""Stage 4 — mask: coverage, fully masked rows, conventions, causal structure, fill values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from attndbg.context import MASKED_BIAS
+from attndbg.hypotheses import evidence, explained, verdicts
+from attndbg.registry import Check, Hit
+from attndbg.report import Severity
+
+if TYPE_CHECKING:
+    import torch
+
+    from attndbg.context import CaseContext
+
+LEAK_TOLERANCE = 1e-4  # weight on a masked or future key that still counts as "none"
+
+
+def keep_matrix(ctx: CaseContext) -> torch.Tensor | None:
+    """The mask as booleans (True = attended) under the assumed semantics, stored shape."""
+    import torch
+
+    mask = ctx.mask4d
+    if mask is None:
+        return None
+    semantics = ctx.mask_semantics
+    if semantics == "additive":
+        return mask.to(torch.float32) > MASKED_BIAS
+    return mask.bool() if semantics == "keep" else ~mask.bool()
+
+
+def fill_values(ctx: CaseContext) -> dict:
+    """What an additive mask uses for 'masked': -inf, finite fills, and which dtype's finfo.min."""
+    import torch
+
+    mask = ctx.raw["mask"].to(torch.float32)
+    masked = mask[mask <= MASKED_BIAS]
+    finite = masked[torch.isfinite(masked)]
+    fills = sorted({float(x) for x in torch.unique(finite)[:8]}) if finite.numel() else []
+    named = {}
+    for fill in fills:
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            if fill == float(torch.finfo(dtype).min):
+                named[fill] = f"torch.finfo({str(dtype)[6:]}).min"
+    return {"neg_inf": bool(torch.isneginf(masked).any()), "finite": fills, "named": named}
+
+
+def consequence(kind: str) -> dict[str, str]:
+    """What each backend makes of a fully masked row with this fill."""
+    if kind == "-inf":
+        return {
+            "plain softmax": "NaN (0/0), which then spreads through the output and gradients",
+            "SDPA (PyTorch 2.13)": "zeros for that row's output",
+        }
+    return {
+        "plain softmax": "uniform weights over the masked keys (finite fill, no NaN)",
+        "SDPA (PyTorch 2.13)": "uniform weights over the masked keys: the row attends to padding",
+    }
+
+
+class FullyMaskedRows(Check):
+    """Some query rows have every key masked."""
+
+    code = "MSK001"
+    name = "fully-masked-rows"
+    severity = Severity.WARNING
+    rationale = (
+        "A query row with no key to attend to has no defined softmax. With -inf (or a bool mask) "
+        "a plain softmax returns 0/0 = NaN; PyTorch 2.13's SDPA returns zeros for the row; with "
+        "a finite fill such as torch.finfo(dtype).min every masked key gets the same weight, so "
+        "the row silently averages padding. Padding query rows are often harmless if their "
+        "outputs are discarded, but the NaN variant reaches the loss through the gradients. "
+        "The finding states which of these happens with this case's mask."
+    )
+    fix = """
+keep = mask.any(dim=-1, keepdim=True)                        # rows with something to attend to
+weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+weights = weights.masked_fill(~keep, 0.0)                    # defined zeros, NaN-free gradients
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not (ctx.has("mask") or ctx.is_causal):
+            return
+        stats = ctx.stats
+        full = stats.fully_masked
+        count = int(full.any(dim=1).sum())
+        if not count:
+            return
+        total = full.shape[0] * full.shape[2]
+        first = [[b, i] for b, i in full.any(dim=1).nonzero()[:5].tolist()]
+        kind = "-inf"
+        if ctx.mask_semantics == "additive":
+            fills = fill_values(ctx)
+            if fills["finite"] and not fills["neg_inf"]:
+                first_fill = fills["finite"][0]
+                kind = fills["named"].get(first_fill, f"{first_fill:.3g}")
+        outcome = consequence(kind)
+        uniform = float(stats.masked_mass[full].mean()) if kind != "-inf" else 0.0
+        sdpa = outcome["SDPA (PyTorch 2.13)"]
+        yield Hit(
+            f"{count} of {total} query rows (batch, row) have every key masked (first {first}); "
+            f"the fill is {kind}: a plain softmax gives "
+            f"{outcome['plain softmax'].split(',')[0]}, SDPA gives {sdpa}",
+            {"rows": count, "of": total, "first": first, "fill": kind, "backends": outcome,
+             **({"masked_weight": round(uniform, 4)} if kind != "-inf" else {})},
+        )
+
+
+class MaskedKeysReceiveWeight(Check):
+    """The saved weights give weight to keys the mask excludes."""
+
+    code = "MSK002"
+    name = "masked-keys-weighted"
+    severity = Severity.ERROR
+    rationale = (
+        f"If the user's weights put more than {LEAK_TOLERANCE} on a key that the mask excludes, "
+        "the mask was not applied (or applied after the softmax, or to the wrong tensor). The "
+        "check sums the saved weights over masked keys per row and recomputes the weights "
+        "without the mask to confirm. Rows that are fully masked are left to MSK001."
+    )
+    fix = """
+scores = scores.masked_fill(~keep_mask, float("-inf"))   # before the softmax, not after
+weights = torch.softmax(scores, dim=-1)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        stats = ctx.stats if ctx.has("weights") and ctx.has("mask") else None
+        if stats is None or stats.user_masked_mass is None:
+            return
+        if explained(ctx, {"mask as additive", "mask as keep", "mask as drop"}):
+            return  # MSK003 / MSK004 name the cause
+        live = ~stats.fully_masked
+        leaked = (stats.user_masked_mass > LEAK_TOLERANCE) & live
+        if not leaked.any():
+            return
+        rows = int(leaked.sum())
+        worst = float(stats.user_masked_mass[live].max())
+        message = (f"{rows} of {int(live.sum())} (batch, head, row)s of the saved weights put weight "
+                   f"on masked keys (up to {worst:.3g} of the row)")
+        v = explained(ctx, {"mask ignored"})
+        ev = {"rows": rows, "of": int(live.sum()), "max_masked_weight": worst,
+              "first": leaked.nonzero()[0].tolist()}
+        if v:
+            message += "; " + v.sentence()
+            ev.update(evidence(v))
+        yield Hit(message, ev)
+
+
+class FloatMaskAdded(Check):
+    """A float 0/1 mask is added to the scores, so it masks nothing."""
+
+    code = "MSK003"
+    name = "float-01-mask-added"
+    severity = Severity.ERROR
+    rationale = (
+        "SDPA adds a float attn_mask to the scores. A float mask of 0s and 1s (e.g. HF's "
+        "attention_mask cast to float) therefore adds 0 to masked keys and +1 to kept ones: "
+        "nothing is masked, padding is attended. Bool masks are applied, float masks are added "
+        "— convert to bool, or to 0/-inf, first. Decided from the mask's values; confirmed "
+        "against saved weights/out when present."
+    )
+    fix = """
+attn_mask = attention_mask.bool()[:, None, None, :]                    # True = attend
+# or an additive mask:
+attn_mask = torch.zeros_like(attention_mask, dtype=q.dtype).masked_fill(attention_mask == 0, float("-inf"))
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        import torch
+
+        if not ctx.has("mask") or ctx.mask_semantics != "additive":
+            return
+        mask = ctx.raw["mask"]
+        values = set(torch.unique(mask.to(torch.float32))[:3].tolist())
+        if not (values <= {0.0, 1.0} and 1.0 in values):
+            return
+        ones = float((mask == 1).float().mean())
+        ev = {"mask_dtype": str(mask.dtype).replace("torch.", ""), "values": sorted(values),
+              "fraction_of_ones": ones, "decided_from": "mask values"}
+        message = (f"the mask is {str(mask.dtype)[6:]} with only 0s and 1s ({ones:.0%} ones) and is "
+                   "added to the scores: +1 on kept keys, 0 on the rest — nothing is masked")
+        for v in verdicts(ctx):
+            if v.reference_matches:
+                message += f"; the saved {v.artefact} confirm it (error {v.reference_error:.2g})"
+                ev["confirmed_by"] = v.artefact
+                break
+        yield Hit(message, ev)
+
+
+def _structure(keep: torch.Tensor) -> str | None:
+    """Name a 2-D keep pattern: causal, inverted causal, leaky causal."""
+    import torch
+
+    rows, cols = keep.shape[-2:]
+    if rows < 2:
+        return None
+    i = torch.arange(rows)[:, None]
+    j = torch.arange(cols)[None, :]
+    below = j <= i
+    if bool((keep == below).all()):
+        return "causal"
+    if bool((keep == ~below).all()) or bool((keep == (j >= i)).all()):
+        return "inverted-causal"
+    if bool(keep[below].all()) and bool(keep[~below].any()) and not bool(keep[j > i + 2].any()):
+        return "leaky-causal"
+    return None
+
+
+def _padding_profile(keep: torch.Tensor) -> dict | None:
+    """For a (batch, k_len) keep pattern: is the kept part a prefix, a suffix, or neither?"""
+    flips = (keep[:, 1:] != keep[:, :-1]).sum(-1)
+    if not bool((flips <= 1).all()):
+        return None
+    suffix = bool((~keep[:, 0] | keep.all(-1)).all()) and bool((~keep[:, 0]).any())
+    return {
+        "kept_suffix": suffix,
+        "kept_fraction": float(keep.float().mean()),
+        "rows_fully_masked": int((~keep.any(-1)).sum()),
+        "kept_lengths": keep.sum(-1).tolist()[:8],
+    }
+
+
+class InvertedMask(Check):
+    """The mask's convention is inverted (True = ignore read as True = attend, or vice versa)."""
+
+    code = "MSK004"
+    name = "inverted-mask"
+    severity = Severity.ERROR
+    rationale = (
+        "SDPA's bool attn_mask means True = attend; nn.MultiheadAttention's key_padding_mask "
+        "means True = ignore. Passing one where the other is expected inverts the mask: "
+        "padding is attended and real tokens are hidden, or a causal mask shows only the "
+        "future. Decided from saved weights/out when present (the inverted reading matches), "
+        "else from structure: a kept upper triangle, or a padding mask whose kept part is a "
+        "suffix while at least half the keys — or whole rows — are masked."
+    )
+    fix = """
+attn_mask = ~key_padding_mask               # key_padding_mask: True = pad -> SDPA: True = attend
+out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, None, None, :])
+causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the diagonal
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has("mask"):
+            return
+        inverse = {"keep": "mask as drop", "drop": "mask as keep"}.get(ctx.mask_semantics or "")
+        v = explained(ctx, {inverse} if inverse else set())
+        if v:
+            yield Hit(v.sentence(), evidence(v))
+            return
+        keep = keep_matrix(ctx)
+        if keep is None:
+            return
+        b, h, lq, lk = keep.shape
+        if lq > 1 and _structure(keep.reshape(-1, lq, lk)[0]) == "inverted-causal":
+            yield Hit(
+                "the mask keeps the upper triangle (the future) and masks the past: an inverted "
+                f"causal mask ({ctx.mask_semantics} semantics)",
+                {"pattern": "inverted-causal", "semantics": ctx.mask_semantics,
+                 "decided_from": "mask structure"},
+            )
+            return
+        if lq == 1 and b > 1 and ctx.mask_semantics in ("keep", "drop"):
+            profile = _padding_profile(keep.reshape(b, lk))
+            if profile and profile["kept_suffix"] and (
+                profile["rows_fully_masked"] or profile["kept_fraction"] < 0.5
+            ):
+                yield Hit(
+                    f"read as {ctx.mask_semantics}, the padding mask keeps a suffix of each row "
+                    f"({profile['kept_fraction']:.0%} of keys kept, {profile['rows_fully_masked']} "
+                    "samples fully masked): it looks like True = pad given where True = attend",
+                    {**profile, "semantics": ctx.mask_semantics, "decided_from": "mask structure"},
+                    severity=Severity.WARNING,
+                )
+
+
+class CausalLeakage(Check):
+    """Weight reaches keys above the causal diagonal (future tokens)."""
+
+    code = "MSK005"
+    name = "causal-leakage"
+    severity = Severity.ERROR
+    rationale = (
+        "In a causal (decoder) case, query i may only see keys j ≤ i. Weight above the diagonal "
+        "lets the model read the token it must predict: training loss falls fast, generation is "
+        f"garbage. The case counts as causal from the flag, metadata or a lower-triangular "
+        f"mask. Reported when the saved weights put more than {LEAK_TOLERANCE} above the "
+        "diagonal, when the saved weights/out match attention without the causal mask, or when "
+        "the mask itself keeps one or two future tokens (an off-by-one triangle)."
+    )
+    fix = """
+out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+# or an explicit mask: True on and below the diagonal
+causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril(diagonal=1)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        keep = keep_matrix(ctx)
+        structure = None
+        if keep is not None and keep.shape[-2] > 1:
+            structure = _structure(keep.reshape(-1, *keep.shape[-2:])[0])
+        if structure == "leaky-causal":
+            flat = keep.reshape(-1, *keep.shape[-2:])[0]
+            i = flat.new_ones(flat.shape).triu(1)
+            extra = int((flat & i).sum())
+            yield Hit(
+                f"the mask is causal except that it keeps {extra} entries above the diagonal "
+                "(an off-by-one triangle): those queries see future tokens",
+                {"future_entries": extra, "decided_from": "mask structure"},
+            )
+            return
+        causal = ctx.is_causal or structure == "causal"
+        if not causal:
+            return
+        v = explained(ctx, {"not causal"})
+        if v:
+            yield Hit(v.sentence(), evidence(v))
+            return
+        stats = ctx.stats
+        if stats.user_above_diagonal is not None:
+            leaked = stats.user_above_diagonal > LEAK_TOLERANCE
+            if leaked.any():
+                yield Hit(
+                    f"the saved weights put up to {float(stats.user_above_diagonal.max()):.3g} of a "
+                    f"row on future keys, in {int(leaked.sum())} (batch, head, row)s",
+                    {"rows": int(leaked.sum()), "max_future_weight": float(stats.user_above_diagonal.max()),
+                     "first": leaked.nonzero()[0].tolist(), "decided_from": "saved weights"},
+                )
+
+
+class CausalAlignment(Check):
+    """is_causal with q_len != k_len: PyTorch aligns the causal mask to the upper left."""
+
+    code = "MSK006"
+    name = "causal-alignment"
+    severity = Severity.WARNING
+    rationale = (
+        "F.scaled_dot_product_attention(is_causal=True) builds tril(ones(q_len, k_len)), aligned "
+        "to the upper left: query i sees keys 0..i. When decoding with a KV cache (q_len < "
+        "k_len) the new queries sit at the end, so they should see keys 0..i + k_len − q_len "
+        "(lower-right alignment, FlashAttention's convention); with is_causal they miss almost "
+        "the whole cache. Warning from the shapes alone; error when saved weights/out match "
+        "one alignment and not the other."
+    )
+    fix = """
+# Decoding with a KV cache: build the lower-right aligned mask yourself
+L, S = q.size(-2), k.size(-2)
+attn_mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(diagonal=S - L)
+out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+# or: from torch.nn.attention.bias import causal_lower_right; attn_mask=causal_lower_right(L, S)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        sizes = ctx.sizes
+        if not ctx.is_causal or sizes["Lq"] == sizes["Lk"]:
+            return
+        lq, lk = sizes["Lq"], sizes["Lk"]
+        v = explained(ctx, {"causal lower-right"})
+        if v:
+            yield Hit(v.sentence() + "; the code aligns the causal mask to the lower right",
+                      {**evidence(v), "q_len": lq, "k_len": lk}, severity=Severity.INFO)
+            return
+        hidden = lk - lq if lk > lq else 0
+        yield Hit(
+            f"is_causal with q_len {lq} != k_len {lk}: PyTorch aligns the mask to the upper left, "
+            f"so the last query sees keys 0..{lq - 1} and never the last {hidden} keys; for a KV "
+            "cache you want the lower-right alignment",
+            {"q_len": lq, "k_len": lk, "keys_never_seen_by_last_query": hidden,
+             "alignment": "upper-left"},
+        )
+
+
+class MaskFillValue(Check):
+    """An additive mask's fill value is too weak, overflows in low precision, or is mixed."""
+
+    code = "MSK007"
+    name = "mask-fill-value"
+    severity = Severity.WARNING
+    rationale = (
+        "An additive mask masks only if its fill is far below every real logit. -1e4 was "
+        "safe for fp16-era BERT but not when logits themselves reach thousands; -1e9 is not "
+        "representable in float16 (it becomes -inf, and fully masked rows turn NaN); "
+        "torch.finfo(dtype).min overflows to -inf when two masks are added (padding + causal); "
+        "and a mask mixing -inf with finite fills gives different results for fully masked rows "
+        "depending on which one a row got. The check reports the fills found, the weight that "
+        f"masked keys still receive (above {LEAK_TOLERANCE:g} is a leak), and what each backend "
+        "makes of a fully masked row with this fill."
+    )
+    fix = """
+# Prefer a bool mask and let SDPA pick the fill:
+out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep_mask)        # True = attend
+# If additive, use -inf (or finfo(dtype).min) of the *compute* dtype, and combine masks as bools
+bias = torch.zeros(keep_mask.shape, dtype=q.dtype).masked_fill(~keep_mask, torch.finfo(q.dtype).min)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        import torch
+
+        if not ctx.has("mask") or ctx.mask_semantics != "additive":
+            return
+        if not ctx.raw["mask"].is_floating_point():
+            return
+        fills = fill_values(ctx)
+        if not fills["finite"] and not fills["neg_inf"]:
+            return
+        named = [fills["named"].get(f, f"{f:.3g}") for f in fills["finite"]]
+        base = {"fills": named + (["-inf"] if fills["neg_inf"] else []),
+                "backends_fully_masked_row": consequence("-inf" if fills["neg_inf"] else "finite")}
+        stats = ctx.stats
+        live = ~stats.fully_masked
+        leak = float(stats.masked_mass[live].max()) if bool(live.any()) else 0.0
+        if leak > LEAK_TOLERANCE:
+            yield Hit(
+                f"masked keys still receive up to {leak:.3g} of a row's weight: the fill "
+                f"{', '.join(named)} is not far enough below the logits (largest |logit| "
+                f"{float(stats.max_logit.max()):.3g})",
+                {**base, "max_masked_weight": leak, "max_abs_logit": float(stats.max_logit.max())},
+                severity=Severity.ERROR,
+            )
+            return
+        if fills["neg_inf"] and fills["finite"]:
+            yield Hit(
+                f"the mask mixes -inf with finite fill {', '.join(named)}: fully masked rows give "
+                "NaN or zeros with one and uniform weights with the other",
+                {**base, "mixed": True},
+            )
+            return
+        compute = ctx.dtype
+        low = [f for f in fills["finite"] if compute in (torch.float16,) and f < float(torch.finfo(torch.float16).min)]
+        if low:
+            yield Hit(
+                f"fill {low[0]:.3g} is below float16's range (-65504): cast to the {str(compute)[6:]} "
+                "inputs it becomes -inf, and fully masked rows become NaN in a plain softmax",
+                {**base, "compute_dtype": str(compute)[6:], "fill": low[0]},
+            )
+            return
+        minima = [f for f in fills["finite"] if f in fills["named"]]
+        if minima and (ctx.is_causal or bool(stats.fully_masked.any())):
+            yield Hit(
+                f"fill {fills['named'][minima[0]]}: adding a second mask (e.g. causal) overflows "
+                "to -inf, and rows that are fully masked get uniform weights over padding",
+                {**base, "fill": minima[0]},
+                severity=Severity.INFO,
+            )

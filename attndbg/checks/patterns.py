@@ -1,0 +1,222 @@
+"""Stage 6 — patterns: per-head shape of attention. Warnings and infos only, never errors:
+healthy trained models have sinks and sharp heads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from attndbg.registry import Check, Hit
+from attndbg.report import Severity
+
+if TYPE_CHECKING:
+    from attndbg.context import CaseContext
+
+COLLAPSED_SHARE = 0.9  # of rows with max weight > 0.95
+UNIFORM_SHARE = 0.9  # of rows with entropy / log(n_keys) > 0.99
+LAYER_COLLAPSE = 0.1  # mean normalised entropy of all heads
+SINK_MASS = 0.3  # mean weight on the first key (attention-sink literature)
+DUPLICATE_COSINE = 0.995
+MIN_KEYS = 8  # patterns mean little over fewer keys
+
+
+def _heads(ctx: CaseContext) -> list[dict]:
+    from attndbg.stats import head_summary
+
+    cache = ctx.__dict__.get("_head_summary")
+    if cache is None:
+        per = head_summary(ctx.stats)
+        merged: dict[int, dict] = {}
+        for row in per:
+            entry = merged.setdefault(row["head"], {"head": row["head"], "rows": 0})
+            for key, value in row.items():
+                if key in ("head", "batch", "rows"):
+                    continue
+                entry[key] = entry.get(key, 0.0) + value * row["rows"]
+            entry["rows"] += row["rows"]
+        cache = []
+        for entry in merged.values():
+            if not entry["rows"]:
+                continue
+            rows = entry["rows"] or 1
+            cache.append({k: (v / rows if k not in ("head", "rows") else v) for k, v in entry.items()})
+        ctx.__dict__["_head_summary"] = cache
+    return cache
+
+
+def _enough(ctx: CaseContext) -> bool:
+    return ctx.sizes["Lk"] >= MIN_KEYS and ctx.sizes["Lq"] >= 2
+
+
+class CollapsedHead(Check):
+    """A head puts almost all of its weight on a single key in nearly every row."""
+
+    code = "PAT001"
+    name = "collapsed-head"
+    severity = Severity.WARNING
+    rationale = (
+        f"A head is collapsed when over {COLLAPSED_SHARE:.0%} of its rows (with ≥ 4 keys) put "
+        "more than 0.95 on one key. That is fine for a deliberate positional head (previous "
+        "token, the token itself) or a sink head (first token), so those are not reported; a "
+        "head that collapses onto varying content keys is usually entropy collapse from large "
+        "logits (see SCL003), and its gradients are tiny."
+    )
+    fix = """
+# Bound the logits (QK-norm) or lower the learning rate of the attention projections:
+q, k = self.q_norm(q), self.k_norm(k)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not _enough(ctx):
+            return
+        heads = [
+            h for h in _heads(ctx)
+            if h["collapsed_share"] > COLLAPSED_SHARE
+            and max(h["diagonal_mass"], h["previous_mass"], h["sink_mass"]) < 0.9
+        ]
+        if heads:
+            yield Hit(
+                f"{len(heads)} head(s) put > 0.95 on one key in over {COLLAPSED_SHARE:.0%} of rows "
+                f"(heads {[h['head'] for h in heads]}), not on a fixed position",
+                {"heads": [h["head"] for h in heads],
+                 "collapsed_share": {h["head"]: round(h["collapsed_share"], 3) for h in heads},
+                 "entropy_ratio": {h["head"]: round(h["entropy_ratio"], 3) for h in heads}},
+                head=heads[0]["head"],
+            )
+
+
+class UniformHead(Check):
+    """A head attends almost uniformly to every key."""
+
+    code = "PAT002"
+    name = "uniform-head"
+    severity = Severity.WARNING
+    rationale = (
+        f"A head is uniform when over {UNIFORM_SHARE:.0%} of its rows have entropy above 0.99 × "
+        "log(n_keys): it averages its values regardless of content, as an untrained or "
+        "scale-broken layer does (see SCL002/SCL004). Trained heads occasionally look like this "
+        "in the first layer, hence a warning."
+    )
+    fix = """
+# Check that q and k carry signal and the scale is applied once:
+print(q.std(), k.std(), (q @ k.transpose(-2, -1) * scale).std())
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not _enough(ctx):
+            return
+        heads = [h for h in _heads(ctx) if h["uniform_share"] > UNIFORM_SHARE]
+        if heads:
+            yield Hit(
+                f"{len(heads)} head(s) attend uniformly in over {UNIFORM_SHARE:.0%} of rows "
+                f"(heads {[h['head'] for h in heads]})",
+                {"heads": [h["head"] for h in heads],
+                 "entropy_ratio": {h["head"]: round(h["entropy_ratio"], 4) for h in heads}},
+                head=heads[0]["head"],
+            )
+
+
+class LayerEntropyCollapse(Check):
+    """Every head of the layer has low entropy."""
+
+    code = "PAT003"
+    name = "layer-entropy-collapse"
+    severity = Severity.WARNING
+    rationale = (
+        f"When the mean normalised entropy of all heads falls below {LAYER_COLLAPSE} the whole "
+        "layer has collapsed to near one-hot attention — the training instability described "
+        "by Zhai et al. (2023), usually preceded by logit growth. Single sharp heads are "
+        "normal; a whole layer is not."
+    )
+    fix = """
+# sigma-reparam or QK-norm on the layer, and check the warm-up / learning rate:
+q, k = self.q_norm(q), self.k_norm(k)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not _enough(ctx):
+            return
+        heads = _heads(ctx)
+        if len(heads) < 2:
+            return
+        mean = sum(h["entropy_ratio"] for h in heads) / len(heads)
+        if mean < LAYER_COLLAPSE:
+            yield Hit(
+                f"mean normalised entropy across {len(heads)} heads is {mean:.3f} "
+                f"(< {LAYER_COLLAPSE}): the layer has collapsed",
+                {"mean_entropy_ratio": mean, "heads": len(heads), "threshold": LAYER_COLLAPSE},
+            )
+
+
+class AttentionSink(Check):
+    """A head sends much of its attention to the first token (an attention sink)."""
+
+    code = "PAT004"
+    name = "attention-sink"
+    severity = Severity.INFO
+    rationale = (
+        f"Trained transformers park attention on the first token when a head has nothing to "
+        f"do (Xiao et al. 2023, 'attention sinks'). Reported when a head's mean weight on key 0 "
+        f"exceeds {SINK_MASS}. Not a defect — but it matters for KV-cache eviction (keep the "
+        "first tokens) and when reading weights as explanations."
+    )
+    fix = """
+# Streaming / cache eviction: always keep the first few tokens' K/V (StreamingLLM)
+kept = torch.cat([k[..., :4, :], k[..., -window:, :]], dim=-2)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not _enough(ctx):
+            return
+        heads = [h for h in _heads(ctx) if h["sink_mass"] > SINK_MASS]
+        if heads:
+            yield Hit(
+                f"{len(heads)} head(s) put over {SINK_MASS} of their weight on the first token on "
+                f"average (heads {[h['head'] for h in heads]})",
+                {"heads": [h["head"] for h in heads],
+                 "sink_mass": {h["head"]: round(h["sink_mass"], 3) for h in heads}},
+                head=heads[0]["head"],
+            )
+
+
+class DuplicateHeads(Check):
+    """Two heads produce (nearly) the same attention pattern."""
+
+    code = "PAT005"
+    name = "duplicate-heads"
+    severity = Severity.WARNING
+    rationale = (
+        f"Heads whose attention maps have cosine similarity above {DUPLICATE_COSINE} in every "
+        "sample compute the same thing: wasted capacity at best, and often a bug — the same "
+        "projection slice used for several heads, a reshape that repeats one head, or GQA "
+        "expanded on the wrong axis. Pairs where both heads are uniform are left to PAT002."
+    )
+    fix = """
+# Split heads from the projection with view + transpose, not expand/repeat:
+q = self.q_proj(x).view(B, L, n_heads, head_dim).transpose(1, 2)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        import torch
+
+        if not _enough(ctx):
+            return
+        gram = ctx.stats.head_gram
+        norms = torch.sqrt(torch.diagonal(gram, dim1=-2, dim2=-1)).clamp_min(1e-30)
+        cosine = gram / (norms[..., :, None] * norms[..., None, :])
+        worst = cosine.amin(dim=0)  # similar in every sample
+        uniform = {h["head"] for h in _heads(ctx) if h["uniform_share"] > UNIFORM_SHARE}
+        pairs = [
+            (a, b, float(worst[a, b]))
+            for a in range(worst.shape[0])
+            for b in range(a + 1, worst.shape[0])
+            if float(worst[a, b]) > DUPLICATE_COSINE and not (a in uniform and b in uniform)
+        ]
+        if pairs:
+            yield Hit(
+                f"{len(pairs)} pair(s) of heads have near-identical attention maps "
+                f"(cosine > {DUPLICATE_COSINE}): {[(a, b) for a, b, _ in pairs[:6]]}",
+                {"pairs": [[a, b] for a, b, _ in pairs], "cosine": [round(c, 5) for *_, c in pairs],
+                 "threshold": DUPLICATE_COSINE},
+                head=pairs[0][0],
+            )

@@ -1,0 +1,183 @@
+"""Stage 3 — scaling: the 1/√d factor, score spread, saturation and logit growth."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from attndbg.hypotheses import evidence, explained
+from attndbg.registry import Check, Hit
+from attndbg.report import Severity
+
+if TYPE_CHECKING:
+    from attndbg.context import CaseContext
+
+LOGIT_GROWTH = 50.0  # Gemma 2 soft-caps attention logits at 50; QK-clip methods cap near 100
+LOGIT_RUNAWAY = 100.0
+SPREAD_FLOOR = 0.05  # score std below this makes every row within ±5% of uniform
+UNSCALED_SPREAD = 3.0  # logit std above this with scale 1 saturates softmax
+
+
+def _median_spread(ctx: CaseContext) -> float:
+    import torch
+
+    std = ctx.stats.logit_std[ctx.stats.n_kept > 1]
+    return float(torch.median(std)) if std.numel() else 0.0
+
+
+class MissingScale(Check):
+    """Scores are not multiplied by 1/√d before softmax."""
+
+    code = "SCL001"
+    name = "missing-scale"
+    severity = Severity.ERROR
+    rationale = (
+        "With unit-variance q and k, q·k has variance d, so for d = 64 the logits spread ~8× "
+        "wider than intended: softmax saturates to near one-hot, gradients through it vanish, "
+        "and training plateaus. When the user saved weights, scores or output, the check "
+        "recomputes them with and without the scale and reports which matches (error "
+        "tolerance by dtype: 1e-4 for float32 weights, 2e-3 for float16, 1.6e-2 for "
+        "bfloat16). Without them it only flags an explicit scale of 1.0 whose logits spread "
+        f"wider than std {UNSCALED_SPREAD} (models that pre-scale q stay quiet)."
+    )
+    fix = """
+scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+# or let PyTorch do it:
+out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale defaults to 1/sqrt(d)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has_qkv:
+            return
+        v = explained(ctx, {"no scale"})
+        if v:
+            yield Hit(v.sentence() + f" (d = {ctx.sizes['D']})", evidence(v))
+            return
+        d = ctx.sizes["D"]
+        if ctx.settings.scale is not None and math.isclose(ctx.scale, 1.0) and d > 1:
+            spread = _median_spread(ctx)
+            if spread > UNSCALED_SPREAD:
+                yield Hit(
+                    f"scale is 1.0 for head dim {d} and the logits spread with median std "
+                    f"{spread:.3g}; with 1/√{d} they would spread {spread / math.sqrt(d):.3g}",
+                    {"scale": ctx.scale, "head_dim": d, "median_logit_std": spread,
+                     "decided_from": "statistics (no saved weights/scores/out)"},
+                    severity=Severity.WARNING,
+                )
+
+
+class WrongScale(Check):
+    """The scale is applied twice (1/d) or is otherwise not 1/√d."""
+
+    code = "SCL002"
+    name = "wrong-scale"
+    severity = Severity.ERROR
+    rationale = (
+        "A scale of 1/d instead of 1/√d — typically q pre-divided by √d and SDPA's default scale "
+        "applied again — shrinks the logits by another √d, flattening attention toward uniform "
+        "(see also SCL004). Saved weights/scores/out decide it by recomputation; a scale given "
+        "in metadata that equals 1/d is reported as a warning (μP uses 1/d on purpose)."
+    )
+    fix = """
+# Scale once: either pre-scale q and pass scale=1.0, or leave it to SDPA
+out = F.scaled_dot_product_attention(q, k, v)                                  # 1/sqrt(d)
+out = F.scaled_dot_product_attention(q * q.size(-1) ** -0.5, k, v, scale=1.0)  # same thing
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has_qkv:
+            return
+        v = explained(ctx, {"scale 1/d", "scale 1/sqrt(d)"})
+        if v:
+            yield Hit(v.sentence() + f" (d = {ctx.sizes['D']}, assumed scale {ctx.scale:.4g})", evidence(v))
+            return
+        d = ctx.sizes["D"]
+        if ctx.settings.scale is not None and d > 1 and math.isclose(ctx.scale, 1.0 / d, rel_tol=1e-3):
+            yield Hit(
+                f"scale is {ctx.scale:.4g} = 1/d for head dim {d}, not 1/√d = {d ** -0.5:.4g}: "
+                "applied twice? (intended only under μP)",
+                {"scale": ctx.scale, "head_dim": d, "expected": d**-0.5,
+                 "decided_from": "the scale setting"},
+                severity=Severity.WARNING,
+            )
+
+
+class SaturatedSoftmax(Check):
+    """Attention logits have grown large enough to saturate softmax."""
+
+    code = "SCL003"
+    name = "logit-growth"
+    severity = Severity.WARNING
+    rationale = (
+        f"When |scaled logit| exceeds {LOGIT_GROWTH:g} — the value at which Gemma 2 soft-caps "
+        f"attention logits; QK-clip methods cap near {LOGIT_RUNAWAY:g} — softmax is one-hot to "
+        "machine precision, its gradient is ~0, and the growth tends to feed on itself "
+        "(attention-logit growth, Dehghani et al. 2023). The check reports every head whose "
+        "largest attended logit is above the threshold; above 100 the loss usually diverges."
+    )
+    fix = """
+# QK-norm keeps logits bounded (ViT-22B, OLMo 2):
+q, k = self.q_norm(q), self.k_norm(k)          # nn.LayerNorm(head_dim) / nn.RMSNorm(head_dim)
+# or soft-cap the logits (Gemma 2):
+scores = 50.0 * torch.tanh(scores / 50.0)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has_qkv:
+            return
+        stats = ctx.stats
+        per_head = stats.max_logit.amax(dim=(0, 2))
+        hot = [h for h in range(per_head.numel()) if float(per_head[h]) > LOGIT_GROWTH]
+        if hot:
+            worst = max(hot, key=lambda h: float(per_head[h]))
+            top = float(per_head[worst])
+            saturated = float((stats.max_weight[:, hot] > 0.999).float().mean())
+            yield Hit(
+                f"{len(hot)} of {per_head.numel()} heads have |scaled logit| above {LOGIT_GROWTH:g} "
+                f"(largest {top:.3g} in head {worst}); {saturated:.0%} of their rows put > 0.999 "
+                "weight on one key",
+                {"heads": hot, "max_logit": {h: round(float(per_head[h]), 2) for h in hot},
+                 "threshold": LOGIT_GROWTH, "saturated_rows": saturated},
+                severity=Severity.ERROR if top > LOGIT_RUNAWAY and saturated > 0.5 else None,
+                head=worst,
+            )
+
+
+class NearZeroSpread(Check):
+    """Scores barely vary, so attention is uniform by construction."""
+
+    code = "SCL004"
+    name = "near-zero-spread"
+    severity = Severity.WARNING
+    rationale = (
+        f"If the scaled scores of a row vary by less than {SPREAD_FLOOR} (std), every weight is "
+        "within about 5% of 1/n: the layer averages its values whatever the input. Causes: q or "
+        "k collapsed to tiny values (bad init, a norm with zero gain), the scale applied twice, "
+        "or q/k detached. Reported per head with q and k's std."
+    )
+    fix = """
+# Check the projections' init and any norm gains feeding q/k:
+nn.init.xavier_uniform_(self.q_proj.weight); nn.init.xavier_uniform_(self.k_proj.weight)
+print(q.std(), k.std())   # expect O(1) per element before scaling
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has_qkv or ctx.sizes["Lk"] < 4:
+            return
+        stats = ctx.stats
+        live = stats.n_kept >= 4
+        flat = []
+        for h in range(stats.logit_std.shape[1]):
+            rows = stats.logit_std[:, h][live[:, h]]
+            if rows.numel() and float(rows.mean()) < SPREAD_FLOOR:
+                flat.append((h, float(rows.mean())))
+        if flat:
+            yield Hit(
+                f"{len(flat)} of {stats.logit_std.shape[1]} heads have scaled-score std below "
+                f"{SPREAD_FLOOR} (smallest {min(s for _, s in flat):.2g}); q std "
+                f"{float(ctx.q.std()):.3g}, k std {float(ctx.k.std()):.3g}, scale {ctx.scale:.4g}",
+                {"heads": [h for h, _ in flat], "score_std": {h: round(s, 5) for h, s in flat},
+                 "q_std": float(ctx.q.std()), "k_std": float(ctx.k.std()), "threshold": SPREAD_FLOOR},
+                head=flat[0][0],
+            )

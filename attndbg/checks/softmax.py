@@ -1,0 +1,189 @@
+"""Stage 5 — softmax: the user's weights are a distribution over keys; the output matches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from attndbg.hypotheses import DESCRIPTION, evidence, explained, verdict
+from attndbg.registry import Check, Hit
+from attndbg.report import Severity
+
+if TYPE_CHECKING:
+    from attndbg.context import CaseContext
+
+SUM_TOLERANCE = {"float64": 1e-6, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+
+
+def _sum_tolerance(ctx: CaseContext) -> float:
+    return SUM_TOLERANCE.get(str(ctx.raw["weights"].dtype).replace("torch.", ""), 1e-3)
+
+
+def _row_problems(ctx: CaseContext):
+    """Rows whose sum is neither 1 nor 0 (0 is SDPA's answer for a fully masked row)."""
+    import torch
+
+    stats = ctx.stats
+    sums = stats.user_row_sum
+    tol = _sum_tolerance(ctx)
+    bad = (sums - 1).abs() > tol
+    bad &= ~(stats.fully_masked & (sums.abs() <= tol))
+    finite = torch.isfinite(sums)
+    return bad & finite, sums
+
+
+def _columns_sum_to_one(ctx: CaseContext) -> tuple[bool, float]:
+    stats = ctx.stats
+    cols = stats.user_col_sum
+    live = cols.abs() > _sum_tolerance(ctx)
+    if not bool(live.any()):
+        return False, 0.0
+    deviation = float((cols[live] - 1).abs().max())
+    return deviation <= _sum_tolerance(ctx) * max(1, ctx.sizes["Lq"]) ** 0.5, deviation
+
+
+class RowsDoNotSumToOne(Check):
+    """Rows of the saved weights do not sum to 1 along the key axis."""
+
+    code = "SMX001"
+    name = "rows-not-normalized"
+    severity = Severity.ERROR
+    rationale = (
+        "Each query row of attention weights is a probability distribution over keys and sums "
+        "to 1 (or 0 for a fully masked row under PyTorch 2.13's SDPA). Rows that do not — "
+        "tolerance 1e-4 in float32, 5e-3 in float16, 3e-2 in bfloat16 — mean a missing or "
+        "partial normalisation: exp without the division, dropout applied before saving, a "
+        "mask applied after the softmax, or renormalisation over the wrong set."
+    )
+    fix = """
+weights = torch.softmax(scores, dim=-1)          # normalise over keys (the last axis)
+assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-4)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has("weights"):
+            return
+        bad, sums = _row_problems(ctx)
+        if not bad.any():
+            return
+        if _columns_sum_to_one(ctx)[0]:
+            return  # SMX002 names the cause
+        values = sums[bad]
+        yield Hit(
+            f"{int(bad.sum())} of {bad.numel()} rows of the saved weights do not sum to 1 over the "
+            f"keys (sums from {float(values.min()):.4g} to {float(values.max()):.4g})",
+            {"rows": int(bad.sum()), "of": bad.numel(), "min_sum": float(values.min()),
+             "max_sum": float(values.max()), "first": bad.nonzero()[0].tolist(),
+             "tolerance": _sum_tolerance(ctx)},
+        )
+
+
+class SoftmaxWrongAxis(Check):
+    """The saved weights were normalised over the query axis instead of the key axis."""
+
+    code = "SMX002"
+    name = "softmax-wrong-axis"
+    severity = Severity.ERROR
+    rationale = (
+        "softmax(scores, dim=-2) (or dim=1 on 3-D scores, or a transposed layout) normalises each "
+        "key's column over the queries: columns sum to 1, rows do not, and every query's output "
+        "is a wrong mix of values. The check compares row sums and column sums of the saved "
+        "weights, and, with Q and K, recomputes softmax over the query axis to confirm."
+    )
+    fix = """
+weights = torch.softmax(scores, dim=-1)   # over keys; not dim=-2 / dim=1
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has("weights"):
+            return
+        v = explained(ctx, {"softmax over queries"})
+        bad, sums = _row_problems(ctx)
+        columns_ok, deviation = _columns_sum_to_one(ctx)
+        if v:
+            yield Hit(v.sentence(), {**evidence(v), "rows_not_summing_to_one": int(bad.sum())})
+        elif bad.any() and columns_ok:
+            yield Hit(
+                f"columns of the saved weights sum to 1 (max deviation {deviation:.2g}) but "
+                f"{int(bad.sum())} of {bad.numel()} rows do not: softmax ran over the query axis",
+                {"column_sum_deviation": deviation, "rows": int(bad.sum()), "of": bad.numel(),
+                 "decided_from": "row and column sums"},
+            )
+
+
+class WeightsOutOfRange(Check):
+    """Saved weights fall outside [0, 1]."""
+
+    code = "SMX003"
+    name = "weights-out-of-range"
+    severity = Severity.ERROR
+    rationale = (
+        "Probabilities lie in [0, 1]. Negative weights or weights above 1 mean the tensor saved "
+        "as weights is not a softmax output: raw scores, log-probabilities (log_softmax), or "
+        "weights after a subtraction or dropout rescaling (dropout scales kept weights by "
+        "1/(1-p), which can exceed 1)."
+    )
+    fix = """
+weights = torch.softmax(scores, dim=-1)        # not log_softmax, not the raw scores
+# dropout: save the weights *before* F.dropout(weights, p) if you want probabilities
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has("weights"):
+            return
+        stats = ctx.stats
+        lo, hi = stats.user_min, stats.user_max
+        if lo is None or hi is None:
+            return
+        slack = _sum_tolerance(ctx)
+        if lo < -slack or hi > 1 + slack:
+            hint = " (log-probabilities?)" if hi <= 0 else " (raw scores?)" if lo < -slack and hi > 1 else ""
+            yield Hit(
+                f"the saved weights range from {lo:.4g} to {hi:.4g}, outside [0, 1]{hint}",
+                {"min": lo, "max": hi},
+            )
+
+
+class OutputDiffers(Check):
+    """The saved output differs from weights @ v or from the reference attention."""
+
+    code = "SMX004"
+    name = "output-differs"
+    severity = Severity.ERROR
+    rationale = (
+        "The output of attention is weights @ V. The check compares the user's saved output with "
+        "their own saved weights times V (catches a V from the wrong projection or layout) and "
+        "with the reference F.scaled_dot_product_attention recomputed in float32, reporting the "
+        "max error of each. Tolerance: 4 × the dtype's weight tolerance × max|V|. When a "
+        "specific cause (missing scale, mask convention, causal flag, wrong axis) explains the "
+        "difference, that check reports it and this one stays quiet."
+    )
+    fix = """
+ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal)
+print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3 in float16
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has("out") or not ctx.has_qkv:
+            return
+        v = verdict(ctx, "out")
+        stats = ctx.stats
+        if v is None:
+            return
+        ev = {"error_vs_reference": v.reference_error, "tolerance": v.tolerance}
+        if stats.user_out_vs_weights is not None:
+            ev["error_vs_weights_at_v"] = stats.user_out_vs_weights
+        if stats.user_out_vs_weights is not None and stats.user_out_vs_weights > v.tolerance:
+            yield Hit(
+                f"the saved output differs from the saved weights @ v by up to "
+                f"{stats.user_out_vs_weights:.3g} (reference error {v.reference_error:.3g})",
+                ev,
+            )
+            return
+        if v.reference_matches or v.explained_by:
+            return
+        message = f"the saved output differs from the reference attention by up to {v.reference_error:.3g}"
+        if v.best != "reference":
+            message += (f"; the closest reading is {DESCRIPTION.get(v.best, v.best)} "
+                        f"(error {v.best_error:.3g}), so more than one thing differs")
+        yield Hit(message, {**ev, **evidence(v)})

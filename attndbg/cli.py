@@ -1,0 +1,272 @@
+"""The command line: thin Typer commands over the loader, engine and renderers.
+
+Module level imports nothing heavy: ``attndbg --help``, ``rules`` and ``explain`` never
+import torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+
+from attndbg import __version__
+from attndbg.errors import AttndbgError, UsageError
+
+app = typer.Typer(
+    name="attndbg",
+    help="Find the attention bugs that never raise: layouts, scaling, masks, softmax, NaN rows.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+err_console = Console(stderr=True)
+
+
+class FailOn(str, Enum):
+    error = "error"
+    warning = "warning"
+    info = "info"
+    never = "never"
+
+
+class OutputFormat(str, Enum):
+    rich = "rich"
+    json = "json"
+
+
+class MaskSemantics(str, Enum):
+    keep = "keep"
+    drop = "drop"
+    additive = "additive"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"attndbg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """attndbg inspects saved Q/K/V/mask tensors and reports what is wrong with the attention."""
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise UsageError(f"--max-memory {text!r}: expected a size such as 512MiB or 2G")
+    number, unit = float(match[1]), (match[2] or "").lower().rstrip("b").rstrip("i")
+    factor = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit]
+    size = int(number * factor)
+    if size < 1 << 20:
+        raise UsageError(f"--max-memory {text!r}: at least 1MiB is needed")
+    return size
+
+
+@app.command()
+def inspect(
+    paths: Annotated[list[Path], typer.Argument(help="safetensors files holding one or more cases.")],
+    case: Annotated[Optional[str], typer.Option("--case", help="Only cases whose name matches this glob.")] = None,
+    layout: Annotated[Optional[str], typer.Option(help="Layout of q/k/v/out, e.g. bhsd, bshd, bsd, sbd.")] = None,
+    causal: Annotated[Optional[bool], typer.Option("--causal/--no-causal", help="Override is_causal.")] = None,
+    scale: Annotated[Optional[float], typer.Option(help="Override the softmax scale.")] = None,
+    mask_semantics: Annotated[Optional[MaskSemantics], typer.Option(help="How to read the mask.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    max_memory: Annotated[str, typer.Option(help="Memory budget for score chunks, e.g. 512MiB.")] = "1GiB",
+    grad: Annotated[bool, typer.Option(help="Also run the gradient stage.")] = False,
+    select: Annotated[Optional[list[str]], typer.Option(help="Only these codes or prefixes (SHP, MSK00, PAT004).")] = None,
+    ignore: Annotated[Optional[list[str]], typer.Option(help="Skip these codes or prefixes.")] = None,
+    fail_on: Annotated[FailOn, typer.Option(help="Exit 1 when a finding is at or above this severity.")] = FailOn.error,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.rich,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the report to this file.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One line per finding, then the summary.")] = False,
+    timings: Annotated[bool, typer.Option("--timings/--no-timings", help="Stage seconds in JSON.")] = True,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Run the diagnostic pipeline on saved attention tensors."""
+    from attndbg.case import Settings, parse_layout
+    from attndbg.engine import Options, resolve_device, run_cases
+    from attndbg.loader import iter_cases
+    from attndbg.registry import parse_codes
+
+    overrides = Settings(
+        is_causal=causal,
+        scale=scale,
+        layout=parse_layout(layout, "--layout") if layout else None,
+        mask_semantics=mask_semantics.value if mask_semantics else None,
+    )
+    options = Options(
+        device=resolve_device(device),
+        max_memory=parse_size(max_memory),
+        select=parse_codes(select),
+        ignore=parse_codes(ignore),
+        grad=grad,
+        fail_on=fail_on.value,
+    )
+    if output is not None and output.resolve() in {p.resolve() for p in paths}:
+        raise UsageError(f"-o {output}: refusing to overwrite an input file")
+    cases = iter_cases(list(paths), case, overrides)
+
+    stream = output_format == OutputFormat.rich and output is None
+    console = Console(highlight=False)
+    on_case = None
+    if stream:
+        from attndbg.render.rich_report import case_renderable
+
+        def on_case(case_report):  # noqa: ANN001 - a small callback
+            console.print(case_renderable(case_report, quiet=quiet))
+
+    with _status(f"inspecting {len(paths)} file(s)", enabled=stream and not quiet):
+        report = run_cases(cases, options, inputs=[str(p) for p in paths], on_case=on_case)
+
+    if output_format == OutputFormat.json:
+        from attndbg.render.json_report import render_json
+
+        _emit(render_json(report, timings=timings), output)
+    elif stream:
+        from attndbg.render.rich_report import summary_text
+
+        if not quiet:
+            console.print()
+        console.print(summary_text(report))
+    else:
+        from attndbg.render.rich_report import render_rich
+
+        buffer = Console(record=True, width=120, file=open(os.devnull, "w"), color_system=None)  # noqa: SIM115
+        render_rich(report, buffer, quiet=quiet)
+        _emit(buffer.export_text(), output)
+    raise typer.Exit(report.exit_code())
+
+
+class _status:
+    """A spinner on stderr while cases run, only on a terminal."""
+
+    def __init__(self, message: str, enabled: bool) -> None:
+        self.enabled = enabled and err_console.is_terminal and not os.environ.get("CI")
+        self.message = message
+        self._status = None
+
+    def __enter__(self) -> _status:
+        if self.enabled:
+            self._status = err_console.status(self.message)
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    directory = output.resolve().parent
+    if not directory.is_dir():
+        raise UsageError(f"-o {output}: directory {directory} does not exist")
+    handle = tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp", encoding="utf-8")
+    try:
+        with handle:
+            handle.write(text)
+        os.replace(handle.name, output)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    err_console.print(f"report written to {output}", style="dim")
+
+
+@app.command()
+def rules(
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Table or JSON.")] = OutputFormat.rich,
+) -> None:
+    """List every check: code, name, stage, default severity."""
+    from attndbg.registry import load_checks
+
+    checks = load_checks()
+    if output_format == OutputFormat.json:
+        import json
+
+        data = [{"code": c.code, "name": c.name, "stage": c.stage, "severity": c.severity.value,
+                 "summary": c.summary, "rationale": c.rationale, "fix": c.fix.strip()} for c in checks.values()]
+        print(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(header_style="bold", box=None)
+    for column in ("code", "name", "stage", "severity", "summary"):
+        table.add_column(column)
+    for c in checks.values():
+        table.add_row(c.code, c.name, c.stage, c.severity.value, c.summary)
+    Console().print(table)
+
+
+@app.command()
+def explain(code: Annotated[str, typer.Argument(help="A check code, e.g. MSK003.")]) -> None:
+    """Print one check's rationale and fix."""
+    from rich.padding import Padding
+    from rich.syntax import Syntax
+    from rich.text import Text
+
+    from attndbg.registry import load_checks
+
+    checks = load_checks()
+    check = checks.get(code.strip().upper())
+    if check is None:
+        close = [c for c in checks if c.startswith(code.strip().upper()[:3])]
+        hint = f"; codes in that family: {', '.join(close)}" if close else "; `attndbg rules` lists them"
+        raise UsageError(f"no check {code!r}{hint}")
+    console = Console()
+    console.print(Text(f"{check.code} {check.name}", style="bold"))
+    console.print(Text(f"stage {check.stage} · default severity {check.severity.value}", style="dim"))
+    console.print(Text(check.summary, style="italic"))
+    console.print()
+    console.print(Padding(Text(check.rationale), (0, 0, 0, 2)))
+    console.print()
+    console.print(Text("Fix:", style="bold"))
+    console.print(Padding(Syntax(check.fix.strip(), "python", theme="ansi_dark", background_color="default"), (0, 0, 0, 2)))
+
+
+def main() -> None:
+    """Console-script entry point: map every way out to the documented exit codes."""
+    debug = "--debug" in sys.argv or bool(os.environ.get("ATTNDBG_DEBUG"))
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("attndbg: interrupted")
+        code = 130
+    except click.exceptions.ClickException as exc:  # usage errors: bad option, missing argument
+        exc.show(file=sys.stderr)
+        code = 2
+    except AttndbgError as exc:
+        err_console.print(f"attndbg: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("attndbg: interrupted")
+        code = 130
+    except Exception as exc:  # attndbg's own failure: one line unless --debug
+        if debug:
+            raise
+        err_console.print(
+            f"attndbg: internal error: {type(exc).__name__}: {exc} — please report it at "
+            "https://github.com/attndbg/attndbg/issues with the output of --debug",
+            highlight=False, markup=False, soft_wrap=True,
+        )
+        code = 3
+    sys.exit(code if isinstance(code, int) else 0)

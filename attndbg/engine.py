@@ -1,0 +1,232 @@
+"""The pipeline: stages in order per case, checks from the registry, findings into a Report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from attndbg.case import Case, Settings
+from attndbg.context import CaseContext, ShapeProblem
+from attndbg.errors import UsageError
+from attndbg.registry import checks_for_stage, is_selected
+from attndbg.report import (
+    STAGES,
+    CaseReport,
+    Finding,
+    HeadStats,
+    Report,
+    StageResult,
+    TensorSummary,
+)
+
+
+@dataclass
+class Options:
+    device: str = "cpu"
+    max_memory: int = 1 << 30
+    select: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    grad: bool = False
+    fail_on: str = "error"
+
+
+def resolve_device(device: str) -> str:
+    device = device.lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but this PyTorch build sees no CUDA device")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"--device {device!r}: expected cpu, cuda or auto")
+    return device
+
+
+def summarize_tensor(role: str, key: str, tensor: torch.Tensor) -> TensorSummary:
+    values = tensor.detach()
+    if values.dtype == torch.bool:
+        values = values.to(torch.float32)
+    elif not values.is_floating_point():
+        values = values.to(torch.float64)
+    values = values.to(torch.float32) if values.dtype in (torch.float16, torch.bfloat16) else values
+    nan = int(torch.isnan(values).sum())
+    posinf = int(torch.isposinf(values).sum())
+    neginf = int(torch.isneginf(values).sum())
+    finite = values[torch.isfinite(values)]
+    if finite.numel():
+        stats = (
+            float(finite.min()),
+            float(finite.max()),
+            float(finite.double().mean()),
+            float(finite.double().std()) if finite.numel() > 1 else 0.0,
+        )
+    else:
+        stats = (None, None, None, None)
+    return TensorSummary(role, key, list(tensor.shape), str(tensor.dtype).replace("torch.", ""),
+                         *stats, nan=nan, posinf=posinf, neginf=neginf)
+
+
+def _heads(ctx: CaseContext) -> list[HeadStats]:
+    from attndbg.stats import head_summary
+
+    per_bh = head_summary(ctx.stats)
+    by_head: dict[int, list[dict]] = {}
+    for row in per_bh:
+        by_head.setdefault(row["head"], []).append(row)
+    heads = []
+    for head, rows in sorted(by_head.items()):
+        total = sum(r["rows"] for r in rows) or 1
+
+        def avg(key: str, rows: list[dict] = rows, total: int = total) -> float:
+            return sum(r[key] * r["rows"] for r in rows) / total
+
+        heads.append(
+            HeadStats(
+                head=head,
+                entropy=avg("entropy"),
+                entropy_ratio=avg("entropy_ratio"),
+                max_weight=avg("max_weight"),
+                collapsed_share=avg("collapsed_share"),
+                uniform_share=avg("uniform_share"),
+                sink_mass=avg("sink_mass"),
+                diagonal_mass=avg("diagonal_mass"),
+                previous_mass=avg("previous_mass"),
+                max_logit=max(r["max_logit"] for r in rows),
+                logit_std=avg("logit_std"),
+            )
+        )
+    return heads
+
+
+def run_case(case: Case, options: Options) -> CaseReport:
+    ctx = CaseContext(case, device=options.device, max_memory=options.max_memory)
+    report = CaseReport(name=case.name, file=case.file, source=case.settings.source or "",
+                        device=options.device)
+    report.tensors = [
+        summarize_tensor(role, ctx.key(role), tensor)
+        for role, tensor in sorted(case.tensors.items(), key=lambda kv: _role_rank(kv[0]))
+    ]
+    blocked = ""
+    for stage in STAGES:
+        if blocked:
+            report.stages.append(StageResult(stage, "skipped", reason=blocked))
+            continue
+        if stage == "gradients" and not options.grad:
+            report.stages.append(StageResult(stage, "not-requested", reason="use --grad"))
+            continue
+        started = time.perf_counter()
+        stage_findings: list[Finding] = []
+        try:
+            for check in checks_for_stage(stage):
+                for hit in check.evaluate(ctx) or ():
+                    if hit.blocking and not blocked:
+                        blocked = f"{check.code} {check.name}"
+                    if not is_selected(check.code, options.select, options.ignore):
+                        continue
+                    stage_findings.append(
+                        Finding(
+                            code=check.code,
+                            name=check.name,
+                            severity=hit.severity or check.severity,
+                            stage=stage,
+                            message=f"case {case.name}: {hit.message}",
+                            evidence=hit.evidence,
+                            fix=(hit.fix or check.fix).strip(),
+                            case=case.name,
+                            head=hit.head,
+                        )
+                    )
+        except ShapeProblem as exc:
+            blocked = str(exc)
+        seconds = time.perf_counter() - started
+        status = "findings" if stage_findings else "ok"
+        report.stages.append(StageResult(stage, status, seconds))
+        report.findings.extend(stage_findings)
+
+    report.layout = ctx.layout or ""
+    report.shapes = {role: list(t.shape) for role, t in sorted(case.tensors.items(), key=lambda kv: _role_rank(kv[0]))}
+    report.dtype = str(ctx.dtype).replace("torch.", "")
+    if not blocked or "stats" in ctx.__dict__:
+        try:
+            report.settings = ctx.describe_settings()
+        except ShapeProblem:
+            pass
+    if "stats" in ctx.__dict__:
+        report.heads = _heads(ctx)
+    report.guesses = list(dict.fromkeys(ctx.guesses))
+    return report
+
+
+def _role_rank(role: str) -> int:
+    from attndbg.case import ROLE_ORDER
+
+    return ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER)
+
+
+def run_cases(
+    cases: Iterable[Case],
+    options: Options,
+    inputs: list[str],
+    on_case: Callable[[CaseReport], None] | None = None,
+) -> Report:
+    report = Report(inputs=inputs, fail_on=options.fail_on)
+    for case in cases:
+        case_report = run_case(case, options)
+        report.cases.append(case_report)
+        if on_case:
+            on_case(case_report)
+    return report
+
+
+def diagnose(
+    q: torch.Tensor | None = None,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    *,
+    is_causal: bool | None = None,
+    scale: float | None = None,
+    layout: str | None = None,
+    mask_semantics: str | None = None,
+    enable_gqa: bool | None = None,
+    name: str = "tensors",
+    device: str = "cpu",
+    max_memory: int = 1 << 30,
+    select: list[str] | str | None = None,
+    ignore: list[str] | str | None = None,
+    fail_on: str = "error",
+    grad: bool = False,
+) -> Report:
+    """Run the whole pipeline on tensors in memory and return the Report (nothing is printed)."""
+    from attndbg.case import parse_layout, parse_mask_semantics
+    from attndbg.registry import parse_codes
+
+    given = {"q": q, "k": k, "v": v, "mask": mask, "weights": weights, "scores": scores, "out": out}
+    tensors = {role: t.detach() for role, t in given.items() if t is not None}
+    if not tensors:
+        raise UsageError("diagnose() needs q, k and v, or weights or scores")
+    if not all(r in tensors for r in "qkv") and not ({"weights", "scores"} & tensors.keys()):
+        raise UsageError("diagnose() needs q, k and v together, or weights or scores")
+    settings = Settings(
+        is_causal=is_causal,
+        scale=scale,
+        layout=parse_layout(layout) if layout else None,
+        mask_semantics=parse_mask_semantics(mask_semantics) if mask_semantics else None,
+        enable_gqa=enable_gqa,
+    )
+    origins = {key: "argument" for key, value in vars(settings).items() if value is not None}
+    case = Case(name=name, file="<memory>", tensors=tensors, settings=settings, origins=origins)
+    options = Options(
+        device=resolve_device(device),
+        max_memory=max_memory,
+        select=parse_codes(select),
+        ignore=parse_codes(ignore),
+        grad=grad,
+        fail_on=fail_on,
+    )
+    return run_cases([case], options, inputs=["<memory>"])

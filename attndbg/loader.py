@@ -1,0 +1,188 @@
+"""Read cases from safetensors files (design §2) without ever unpickling anything."""
+
+from __future__ import annotations
+
+import fnmatch
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attndbg.case import (
+    ALIAS_TO_ROLE,
+    SETTING_KEYS,
+    Case,
+    Settings,
+    settings_from_strings,
+)
+from attndbg.errors import InputError
+
+_PICKLE_PROTOCOLS = {bytes([0x80, n]) for n in range(2, 6)}
+_MAX_HEADER = 100_000_000
+
+
+@dataclass
+class CasePlan:
+    """A case as the header describes it; tensors are read only when the case runs."""
+
+    name: str
+    file: Path
+    keys: dict[str, str]
+    settings: Settings
+    origins: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+def _sniff(path: Path) -> None:
+    """Refuse what is plainly not safetensors before the parser sees it, with a useful hint."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give the .safetensors files inside it")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(head) < 8:
+        raise InputError(f"{path}: is {len(head)} bytes, too short to be a safetensors file")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    size = path.stat().st_size
+    if head[8:9] == b"{" and header_len <= _MAX_HEADER and 8 + header_len <= size:
+        return  # looks like safetensors; the parser decides the rest
+    if head[:2] in _PICKLE_PROTOCOLS:
+        raise InputError(
+            f"{path}: is a pickle, which attndbg never loads (it can run arbitrary code); "
+            "save tensors with safetensors.torch.save_file"
+        )
+    if head[:4] == b"PK\x03\x04":
+        raise InputError(
+            f"{path}: is a zip archive such as torch.save writes (a pickle inside), which attndbg "
+            "never loads; save tensors with safetensors.torch.save_file"
+        )
+    if head[:6] == b"\x93NUMPY":
+        raise InputError(f"{path}: is a NumPy .npy file; save tensors with safetensors instead")
+    if header_len > _MAX_HEADER or 8 + header_len > size:
+        raise InputError(
+            f"{path}: not a safetensors file (header length {header_len} does not fit in "
+            f"{size} bytes; truncated or another format)"
+        )
+    raise InputError(f"{path}: not a safetensors file (the header is not JSON)")
+
+
+def _read_header(path: Path) -> tuple[list[str], dict[str, str]]:
+    from safetensors import safe_open
+
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            metadata = dict(handle.metadata() or {})
+    except Exception as exc:  # SafetensorError has no stable import path across versions
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a valid safetensors file ({detail})") from None
+    return keys, metadata
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    prefix, _, leaf = key.rpartition(".")
+    return prefix, leaf.lower()
+
+
+def plan_file(
+    path: str | Path,
+    case_glob: str | None = None,
+    overrides: Settings | None = None,
+) -> list[CasePlan]:
+    """Group a file's tensors into cases and resolve each case's settings, reading only the header."""
+    path = Path(path)
+    keys, metadata = _read_header(path)
+    overrides = overrides or Settings()
+
+    grouped: dict[str, dict[str, str]] = {}
+    ignored: dict[str, list[str]] = {}
+    for key in keys:
+        prefix, leaf = _split_key(key)
+        name = prefix or path.stem
+        role = ALIAS_TO_ROLE.get(leaf)
+        if role is None:
+            ignored.setdefault(name, []).append(key)
+            continue
+        roles = grouped.setdefault(name, {})
+        if role in roles:
+            raise InputError(
+                f"{path}: case {name!r} has two tensors for role {role}: {roles[role]!r} "
+                f"and {key!r}"
+            )
+        roles[role] = key
+    if not grouped:
+        shown = ", ".join(keys[:8]) + (" …" if len(keys) > 8 else "") if keys else "none"
+        raise InputError(
+            f"{path}: no recognisable tensors (expected names like q, k, v, mask, weights, "
+            f"scores, out, optionally prefixed by a case name); found: {shown}"
+        )
+
+    global_meta = {k: v for k, v in metadata.items() if k in SETTING_KEYS}
+    base = settings_from_strings(global_meta, str(path))
+    plans = []
+    for name, roles in grouped.items():
+        if case_glob and not fnmatch.fnmatchcase(name, case_glob):
+            continue
+        has_qkv = all(r in roles for r in ("q", "k", "v"))
+        if not has_qkv and not ({"weights", "scores"} & roles.keys()):
+            missing = [r for r in ("q", "k", "v") if r not in roles]
+            raise InputError(
+                f"{path}: case {name!r} has {', '.join(sorted(roles))} but no "
+                f"{', '.join(missing)}; a case needs q, k and v, or weights or scores"
+            )
+        case_meta = {
+            key[len(name) + 1 :]: value
+            for key, value in metadata.items()
+            if key.startswith(name + ".") and key[len(name) + 1 :] in SETTING_KEYS
+        }
+        from_meta = settings_from_strings(case_meta, f"{path} case {name!r}").merged_over(base)
+        settings = overrides.merged_over(from_meta)
+        origins = {}
+        for key in SETTING_KEYS:
+            if getattr(overrides, key) is not None:
+                origins[key] = "flag"
+            elif getattr(from_meta, key) is not None:
+                origins[key] = "metadata"
+        notes = [f"ignored tensor {key!r} (not a known role)" for key in ignored.get(name, [])]
+        plans.append(CasePlan(name, path, roles, settings, origins, notes))
+    return plans
+
+
+def load_case(plan: CasePlan) -> Case:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(plan.file), framework="pt") as handle:
+            tensors = {role: handle.get_tensor(key) for role, key in plan.keys.items()}
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{plan.file}: tensor data cannot be read ({detail})") from None
+    return Case(
+        name=plan.name,
+        file=str(plan.file),
+        tensors=tensors,
+        keys=dict(plan.keys),
+        settings=plan.settings,
+        origins=dict(plan.origins),
+        notes=list(plan.notes),
+    )
+
+
+def iter_cases(
+    paths: list[str | Path],
+    case_glob: str | None = None,
+    overrides: Settings | None = None,
+) -> Iterator[Case]:
+    """Check every header first (bad input fails before any output), then read cases one by one."""
+    plans = [plan for path in paths for plan in plan_file(path, case_glob, overrides)]
+    if case_glob and not plans:
+        raise InputError(f"no case matches --case {case_glob!r} in {', '.join(map(str, paths))}")
+    for plan in plans:
+        yield load_case(plan)
+
+

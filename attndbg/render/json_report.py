@@ -1,0 +1,24 @@
+"""JSON output: ``Report.to_dict()`` serialised, schema documented in docs/json-schema.md."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from attndbg.report import Report
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/Infinity; encode them as strings so every consumer can parse the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def render_json(report: Report, timings: bool = True) -> str:
+    return json.dumps(_clean(report.to_dict(timings=timings)), indent=2, allow_nan=False) + "\n"

@@ -1,0 +1,174 @@
+"""The terminal report, built from Rich renderables."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from attndbg.report import CaseReport, Finding, Report, Severity, TensorSummary
+
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+STATUS_MARK = {
+    "ok": ("✓", "green"),
+    "findings": ("!", "yellow"),
+    "skipped": ("-", "dim"),
+    "not-requested": ("·", "dim"),
+}
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    return f"{value:.3e}" if magnitude >= 1e5 or magnitude < 1e-3 else f"{value:.4g}"
+
+
+def _evidence(evidence: dict[str, Any]) -> str:
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return _num(value)
+        if isinstance(value, list) and len(value) > 8:
+            return "[" + ", ".join(fmt(v) for v in value[:8]) + ", …]"
+        if isinstance(value, list):
+            return "[" + ", ".join(fmt(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) + "}"
+        return str(value)
+
+    return "  ".join(f"{key}={fmt(value)}" for key, value in evidence.items())
+
+
+def tensor_table(tensors: list[TensorSummary]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("role", "tensor", "shape", "dtype", "min", "max", "mean", "std", "nan/inf"):
+        table.add_column(column, justify="right" if column in ("min", "max", "mean", "std") else "left")
+    for t in tensors:
+        bad = t.nan + t.posinf + t.neginf
+        nonfinite = Text(f"{t.nan}/{t.posinf + t.neginf}", style="red" if bad else "dim")
+        table.add_row(t.role, t.key, "×".join(map(str, t.shape)) or "scalar", t.dtype,
+                      _num(t.min), _num(t.max), _num(t.mean), _num(t.std), nonfinite)
+    return table
+
+
+def head_table(case: CaseReport) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold", title_justify="left")
+    columns = ("head", "entropy", "H/log n", "max w", "collapsed", "uniform", "sink",
+               "diag", "prev", "max logit")
+    for column in columns:
+        table.add_column(column, justify="right")
+    flagged = {f.head for f in case.findings if f.head is not None}
+    for h in case.heads:
+        style = "yellow" if h.head in flagged else ""
+        table.add_row(str(h.head), f"{h.entropy:.3f}", f"{h.entropy_ratio:.2f}", f"{h.max_weight:.2f}",
+                      f"{h.collapsed_share:.0%}", f"{h.uniform_share:.0%}", f"{h.sink_mass:.2f}",
+                      f"{h.diagonal_mass:.2f}", f"{h.previous_mass:.2f}", _num(h.max_logit),
+                      style=style)
+    return table
+
+
+def stage_line(case: CaseReport) -> Text:
+    text = Text("stages  ")
+    skipped = [s for s in case.stages if s.status == "skipped"]
+    for stage in case.stages:
+        if stage.status == "skipped":
+            continue
+        mark, style = STATUS_MARK.get(stage.status, ("?", ""))
+        count = sum(1 for f in case.findings if f.stage == stage.name)
+        label = f"{mark} {stage.name}" + (f" ({count})" if count else "")
+        text.append(label, style=SEVERITY_STYLE[_worst(case, stage.name)] if count else style)
+        text.append("  ")
+    if skipped:
+        names = ", ".join(s.name for s in skipped)
+        text.append(f"skipped after {skipped[0].reason}: {names}", style="dim")
+    return text
+
+
+def _worst(case: CaseReport, stage: str) -> str:
+    ranks = [f.severity for f in case.findings if f.stage == stage]
+    return max(ranks, key=lambda s: s.rank).value
+
+
+def finding_block(finding: Finding, show_fix: bool = True) -> RenderableType:
+    style = SEVERITY_STYLE[finding.severity.value]
+    head = Text()
+    head.append(f"{finding.severity.value:<7} ", style=style)
+    head.append(f"{finding.code} ", style="bold")
+    head.append(f"{finding.name}", style="dim")
+    if finding.head is not None:
+        head.append(f"  head {finding.head}", style="dim")
+    parts: list[RenderableType] = [head, Padding(Text(finding.message.split(": ", 1)[-1]), (0, 0, 0, 8))]
+    if finding.evidence:
+        parts.append(Padding(Text("evidence: " + _evidence(finding.evidence), style="dim"), (0, 0, 0, 8)))
+    if show_fix and finding.fix:
+        parts.append(Padding(Syntax(finding.fix, "python", theme="ansi_dark", background_color="default",
+                                    word_wrap=True), (0, 0, 0, 8)))
+    return Group(*parts)
+
+
+def case_renderable(case: CaseReport, quiet: bool = False) -> RenderableType:
+    if quiet:
+        lines = [Text(f"{case.file}::{case.name}: {f.severity.value} {f.code} {f.message.split(': ', 1)[-1]}",
+                      style=SEVERITY_STYLE[f.severity.value]) for f in _ordered(case.findings)]
+        return Group(*lines)
+    counts = case.counts()
+    title = Text()
+    title.append(f"case {case.name}", style="bold")
+    title.append(f"  {case.file}", style="dim")
+    if case.source:
+        title.append(f"  source: {case.source}", style="dim")
+    parts: list[RenderableType] = [Text(""), title]
+    if case.tensors:
+        parts.append(Padding(tensor_table(case.tensors), (0, 0, 0, 2)))
+    settings = {k: v for k, v in case.settings.items() if k != "origins"}
+    meta = Text("  ")
+    meta.append(f"layout {case.layout or '—'}  dtype {case.dtype}  device {case.device}  ", style="dim")
+    meta.append("  ".join(f"{k}={_num(v) if isinstance(v, float) else v}" for k, v in settings.items()), style="dim")
+    parts.append(meta)
+    for guess in case.guesses:
+        parts.append(Text(f"  assumed: {guess}", style="dim italic"))
+    parts.append(Padding(stage_line(case), (0, 0, 0, 2)))
+    if case.heads and any(f.stage == "patterns" or f.head is not None for f in case.findings):
+        parts.append(Padding(head_table(case), (0, 0, 0, 2)))
+    for finding in _ordered(case.findings):
+        parts.append(Padding(finding_block(finding), (0, 0, 0, 2)))
+    if not case.findings:
+        parts.append(Text("  no findings", style="green"))
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if summary:
+        parts.append(Text(f"  {summary}", style="dim"))
+    return Group(*parts)
+
+
+def _ordered(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (-f.severity.rank, f.code))
+
+
+def summary_text(report: Report) -> Text:
+    counts = report.counts()
+    text = Text()
+    text.append(f"{len(report.cases)} case{'s' if len(report.cases) != 1 else ''}: ")
+    for severity in Severity:
+        n = counts[severity.value]
+        text.append(f"{n} {severity.value}{'s' if n != 1 else ''}", style=SEVERITY_STYLE[severity.value] if n else "dim")
+        text.append("  ")
+    code = report.exit_code()
+    text.append(f"(fail-on {report.fail_on}: exit {code})", style="dim")
+    return text
+
+
+def render_rich(report: Report, console: Console, quiet: bool = False) -> None:
+    for case in report.cases:
+        console.print(case_renderable(case, quiet=quiet))
+    if not quiet:
+        console.print()
+    console.print(summary_text(report))

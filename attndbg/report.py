@@ -1,0 +1,170 @@
+"""The report: plain dataclasses that the engine fills and the renderers read.
+
+Nothing here imports torch, Rich or Typer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+STAGES: tuple[str, ...] = (
+    "shapes",
+    "numerics",
+    "scaling",
+    "mask",
+    "softmax",
+    "patterns",
+    "gradients",
+)
+
+
+class Severity(str, Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return {"info": 1, "warning": 2, "error": 3}[self.value]
+
+
+FAIL_ON_RANK = {"info": 1, "warning": 2, "error": 3, "never": 99}
+
+
+@dataclass
+class Finding:
+    code: str
+    name: str
+    severity: Severity
+    stage: str
+    message: str
+    evidence: dict[str, Any]
+    fix: str
+    case: str = ""
+    head: int | None = None
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # "ok" | "findings" | "skipped" | "not-requested"
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class TensorSummary:
+    role: str
+    key: str
+    shape: list[int]
+    dtype: str
+    min: float | None
+    max: float | None
+    mean: float | None
+    std: float | None
+    nan: int
+    posinf: int
+    neginf: int
+
+
+@dataclass
+class HeadStats:
+    """Statistics of one head's attention, averaged over rows and batch, from the chunked pass."""
+
+    head: int
+    entropy: float
+    entropy_ratio: float
+    max_weight: float
+    collapsed_share: float
+    uniform_share: float
+    sink_mass: float
+    diagonal_mass: float
+    previous_mass: float
+    max_logit: float
+    logit_std: float
+
+
+@dataclass
+class CaseReport:
+    name: str
+    file: str
+    source: str = ""
+    layout: str = ""
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    dtype: str = ""
+    device: str = "cpu"
+    settings: dict[str, Any] = field(default_factory=dict)
+    guesses: list[str] = field(default_factory=list)
+    tensors: list[TensorSummary] = field(default_factory=list)
+    stages: list[StageResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    heads: list[HeadStats] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in Severity}
+        for finding in self.findings:
+            counts[finding.severity.value] += 1
+        return counts
+
+
+@dataclass
+class Report:
+    inputs: list[str] = field(default_factory=list)
+    cases: list[CaseReport] = field(default_factory=list)
+    fail_on: str = "error"
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for case in self.cases for f in case.findings]
+
+    def counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in Severity}
+        for finding in self.findings:
+            counts[finding.severity.value] += 1
+        return counts
+
+    def exit_code(self, fail_on: str | None = None) -> int:
+        threshold = FAIL_ON_RANK[fail_on or self.fail_on]
+        return 1 if any(f.severity.rank >= threshold for f in self.findings) else 0
+
+    def codes(self) -> list[str]:
+        return sorted({f.code for f in self.findings})
+
+    def to_dict(self, timings: bool = True) -> dict[str, Any]:
+        def convert(obj: Any) -> Any:
+            if isinstance(obj, Enum):
+                return obj.value
+            if dataclasses.is_dataclass(obj):
+                return {f.name: convert(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+            if isinstance(obj, dict):
+                return {str(k): convert(v) for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                return [convert(v) for v in obj]
+            return obj
+
+        cases = []
+        for case in self.cases:
+            data = convert(case)
+            if not timings:
+                for stage in data["stages"]:
+                    stage["seconds"] = None
+            cases.append(data)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "attndbg", "version": _version()},
+            "inputs": list(self.inputs),
+            "cases": cases,
+            "summary": {**self.counts(), "cases": len(self.cases), "fail_on": self.fail_on},
+            "exit_code": self.exit_code(),
+        }
+
+
+def _version() -> str:
+    from attndbg import __version__
+
+    return __version__

@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["diagnose", "Report", "Finding", "Severity", "__version__"]
+__all__ = ["diagnose", "capture", "Report", "Finding", "Severity", "__version__"]
 
 if TYPE_CHECKING:
     from attndbg.engine import diagnose
+    from attndbg.recorder import capture
     from attndbg.report import Finding, Report, Severity
 
 
@@ -20,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from attndbg.engine import diagnose
 
         return diagnose
+    if name == "capture":
+        from attndbg.recorder import capture
+
+        return capture
     if name in ("Report", "Finding", "Severity", "CaseReport"):
         from attndbg import report
 

@@ -12,9 +12,8 @@ import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -83,20 +82,34 @@ def parse_size(text: str) -> int:
 @app.command()
 def inspect(
     paths: Annotated[list[Path], typer.Argument(help="safetensors files holding one or more cases.")],
-    case: Annotated[Optional[str], typer.Option("--case", help="Only cases whose name matches this glob.")] = None,
-    layout: Annotated[Optional[str], typer.Option(help="Layout of q/k/v/out, e.g. bhsd, bshd, bsd, sbd.")] = None,
-    causal: Annotated[Optional[bool], typer.Option("--causal/--no-causal", help="Override is_causal.")] = None,
-    scale: Annotated[Optional[float], typer.Option(help="Override the softmax scale.")] = None,
-    mask_semantics: Annotated[Optional[MaskSemantics], typer.Option(help="How to read the mask.")] = None,
+    case: Annotated[
+        str | None, typer.Option("--case", help="Only cases whose name matches this glob.")
+    ] = None,
+    layout: Annotated[
+        str | None, typer.Option(help="Layout of q/k/v/out, e.g. bhsd, bshd, bsd, sbd.")
+    ] = None,
+    causal: Annotated[bool | None, typer.Option("--causal/--no-causal", help="Override is_causal.")] = None,
+    scale: Annotated[float | None, typer.Option(help="Override the softmax scale.")] = None,
+    mask_semantics: Annotated[MaskSemantics | None, typer.Option(help="How to read the mask.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     max_memory: Annotated[str, typer.Option(help="Memory budget for score chunks, e.g. 512MiB.")] = "1GiB",
     grad: Annotated[bool, typer.Option(help="Also run the gradient stage.")] = False,
-    select: Annotated[Optional[list[str]], typer.Option(help="Only these codes or prefixes (SHP, MSK00, PAT004).")] = None,
-    ignore: Annotated[Optional[list[str]], typer.Option(help="Skip these codes or prefixes.")] = None,
-    fail_on: Annotated[FailOn, typer.Option(help="Exit 1 when a finding is at or above this severity.")] = FailOn.error,
-    output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.rich,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the report to this file.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One line per finding, then the summary.")] = False,
+    select: Annotated[
+        list[str] | None, typer.Option(help="Only these codes or prefixes (SHP, MSK00, PAT004).")
+    ] = None,
+    ignore: Annotated[list[str] | None, typer.Option(help="Skip these codes or prefixes.")] = None,
+    fail_on: Annotated[
+        FailOn, typer.Option(help="Exit 1 when a finding is at or above this severity.")
+    ] = FailOn.error,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="Report format.")
+    ] = OutputFormat.rich,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the report to this file.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="One line per finding, then the summary.")
+    ] = False,
     timings: Annotated[bool, typer.Option("--timings/--no-timings", help="Stage seconds in JSON.")] = True,
     debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
 ) -> None:
@@ -131,7 +144,7 @@ def inspect(
         from attndbg.render.rich_report import case_renderable
 
         def on_case(case_report):  # noqa: ANN001 - a small callback
-            console.print(case_renderable(case_report, quiet=quiet))
+            console.print(case_renderable(case_report, quiet=quiet), soft_wrap=quiet)
 
     with _status(f"inspecting {len(paths)} file(s)", enabled=stream and not quiet):
         report = run_cases(cases, options, inputs=[str(p) for p in paths], on_case=on_case)
@@ -149,8 +162,9 @@ def inspect(
     else:
         from attndbg.render.rich_report import render_rich
 
-        buffer = Console(record=True, width=120, file=open(os.devnull, "w"), color_system=None)  # noqa: SIM115
-        render_rich(report, buffer, quiet=quiet)
+        with open(os.devnull, "w") as sink:
+            buffer = Console(record=True, width=120, file=sink, color_system=None)
+            render_rich(report, buffer, quiet=quiet)
         _emit(buffer.export_text(), output)
     raise typer.Exit(report.exit_code())
 
@@ -181,20 +195,22 @@ def _emit(text: str, output: Path | None) -> None:
     directory = output.resolve().parent
     if not directory.is_dir():
         raise UsageError(f"-o {output}: directory {directory} does not exist")
-    handle = tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp", encoding="utf-8")
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{output.name}.", suffix=".tmp")
     try:
-        with handle:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(handle.name, output)
+        os.replace(temporary, output)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        Path(temporary).unlink(missing_ok=True)
         raise
     err_console.print(f"report written to {output}", style="dim")
 
 
 @app.command()
 def rules(
-    output_format: Annotated[OutputFormat, typer.Option("--format", help="Table or JSON.")] = OutputFormat.rich,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="Table or JSON.")
+    ] = OutputFormat.rich,
 ) -> None:
     """List every check: code, name, stage, default severity."""
     from attndbg.registry import load_checks
@@ -203,8 +219,18 @@ def rules(
     if output_format == OutputFormat.json:
         import json
 
-        data = [{"code": c.code, "name": c.name, "stage": c.stage, "severity": c.severity.value,
-                 "summary": c.summary, "rationale": c.rationale, "fix": c.fix.strip()} for c in checks.values()]
+        data = [
+            {
+                "code": c.code,
+                "name": c.name,
+                "stage": c.stage,
+                "severity": c.severity.value,
+                "summary": c.summary,
+                "rationale": c.rationale,
+                "fix": c.fix.strip(),
+            }
+            for c in checks.values()
+        ]
         print(json.dumps(data, indent=2))
         return
     from rich.table import Table
@@ -240,7 +266,16 @@ def explain(code: Annotated[str, typer.Argument(help="A check code, e.g. MSK003.
     console.print(Padding(Text(check.rationale), (0, 0, 0, 2)))
     console.print()
     console.print(Text("Fix:", style="bold"))
-    console.print(Padding(Syntax(check.fix.strip(), "python", theme="ansi_dark", background_color="default"), (0, 0, 0, 2)))
+    console.print(
+        Padding(
+            Syntax(check.fix.strip(), "python", theme="ansi_dark", background_color="default"),
+            (0, 0, 0, 2),
+        )
+    )
+
+
+def _is_click_exception(exc: BaseException) -> bool:
+    return "click" in type(exc).__module__ and (hasattr(exc, "show") or type(exc).__name__ == "Abort")
 
 
 def main() -> None:
@@ -248,12 +283,6 @@ def main() -> None:
     debug = "--debug" in sys.argv or bool(os.environ.get("ATTNDBG_DEBUG"))
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.Abort:
-        err_console.print("attndbg: interrupted")
-        code = 130
-    except click.exceptions.ClickException as exc:  # usage errors: bad option, missing argument
-        exc.show(file=sys.stderr)
-        code = 2
     except AttndbgError as exc:
         err_console.print(f"attndbg: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         code = exc.exit_code
@@ -261,12 +290,20 @@ def main() -> None:
         err_console.print("attndbg: interrupted")
         code = 130
     except Exception as exc:  # attndbg's own failure: one line unless --debug
+        if _is_click_exception(exc):  # bad option or missing argument (Typer vendors Click)
+            if type(exc).__name__ == "Abort":
+                err_console.print("attndbg: interrupted")
+                sys.exit(130)
+            exc.show(file=sys.stderr)
+            sys.exit(2)
         if debug:
             raise
         err_console.print(
             f"attndbg: internal error: {type(exc).__name__}: {exc} — please report it at "
             "https://github.com/attndbg/attndbg/issues with the output of --debug",
-            highlight=False, markup=False, soft_wrap=True,
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
         code = 3
     sys.exit(code if isinstance(code, int) else 0)

@@ -185,7 +185,7 @@ class CaseContext:
 
     def _expand_kv(self, tensor: torch.Tensor) -> torch.Tensor:
         hq = self.sizes["Hq"]
-        if tensor.shape[1] != hq and tensor.shape[1] and hq % tensor.shape[1] == 0:
+        if tensor.shape[1] != hq and self.enable_gqa and tensor.shape[1] and hq % tensor.shape[1] == 0:
             tensor = tensor.repeat_interleave(hq // tensor.shape[1], dim=1)
         return tensor
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -64,8 +65,16 @@ def summarize_tensor(role: str, key: str, tensor: torch.Tensor) -> TensorSummary
         )
     else:
         stats = (None, None, None, None)
-    return TensorSummary(role, key, list(tensor.shape), str(tensor.dtype).replace("torch.", ""),
-                         *stats, nan=nan, posinf=posinf, neginf=neginf)
+    return TensorSummary(
+        role,
+        key,
+        list(tensor.shape),
+        str(tensor.dtype).replace("torch.", ""),
+        *stats,
+        nan=nan,
+        posinf=posinf,
+        neginf=neginf,
+    )
 
 
 def _heads(ctx: CaseContext) -> list[HeadStats]:
@@ -102,8 +111,9 @@ def _heads(ctx: CaseContext) -> list[HeadStats]:
 
 def run_case(case: Case, options: Options) -> CaseReport:
     ctx = CaseContext(case, device=options.device, max_memory=options.max_memory)
-    report = CaseReport(name=case.name, file=case.file, source=case.settings.source or "",
-                        device=options.device)
+    report = CaseReport(
+        name=case.name, file=case.file, source=case.settings.source or "", device=options.device
+    )
     report.tensors = [
         summarize_tensor(role, ctx.key(role), tensor)
         for role, tensor in sorted(case.tensors.items(), key=lambda kv: _role_rank(kv[0]))
@@ -146,13 +156,13 @@ def run_case(case: Case, options: Options) -> CaseReport:
         report.findings.extend(stage_findings)
 
     report.layout = ctx.layout or ""
-    report.shapes = {role: list(t.shape) for role, t in sorted(case.tensors.items(), key=lambda kv: _role_rank(kv[0]))}
+    report.shapes = {
+        role: list(t.shape) for role, t in sorted(case.tensors.items(), key=lambda kv: _role_rank(kv[0]))
+    }
     report.dtype = str(ctx.dtype).replace("torch.", "")
     if not blocked or "stats" in ctx.__dict__:
-        try:
+        with contextlib.suppress(ShapeProblem):
             report.settings = ctx.describe_settings()
-        except ShapeProblem:
-            pass
     if "stats" in ctx.__dict__:
         report.heads = _heads(ctx)
     report.guesses = list(dict.fromkeys(ctx.guesses))
@@ -202,9 +212,24 @@ def diagnose(
     fail_on: str = "error",
     grad: bool = False,
 ) -> Report:
-    """Run the whole pipeline on tensors in memory and return the Report (nothing is printed)."""
+    """Run the whole pipeline on tensors in memory and return the Report (nothing is printed).
+
+    ``q`` may also be the :class:`attndbg.recorder.Calls` recorded by ``attndbg.capture``.
+    """
     from attndbg.case import parse_layout, parse_mask_semantics
+    from attndbg.recorder import Calls
     from attndbg.registry import parse_codes
+
+    options = Options(
+        device=resolve_device(device),
+        max_memory=max_memory,
+        select=parse_codes(select),
+        ignore=parse_codes(ignore),
+        grad=grad,
+        fail_on=fail_on,
+    )
+    if isinstance(q, Calls):
+        return run_cases(q.cases(), options, inputs=["<capture>"])
 
     given = {"q": q, "k": k, "v": v, "mask": mask, "weights": weights, "scores": scores, "out": out}
     tensors = {role: t.detach() for role, t in given.items() if t is not None}
@@ -221,12 +246,4 @@ def diagnose(
     )
     origins = {key: "argument" for key, value in vars(settings).items() if value is not None}
     case = Case(name=name, file="<memory>", tensors=tensors, settings=settings, origins=origins)
-    options = Options(
-        device=resolve_device(device),
-        max_memory=max_memory,
-        select=parse_codes(select),
-        ignore=parse_codes(ignore),
-        grad=grad,
-        fail_on=fail_on,
-    )
     return run_cases([case], options, inputs=["<memory>"])

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from attndbg.context import CaseContext
 
 # Max-abs-error tolerances on probabilities, by the dtype the artefact was saved in.
-WEIGHT_TOLERANCE = {"float64": 1e-6, "float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
+# float32 allows weights printed/rounded to 4 decimals (the seeds' hand-computed example).
+WEIGHT_TOLERANCE = {"float64": 1e-6, "float32": 5e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
 ARTEFACT_ROLE = {"weights": "weights", "scores": "scores", "out": "out"}
 DESCRIPTION = {
     "reference": "the assumed reading",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ def _read_header(path: Path) -> tuple[list[str], dict[str, str]]:
     return keys, metadata
 
 
+def _natural(name: str) -> list:
+    """Sort key that puts layer.2 before layer.10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def _split_key(key: str) -> tuple[str, str]:
     prefix, _, leaf = key.rpartition(".")
     return prefix, leaf.lower()
@@ -111,8 +117,7 @@ def plan_file(
         roles = grouped.setdefault(name, {})
         if role in roles:
             raise InputError(
-                f"{path}: case {name!r} has two tensors for role {role}: {roles[role]!r} "
-                f"and {key!r}"
+                f"{path}: case {name!r} has two tensors for role {role}: {roles[role]!r} and {key!r}"
             )
         roles[role] = key
     if not grouped:
@@ -122,6 +127,10 @@ def plan_file(
             f"scores, out, optionally prefixed by a case name); found: {shown}"
         )
 
+    order = {name: i for i, name in enumerate(metadata.get("case_order", "").splitlines())}
+    grouped = dict(
+        sorted(grouped.items(), key=lambda item: (order.get(item[0], len(order)), _natural(item[0])))
+    )
     global_meta = {k: v for k, v in metadata.items() if k in SETTING_KEYS}
     base = settings_from_strings(global_meta, str(path))
     plans = []
@@ -184,5 +193,3 @@ def iter_cases(
         raise InputError(f"no case matches --case {case_glob!r} in {', '.join(map(str, paths))}")
     for plan in plans:
         yield load_case(plan)
-
-

@@ -58,6 +58,7 @@ class AttentionStats:
     sink: torch.Tensor
     diagonal: torch.Tensor
     previous: torch.Tensor
+    next: torch.Tensor
     n_kept: torch.Tensor
     masked_mass: torch.Tensor
     above_diagonal: torch.Tensor
@@ -157,24 +158,38 @@ def compute_stats(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one pass,
 
     st = {
         name: per_row()
-        for name in (
-            "max_logit absmax_raw logit_mean logit_std lse entropy max_weight sink diagonal "
-            "previous n_kept masked_mass above_diagonal"
-        ).split()
+        for name in [
+            "max_logit",
+            "absmax_raw",
+            "logit_mean",
+            "logit_std",
+            "lse",
+            "entropy",
+            "max_weight",
+            "sink",
+            "diagonal",
+            "previous",
+            "next",
+            "n_kept",
+            "masked_mass",
+            "above_diagonal",
+        ]
     }
     user_w = ctx.user_weights
     user_s = ctx.user_scores
     user_out = ctx.out
     has_qkv = ctx.has_qkv
-    out = (
-        torch.zeros(B, H, Lq, sizes["Dv"], dtype=torch.float32, device=device) if has_qkv else None
-    )
+    out = torch.zeros(B, H, Lq, sizes["Dv"], dtype=torch.float32, device=device) if has_qkv else None
     gram = torch.zeros(B, H, H, dtype=torch.float64, device=device)
     gram_stride = max(1, Lq // _GRAM_ROWS)
     nonfinite = {"scores": 0, "weights": 0, "output": 0}
     first: dict[str, list[int]] = {}
 
-    hyps = build_hypotheses(ctx) if has_qkv and (user_w is not None or user_s is not None or user_out is not None) else []
+    hyps = (
+        build_hypotheses(ctx)
+        if has_qkv and (user_w is not None or user_s is not None or user_out is not None)
+        else []
+    )
     errors: dict[str, dict[str, float]] = {}
     row_sum = col_sum = user_masked = user_above = None
     user_min, user_max = math.inf, -math.inf
@@ -203,7 +218,10 @@ def compute_stats(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one pass,
             i_idx = torch.arange(start, stop, device=device)
             raw = None
             if has_qkv:
-                raw = torch.matmul(ctx.q[min(b, ctx.q.shape[0] - 1), :, rows], ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2))
+                raw = torch.matmul(
+                    ctx.q[min(b, ctx.q.shape[0] - 1), :, rows],
+                    ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2),
+                )
                 scaled = raw * ctx.scale
             elif user_s is not None:
                 scaled = user_s[min(b, user_s.shape[0] - 1), :, rows].to(device, torch.float32)
@@ -245,7 +263,7 @@ def compute_stats(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one pass,
             st["entropy"][b, :, rows] = entropy.clamp_min(0)
             st["max_weight"][b, :, rows] = probs.amax(-1)
             st["sink"][b, :, rows] = probs[..., 0]
-            for name, shift in (("diagonal", 0), ("previous", -1)):
+            for name, shift in (("diagonal", 0), ("previous", -1), ("next", 1)):
                 target = i_idx + offset + shift
                 valid = (target >= 0) & (target < Lk)
                 gathered = probs.gather(-1, target.clamp(0, Lk - 1).expand(H, -1).unsqueeze(-1)).squeeze(-1)
@@ -264,7 +282,13 @@ def compute_stats(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one pass,
                 count = kept_b.sum(-1).clamp_min(1)
                 masked_scaled = torch.where(kept_b, finite_scaled, torch.zeros((), device=device))
                 mean = masked_scaled.sum(-1) / count
-                var = (torch.where(kept_b, (finite_scaled - mean[..., None]) ** 2, torch.zeros((), device=device))).sum(-1) / count
+                var = (
+                    torch.where(
+                        kept_b,
+                        (finite_scaled - mean[..., None]) ** 2,
+                        torch.zeros((), device=device),
+                    )
+                ).sum(-1) / count
                 st["logit_mean"][b, :, rows] = mean
                 st["logit_std"][b, :, rows] = var.sqrt()
 
@@ -340,9 +364,14 @@ def _column_lse(ctx: CaseContext, hyp: Hypothesis, rows_per_chunk: int) -> torch
     return col
 
 
-def _hyp_logits(ctx: CaseContext, hyp: Hypothesis, b: int, rows: slice, raw: torch.Tensor | None = None) -> torch.Tensor:
+def _hyp_logits(
+    ctx: CaseContext, hyp: Hypothesis, b: int, rows: slice, raw: torch.Tensor | None = None
+) -> torch.Tensor:
     if raw is None:
-        raw = torch.matmul(ctx.q[min(b, ctx.q.shape[0] - 1), :, rows], ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2))
+        raw = torch.matmul(
+            ctx.q[min(b, ctx.q.shape[0] - 1), :, rows],
+            ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2),
+        )
     logits = raw * hyp.scale
     bias = _bias(ctx, b, rows, hyp.mask, hyp.causal)
     return logits if bias is None else logits + bias
@@ -376,7 +405,9 @@ def _score_hypothesis(ctx, hyp, b, rows, raw, user_w, user_s, user_out, col_lse,
         record("out", hyp.label, float(diff.max()) if diff.numel() else 0.0)
 
 
-def head_summary(stats: AttentionStats, collapsed_at: float = 0.95, uniform_at: float = 0.99) -> list[dict[str, float]]:
+def head_summary(
+    stats: AttentionStats, collapsed_at: float = 0.95, uniform_at: float = 0.99
+) -> list[dict[str, float]]:
     """Per-(batch, head) aggregates of the row statistics.
 
     Only rows with at least 4 attended keys count (not the first rows of a causal map, nor
@@ -393,7 +424,9 @@ def head_summary(stats: AttentionStats, collapsed_at: float = 0.95, uniform_at: 
             rows = informative[b, h]
             count = int(rows.sum())
 
-            def mean(t: torch.Tensor, rows: torch.Tensor = rows, count: int = count) -> float:
+            def mean(
+                t: torch.Tensor, rows: torch.Tensor = rows, count: int = count, b: int = b, h: int = h
+            ) -> float:
                 return float(t[b, h][rows].mean()) if count else 0.0
 
             heads.append(
@@ -409,6 +442,7 @@ def head_summary(stats: AttentionStats, collapsed_at: float = 0.95, uniform_at: 
                     "sink_mass": mean(stats.sink),
                     "diagonal_mass": mean(stats.diagonal),
                     "previous_mass": mean(stats.previous),
+                    "next_mass": mean(stats.next),
                     "max_logit": float(stats.max_logit[b, h][rows].max()) if count else 0.0,
                     "logit_std": mean(stats.logit_std),
                 }

@@ -36,7 +36,15 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def qkv(seed: int = 0, b: int = B, h: int = H, lq: int = L, lk: int = L, d: int = D, hk: int | None = None):
+def qkv(
+    seed: int = 0,
+    b: int = B,
+    h: int = H,
+    lq: int = L,
+    lk: int = L,
+    d: int = D,
+    hk: int | None = None,
+):
     g = gen(seed)
     q = torch.randn(b, h, lq, d, generator=g)
     k = torch.randn(b, hk or h, lk, d, generator=g)
@@ -90,9 +98,7 @@ def clean_causal() -> Fixture:
 def clean_seeds_example() -> Fixture:
     # The hand-computed example: X = [[1,0,1,0],[0,1,0,1],[1,1,0,0]], Q = K = V = X.
     x = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0]])
-    weights = torch.tensor(
-        [[0.5066, 0.1863, 0.3071], [0.1863, 0.5066, 0.3071], [0.2741, 0.2741, 0.4518]]
-    )
+    weights = torch.tensor([[0.5066, 0.1863, 0.3071], [0.1863, 0.5066, 0.3071], [0.2741, 0.2741, 0.4518]])
     return {"q": x, "k": x.clone(), "v": x.clone(), "weights": weights}, {}
 
 
@@ -131,8 +137,13 @@ def clean_multi_case() -> Fixture:
     tensors = {}
     for layer in range(3):
         q, k, v = qkv(10 + layer)
-        tensors.update({f"encoder.layer.{layer}.q": q, f"encoder.layer.{layer}.k": k,
-                        f"encoder.layer.{layer}.v": v})
+        tensors.update(
+            {
+                f"encoder.layer.{layer}.q": q,
+                f"encoder.layer.{layer}.k": k,
+                f"encoder.layer.{layer}.v": v,
+            }
+        )
     return tensors, {"encoder.layer.0.source": "encoder.layer.0.attention"}
 
 

@@ -97,14 +97,26 @@ weights = weights.masked_fill(~keep, 0.0)                    # defined zeros, Na
                 first_fill = fills["finite"][0]
                 kind = fills["named"].get(first_fill, f"{first_fill:.3g}")
         outcome = consequence(kind)
-        uniform = float(stats.masked_mass[full].mean()) if kind != "-inf" else 0.0
-        sdpa = outcome["SDPA (PyTorch 2.13)"]
+        if kind == "-inf":
+            effect = "a plain softmax gives NaN (0/0) there; PyTorch 2.13's SDPA gives zeros"
+        else:
+            effect = (
+                f"with the finite fill {kind} every masked key gets the same weight, in a "
+                "plain softmax and in SDPA alike: those rows silently average padding"
+            )
+        extra = {}
+        if kind != "-inf":
+            extra["masked_weight"] = round(float(stats.masked_mass[full].mean()), 4)
         yield Hit(
-            f"{count} of {total} query rows (batch, row) have every key masked (first {first}); "
-            f"the fill is {kind}: a plain softmax gives "
-            f"{outcome['plain softmax'].split(',')[0]}, SDPA gives {sdpa}",
-            {"rows": count, "of": total, "first": first, "fill": kind, "backends": outcome,
-             **({"masked_weight": round(uniform, 4)} if kind != "-inf" else {})},
+            f"{count} of {total} query rows (batch, row) have every key masked (first {first}); " + effect,
+            {
+                "rows": count,
+                "of": total,
+                "first": first,
+                "fill": kind,
+                "backends": outcome,
+                **extra,
+            },
         )
 
 
@@ -137,11 +149,17 @@ weights = torch.softmax(scores, dim=-1)
             return
         rows = int(leaked.sum())
         worst = float(stats.user_masked_mass[live].max())
-        message = (f"{rows} of {int(live.sum())} (batch, head, row)s of the saved weights put weight "
-                   f"on masked keys (up to {worst:.3g} of the row)")
+        message = (
+            f"{rows} of {int(live.sum())} (batch, head, row)s of the saved weights put weight "
+            f"on masked keys (up to {worst:.3g} of the row)"
+        )
         v = explained(ctx, {"mask ignored"})
-        ev = {"rows": rows, "of": int(live.sum()), "max_masked_weight": worst,
-              "first": leaked.nonzero()[0].tolist()}
+        ev = {
+            "rows": rows,
+            "of": int(live.sum()),
+            "max_masked_weight": worst,
+            "first": leaked.nonzero()[0].tolist(),
+        }
         if v:
             message += "; " + v.sentence()
             ev.update(evidence(v))
@@ -174,13 +192,19 @@ attn_mask = torch.zeros_like(attention_mask, dtype=q.dtype).masked_fill(attentio
             return
         mask = ctx.raw["mask"]
         values = set(torch.unique(mask.to(torch.float32))[:3].tolist())
-        if not (values <= {0.0, 1.0} and 1.0 in values):
-            return
+        if values != {0.0, 1.0}:
+            return  # all ones is a constant shift (harmless); all zeros masks nothing on purpose
         ones = float((mask == 1).float().mean())
-        ev = {"mask_dtype": str(mask.dtype).replace("torch.", ""), "values": sorted(values),
-              "fraction_of_ones": ones, "decided_from": "mask values"}
-        message = (f"the mask is {str(mask.dtype)[6:]} with only 0s and 1s ({ones:.0%} ones) and is "
-                   "added to the scores: +1 on kept keys, 0 on the rest — nothing is masked")
+        ev = {
+            "mask_dtype": str(mask.dtype).replace("torch.", ""),
+            "values": sorted(values),
+            "fraction_of_ones": ones,
+            "decided_from": "mask values",
+        }
+        message = (
+            f"the mask is {str(mask.dtype)[6:]} with only 0s and 1s ({ones:.0%} ones) and is "
+            "added to the scores: +1 on kept keys, 0 on the rest — nothing is masked"
+        )
         for v in verdicts(ctx):
             if v.reference_matches:
                 message += f"; the saved {v.artefact} confirm it (error {v.reference_error:.2g})"
@@ -258,14 +282,20 @@ causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the dia
             yield Hit(
                 "the mask keeps the upper triangle (the future) and masks the past: an inverted "
                 f"causal mask ({ctx.mask_semantics} semantics)",
-                {"pattern": "inverted-causal", "semantics": ctx.mask_semantics,
-                 "decided_from": "mask structure"},
+                {
+                    "pattern": "inverted-causal",
+                    "semantics": ctx.mask_semantics,
+                    "decided_from": "mask structure",
+                },
             )
             return
-        if lq == 1 and b > 1 and ctx.mask_semantics in ("keep", "drop"):
-            profile = _padding_profile(keep.reshape(b, lk))
-            if profile and profile["kept_suffix"] and (
-                profile["rows_fully_masked"] or profile["kept_fraction"] < 0.5
+        rows_identical = lq == 1 or bool((keep == keep[..., :1, :]).all())
+        if rows_identical and h == 1 and ctx.mask_semantics in ("keep", "drop"):
+            profile = _padding_profile(keep[:, 0, 0, :])
+            if (
+                profile
+                and profile["kept_suffix"]
+                and (profile["rows_fully_masked"] or profile["kept_fraction"] < 0.5)
             ):
                 yield Hit(
                     f"read as {ctx.mask_semantics}, the padding mask keeps a suffix of each row "
@@ -325,8 +355,12 @@ causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril
                 yield Hit(
                     f"the saved weights put up to {float(stats.user_above_diagonal.max()):.3g} of a "
                     f"row on future keys, in {int(leaked.sum())} (batch, head, row)s",
-                    {"rows": int(leaked.sum()), "max_future_weight": float(stats.user_above_diagonal.max()),
-                     "first": leaked.nonzero()[0].tolist(), "decided_from": "saved weights"},
+                    {
+                        "rows": int(leaked.sum()),
+                        "max_future_weight": float(stats.user_above_diagonal.max()),
+                        "first": leaked.nonzero()[0].tolist(),
+                        "decided_from": "saved weights",
+                    },
                 )
 
 
@@ -359,16 +393,23 @@ out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         lq, lk = sizes["Lq"], sizes["Lk"]
         v = explained(ctx, {"causal lower-right"})
         if v:
-            yield Hit(v.sentence() + "; the code aligns the causal mask to the lower right",
-                      {**evidence(v), "q_len": lq, "k_len": lk}, severity=Severity.INFO)
+            yield Hit(
+                v.sentence() + "; the code aligns the causal mask to the lower right",
+                {**evidence(v), "q_len": lq, "k_len": lk},
+                severity=Severity.INFO,
+            )
             return
         hidden = lk - lq if lk > lq else 0
         yield Hit(
             f"is_causal with q_len {lq} != k_len {lk}: PyTorch aligns the mask to the upper left, "
             f"so the last query sees keys 0..{lq - 1} and never the last {hidden} keys; for a KV "
             "cache you want the lower-right alignment",
-            {"q_len": lq, "k_len": lk, "keys_never_seen_by_last_query": hidden,
-             "alignment": "upper-left"},
+            {
+                "q_len": lq,
+                "k_len": lk,
+                "keys_never_seen_by_last_query": hidden,
+                "alignment": "upper-left",
+            },
         )
 
 
@@ -406,8 +447,10 @@ bias = torch.zeros(keep_mask.shape, dtype=q.dtype).masked_fill(~keep_mask, torch
         if not fills["finite"] and not fills["neg_inf"]:
             return
         named = [fills["named"].get(f, f"{f:.3g}") for f in fills["finite"]]
-        base = {"fills": named + (["-inf"] if fills["neg_inf"] else []),
-                "backends_fully_masked_row": consequence("-inf" if fills["neg_inf"] else "finite")}
+        base = {
+            "fills": named + (["-inf"] if fills["neg_inf"] else []),
+            "backends_fully_masked_row": consequence("-inf" if fills["neg_inf"] else "finite"),
+        }
         stats = ctx.stats
         live = ~stats.fully_masked
         leak = float(stats.masked_mass[live].max()) if bool(live.any()) else 0.0
@@ -428,7 +471,11 @@ bias = torch.zeros(keep_mask.shape, dtype=q.dtype).masked_fill(~keep_mask, torch
             )
             return
         compute = ctx.dtype
-        low = [f for f in fills["finite"] if compute in (torch.float16,) and f < float(torch.finfo(torch.float16).min)]
+        low = [
+            f
+            for f in fills["finite"]
+            if compute in (torch.float16,) and f < float(torch.finfo(torch.float16).min)
+        ]
         if low:
             yield Hit(
                 f"fill {low[0]:.3g} is below float16's range (-65504): cast to the {str(compute)[6:]} "

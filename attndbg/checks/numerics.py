@@ -63,12 +63,20 @@ assert torch.isfinite(q).all(), "q is not finite: check the layer before the pro
                 if summary_role not in _NEG_INF_ALLOWED:
                     bad |= torch.isneginf(tensor)
                 first = bad.nonzero()[0].tolist()
-                parts = [f"{n} {label}" for n, label in ((nan, "NaN"), (posinf, "+Inf"), (neginf, "-Inf")) if n]
+                parts = [
+                    f"{n} {label}" for n, label in ((nan, "NaN"), (posinf, "+Inf"), (neginf, "-Inf")) if n
+                ]
                 yield Hit(
                     f"{summary_role} ({ctx.key(summary_role)}) holds {', '.join(parts)} of "
                     f"{tensor.numel()} values; first at index {first}",
-                    {"tensor": summary_role, "nan": nan, "posinf": posinf, "neginf": neginf,
-                     "of": tensor.numel(), "first": first},
+                    {
+                        "tensor": summary_role,
+                        "nan": nan,
+                        "posinf": posinf,
+                        "neginf": neginf,
+                        "of": tensor.numel(),
+                        "first": first,
+                    },
                     severity=Severity.ERROR if summary_role in ("q", "k", "v", "mask") else Severity.WARNING,
                 )
 
@@ -113,10 +121,16 @@ weights = weights.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # rows with not
                 earlier = [s for s in PIPELINE[: PIPELINE.index(stage)] if user[s] in ctx.raw]
                 yield Hit(
                     f"the saved {stage} ({ctx.key(role)}) hold {count} non-finite values "
-                    f"(first at {first})" + (f" while the saved {', '.join(earlier)} are finite" if earlier else "")
+                    f"(first at {first})"
+                    + (f" while the saved {', '.join(earlier)} are finite" if earlier else "")
                     + self._why(ctx, stage),
-                    {"stage": stage, "where": "saved", "count": count, "first": first,
-                     "fully_masked_rows": int(ctx.stats.fully_masked.sum()) if ctx.has_qkv else None},
+                    {
+                        "stage": stage,
+                        "where": "saved",
+                        "count": count,
+                        "first": first,
+                        "fully_masked_rows": int(ctx.stats.fully_masked.sum()) if ctx.has_qkv else None,
+                    },
                 )
                 return
         if not ctx.has_qkv:
@@ -128,8 +142,12 @@ weights = weights.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # rows with not
                 yield Hit(
                     f"the recomputed {stage} hold {count} non-finite values (first at "
                     f"{stats.first_nonfinite.get(stage)}) although q, k and v are finite",
-                    {"stage": stage, "where": "recomputed", "count": count,
-                     "first": stats.first_nonfinite.get(stage)},
+                    {
+                        "stage": stage,
+                        "where": "recomputed",
+                        "count": count,
+                        "first": stats.first_nonfinite.get(stage),
+                    },
                 )
                 return
 
@@ -137,8 +155,7 @@ weights = weights.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # rows with not
     def _why(ctx: CaseContext, stage: str) -> str:
         if stage == "weights" and ctx.has_qkv and bool(ctx.stats.fully_masked.any()):
             rows = int(ctx.stats.fully_masked.sum())
-            return (f"; {rows} query rows are fully masked, and softmax of a row that is all -inf "
-                    "is 0/0 = NaN")
+            return f"; {rows} query rows are fully masked, and softmax of a row that is all -inf is 0/0 = NaN"
         return ""
 
 
@@ -179,6 +196,11 @@ scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * scale
                 f"largest |q·k| is {raw:.4g} before scaling and {scaled:.4g} after; {str(dtype)[6:]} "
                 f"overflows at {limit:.4g}, so scores computed in {str(dtype)[6:]} "
                 f"{'overflow to Inf' if worst >= limit else 'come within 2x of Inf'} {where}",
-                {"max_abs_qk": raw, "max_abs_scaled": scaled, "dtype_max": limit, "dtype": str(dtype)},
+                {
+                    "max_abs_qk": raw,
+                    "max_abs_scaled": scaled,
+                    "dtype_max": limit,
+                    "dtype": str(dtype),
+                },
                 severity=Severity.ERROR if worst >= limit else Severity.WARNING,
             )

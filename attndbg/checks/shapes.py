@@ -93,8 +93,7 @@ save_file({"q": q.contiguous(), "k": k.contiguous(), "v": v.contiguous()}, "step
             shape = tuple(ctx.raw[role].shape)
             if layout and rank != len(layout):
                 yield Hit(
-                    f"{role} has shape {shape} ({rank}-D) but the layout {layout} has "
-                    f"{len(layout)} dims",
+                    f"{role} has shape {shape} ({rank}-D) but the layout {layout} has {len(layout)} dims",
                     {"tensor": role, "rank": rank, "shape": list(shape), "layout": layout},
                     blocking=True,
                 )
@@ -186,8 +185,7 @@ v = torch.cat([v_cache, v_new], dim=-2)
         dims = _qkv_dims(ctx)
         if dims and dims["k"]["s"] != dims["v"]["s"]:
             yield Hit(
-                f"k has {dims['k']['s']} positions but v has {dims['v']['s']}; every key needs "
-                "its value",
+                f"k has {dims['k']['s']} positions but v has {dims['v']['s']}; every key needs its value",
                 {"k_len": dims["k"]["s"], "v_len": dims["v"]["s"], "layout": ctx.layout},
                 blocking=True,
             )
@@ -240,8 +238,7 @@ v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)
             )
         elif q["h"] != k["h"] and ctx.settings.enable_gqa is False:
             yield Hit(
-                f"q has {q['h']} heads and k/v {k['h']}, but enable_gqa is false: SDPA raises "
-                "for this call",
+                f"q has {q['h']} heads and k/v {k['h']}, but enable_gqa is false: SDPA raises for this call",
                 {"q_heads": q["h"], "kv_heads": k["h"], "enable_gqa": False},
                 blocking=True,
             )
@@ -368,20 +365,32 @@ attn_mask = mask3d[:, None, :, :]
                     f"a prefix of different lengths (padding), not a causal triangle; because "
                     f"batch = q_len = {b}, it broadcasts as (q_len, k_len): query row i gets "
                     "sample i's padding in every sample",
-                    {"mask_shape": list(mask.shape), "batch": b, "q_len": lq,
-                     "row_lengths": lengths, "decided_from": "monotone rows, not triangular"},
+                    {
+                        "mask_shape": list(mask.shape),
+                        "batch": b,
+                        "q_len": lq,
+                        "row_lengths": lengths,
+                        "decided_from": "monotone rows, not triangular",
+                    },
                 )
         if mask.dim() == 3 and b > 1 and b == h and tuple(mask.shape) == (b, lq, lk):
-            binary = not mask.is_floating_point() or set(
-                mask.unique()[:3].tolist()) <= {0.0, 1.0, float("-inf")}
+            binary = not mask.is_floating_point() or set(mask.unique()[:3].tolist()) <= {
+                0.0,
+                1.0,
+                float("-inf"),
+            }
             differs = bool((mask != mask[:1]).any())
             if binary and differs:
                 yield Hit(
                     f"mask {tuple(mask.shape)} looks like (batch, q_len, k_len), and since batch = "
                     f"heads = {b} it broadcasts as (heads, q_len, k_len): head i gets sample i's "
                     "mask",
-                    {"mask_shape": list(mask.shape), "batch": b, "heads": h,
-                     "decided_from": "binary mask that differs across its first axis"},
+                    {
+                        "mask_shape": list(mask.shape),
+                        "batch": b,
+                        "heads": h,
+                        "decided_from": "binary mask that differs across its first axis",
+                    },
                     severity=Severity.WARNING,
                 )
 
@@ -421,9 +430,13 @@ mha = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
             yield Hit(
                 f"read as {assumed} the tensors are inconsistent ({'; '.join(problems)}), read "
                 f"as {swapped} they all agree: they were probably saved {swapped}",
-                {"assumed": assumed, "consistent_layout": swapped, "problems": problems,
-                 "q_shape": list(ctx.raw["q"].shape),
-                 "decided_from": "shape agreement of q/k/v/mask/weights under both readings"},
+                {
+                    "assumed": assumed,
+                    "consistent_layout": swapped,
+                    "problems": problems,
+                    "q_shape": list(ctx.raw["q"].shape),
+                    "decided_from": "shape agreement of q/k/v/mask/weights under both readings",
+                },
                 fix=f"# attndbg inspect FILE --layout {swapped}\n" + self.fix.strip(),
             )
         elif assumed == "bhsd" and not ctx.settings.layout:
@@ -432,8 +445,12 @@ mha = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
                 yield Hit(
                     f"q {tuple(ctx.raw['q'].shape)} read as bhsd has {q['h']} heads of "
                     f"{q['s']} positions — more likely (batch, seq, heads, dim)",
-                    {"q_shape": list(ctx.raw["q"].shape), "heads": q["h"], "seq": q["s"],
-                     "decided_from": "heads axis much longer than the sequence axis (weak)"},
+                    {
+                        "q_shape": list(ctx.raw["q"].shape),
+                        "heads": q["h"],
+                        "seq": q["s"],
+                        "decided_from": "heads axis much longer than the sequence axis (weak)",
+                    },
                     severity=Severity.INFO,
                     fix="# attndbg inspect FILE --layout bshd\nq = q.transpose(1, 2)",
                 )

@@ -30,7 +30,7 @@ def _num(value: float | None) -> str:
     if value == 0:
         return "0"
     magnitude = abs(value)
-    return f"{value:.3e}" if magnitude >= 1e5 or magnitude < 1e-3 else f"{value:.4g}"
+    return f"{value:.2e}" if magnitude >= 1e5 or magnitude < 1e-3 else f"{value:.4g}"
 
 
 def _evidence(evidence: dict[str, Any]) -> str:
@@ -45,34 +45,91 @@ def _evidence(evidence: dict[str, Any]) -> str:
             return "{" + ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) + "}"
         return str(value)
 
-    return "  ".join(f"{key}={fmt(value)}" for key, value in evidence.items())
+    return "  ".join(
+        f"{key}={fmt(value)}" for key, value in evidence.items() if not key.startswith("backends")
+    )
 
 
 def tensor_table(tensors: list[TensorSummary]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("role", "tensor", "shape", "dtype", "min", "max", "mean", "std", "nan/inf"):
-        table.add_column(column, justify="right" if column in ("min", "max", "mean", "std") else "left")
+    show_key = any(t.key != t.role for t in tensors)
+    columns = [
+        "role",
+        *(["tensor"] if show_key else []),
+        "shape",
+        "dtype",
+        "min",
+        "max",
+        "mean",
+        "std",
+        "nan/inf",
+    ]
+    for column in columns:
+        numeric = column in ("min", "max", "mean", "std")
+        table.add_column(
+            column,
+            justify="right" if numeric else "left",
+            no_wrap=column in ("shape", "dtype") or numeric,
+            overflow="fold" if column == "tensor" else "ellipsis",
+        )
     for t in tensors:
         bad = t.nan + t.posinf + t.neginf
         nonfinite = Text(f"{t.nan}/{t.posinf + t.neginf}", style="red" if bad else "dim")
-        table.add_row(t.role, t.key, "×".join(map(str, t.shape)) or "scalar", t.dtype,
-                      _num(t.min), _num(t.max), _num(t.mean), _num(t.std), nonfinite)
+        row = [
+            t.role,
+            *([t.key] if show_key else []),
+            "×".join(map(str, t.shape)) or "scalar",
+            t.dtype,
+            _short(t.min),
+            _short(t.max),
+            _short(t.mean),
+            _short(t.std),
+            nonfinite,
+        ]
+        table.add_row(*row)
     return table
+
+
+def _short(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0"
+    return f"{value:.3g}"
 
 
 def head_table(case: CaseReport) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold", title_justify="left")
-    columns = ("head", "entropy", "H/log n", "max w", "collapsed", "uniform", "sink",
-               "diag", "prev", "max logit")
+    columns = (
+        "head",
+        "entropy",
+        "H/log n",
+        "max w",
+        "collapsed",
+        "uniform",
+        "sink",
+        "diag",
+        "prev",
+        "max logit",
+    )
     for column in columns:
         table.add_column(column, justify="right")
     flagged = {f.head for f in case.findings if f.head is not None}
     for h in case.heads:
         style = "yellow" if h.head in flagged else ""
-        table.add_row(str(h.head), f"{h.entropy:.3f}", f"{h.entropy_ratio:.2f}", f"{h.max_weight:.2f}",
-                      f"{h.collapsed_share:.0%}", f"{h.uniform_share:.0%}", f"{h.sink_mass:.2f}",
-                      f"{h.diagonal_mass:.2f}", f"{h.previous_mass:.2f}", _num(h.max_logit),
-                      style=style)
+        table.add_row(
+            str(h.head),
+            f"{h.entropy:.3f}",
+            f"{h.entropy_ratio:.2f}",
+            f"{h.max_weight:.2f}",
+            f"{h.collapsed_share:.0%}",
+            f"{h.uniform_share:.0%}",
+            f"{h.sink_mass:.2f}",
+            f"{h.diagonal_mass:.2f}",
+            f"{h.previous_mass:.2f}",
+            _num(h.max_logit),
+            style=style,
+        )
     return table
 
 
@@ -106,19 +163,37 @@ def finding_block(finding: Finding, show_fix: bool = True) -> RenderableType:
     head.append(f"{finding.name}", style="dim")
     if finding.head is not None:
         head.append(f"  head {finding.head}", style="dim")
-    parts: list[RenderableType] = [head, Padding(Text(finding.message.split(": ", 1)[-1]), (0, 0, 0, 8))]
+    parts: list[RenderableType] = [
+        head,
+        Padding(Text(finding.message.split(": ", 1)[-1]), (0, 0, 0, 8)),
+    ]
     if finding.evidence:
         parts.append(Padding(Text("evidence: " + _evidence(finding.evidence), style="dim"), (0, 0, 0, 8)))
     if show_fix and finding.fix:
-        parts.append(Padding(Syntax(finding.fix, "python", theme="ansi_dark", background_color="default",
-                                    word_wrap=True), (0, 0, 0, 8)))
+        parts.append(
+            Padding(
+                Syntax(
+                    finding.fix,
+                    "python",
+                    theme="ansi_dark",
+                    background_color="default",
+                    word_wrap=True,
+                ),
+                (0, 0, 0, 8),
+            )
+        )
     return Group(*parts)
 
 
 def case_renderable(case: CaseReport, quiet: bool = False) -> RenderableType:
     if quiet:
-        lines = [Text(f"{case.file}::{case.name}: {f.severity.value} {f.code} {f.message.split(': ', 1)[-1]}",
-                      style=SEVERITY_STYLE[f.severity.value]) for f in _ordered(case.findings)]
+        lines = [
+            Text(
+                f"{case.file}::{case.name}: {f.severity.value} {f.code} {f.message.split(': ', 1)[-1]}",
+                style=SEVERITY_STYLE[f.severity.value],
+            )
+            for f in _ordered(case.findings)
+        ]
         return Group(*lines)
     counts = case.counts()
     title = Text()
@@ -132,7 +207,10 @@ def case_renderable(case: CaseReport, quiet: bool = False) -> RenderableType:
     settings = {k: v for k, v in case.settings.items() if k != "origins"}
     meta = Text("  ")
     meta.append(f"layout {case.layout or '—'}  dtype {case.dtype}  device {case.device}  ", style="dim")
-    meta.append("  ".join(f"{k}={_num(v) if isinstance(v, float) else v}" for k, v in settings.items()), style="dim")
+    meta.append(
+        "  ".join(f"{k}={_num(v) if isinstance(v, float) else v}" for k, v in settings.items()),
+        style="dim",
+    )
     parts.append(meta)
     for guess in case.guesses:
         parts.append(Text(f"  assumed: {guess}", style="dim italic"))
@@ -159,7 +237,10 @@ def summary_text(report: Report) -> Text:
     text.append(f"{len(report.cases)} case{'s' if len(report.cases) != 1 else ''}: ")
     for severity in Severity:
         n = counts[severity.value]
-        text.append(f"{n} {severity.value}{'s' if n != 1 else ''}", style=SEVERITY_STYLE[severity.value] if n else "dim")
+        text.append(
+            f"{n} {severity.value}{'s' if n != 1 else ''}",
+            style=SEVERITY_STYLE[severity.value] if n else "dim",
+        )
         text.append("  ")
     code = report.exit_code()
     text.append(f"(fail-on {report.fail_on}: exit {code})", style="dim")
@@ -168,7 +249,7 @@ def summary_text(report: Report) -> Text:
 
 def render_rich(report: Report, console: Console, quiet: bool = False) -> None:
     for case in report.cases:
-        console.print(case_renderable(case, quiet=quiet))
+        console.print(case_renderable(case, quiet=quiet), soft_wrap=quiet)
     if not quiet:
         console.print()
     console.print(summary_text(report))

@@ -1,0 +1,70 @@
+"""Every check fires on its fixture and on no clean fixture; fixtures are reproducible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from make_fixtures import EXPECTED, build
+
+from attndbg.engine import Options, run_cases
+from attndbg.loader import iter_cases
+from attndbg.registry import load_checks
+
+NAMES = sorted(EXPECTED)
+
+
+def inspect(path: Path, **options):
+    return run_cases(iter_cases([path]), Options(**options), [str(path)])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_produces_exactly_its_codes(name: str, fixtures_dir: Path) -> None:
+    report = inspect(fixtures_dir / f"{name}.safetensors")
+    assert set(report.codes()) == EXPECTED[name]
+    for finding in report.findings:
+        assert finding.evidence, f"{finding.code} has no evidence"
+        assert finding.fix.strip(), f"{finding.code} has no fix"
+        assert finding.message.startswith(f"case {finding.case}: ")
+
+
+def test_every_registered_check_has_a_trigger_fixture() -> None:
+    triggered = set().union(*EXPECTED.values())
+    assert set(load_checks()) - triggered == set()
+
+
+def test_every_family_has_clean_fixtures_that_stay_silent() -> None:
+    clean = [name for name, codes in EXPECTED.items() if name.startswith("clean_")]
+    assert len(clean) >= 8
+    assert all(not EXPECTED[name] for name in clean)
+
+
+def test_fixture_files_are_reproducible(tmp_path: Path, fixtures_dir: Path) -> None:
+    for path in build(tmp_path):
+        committed = fixtures_dir / path.name
+        assert committed.exists(), f"{path.name} is not committed; run make fixtures"
+        assert committed.read_bytes() == path.read_bytes(), f"{path.name} is stale"
+
+
+def test_fixture_evidence_numbers(fixtures_dir: Path) -> None:
+    """Spot-check that the evidence carries the numbers the fixture was built with."""
+    report = inspect(fixtures_dir / "MSK001_fully_masked_rows.safetensors")
+    (finding,) = report.findings
+    assert finding.evidence["rows"] == 4 and finding.evidence["of"] == 24
+    assert finding.evidence["first"][0] == [1, 8]
+
+    report = inspect(fixtures_dir / "SHP002_head_dim.safetensors")
+    assert report.findings[0].evidence == {"q_dim": 16, "k_dim": 8, "layout": "bhsd"}
+    stages = {s.name: s.status for s in report.cases[0].stages}
+    assert stages["shapes"] == "findings" and stages["numerics"] == "skipped"
+
+    report = inspect(fixtures_dir / "NUM001_nan_in_q.safetensors")
+    assert report.findings[0].evidence["first"] == [1, 2, 5, 3]
+
+    report = inspect(fixtures_dir / "SCL001_missing_scale.safetensors")
+    ev = report.findings[0].evidence
+    assert ev["matches"] == "no scale" and ev["error_matching"] < 1e-5 < 0.1 < ev["error_assumed"]
+
+    report = inspect(fixtures_dir / "NUM002_nan_from_softmax.safetensors")
+    num002 = next(f for f in report.findings if f.code == "NUM002")
+    assert num002.evidence["stage"] == "weights" and num002.evidence["count"] == 2 * 4 * 12

@@ -16,11 +16,9 @@ _NEG_INF_ALLOWED = {"mask", "scores"}
 PIPELINE = ("scores", "weights", "output")
 
 
-def _first_bad(tensor) -> list[int]:
-    import torch
-
-    bad = ~torch.isfinite(tensor)
-    return bad.nonzero()[0].tolist() if bad.any() else []
+def _named(ctx: CaseContext, role: str) -> str:
+    key = ctx.key(role)
+    return "" if key == role else f" ({key})"
 
 
 class NonFiniteInput(Check):
@@ -67,7 +65,7 @@ assert torch.isfinite(q).all(), "q is not finite: check the layer before the pro
                     f"{n} {label}" for n, label in ((nan, "NaN"), (posinf, "+Inf"), (neginf, "-Inf")) if n
                 ]
                 yield Hit(
-                    f"{summary_role} ({ctx.key(summary_role)}) holds {', '.join(parts)} of "
+                    f"{summary_role}{_named(ctx, summary_role)} holds {', '.join(parts)} of "
                     f"{tensor.numel()} values; first at index {first}",
                     {
                         "tensor": summary_role,
@@ -120,7 +118,7 @@ weights = weights.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # rows with not
                 first = bad.nonzero()[0].tolist()
                 earlier = [s for s in PIPELINE[: PIPELINE.index(stage)] if user[s] in ctx.raw]
                 yield Hit(
-                    f"the saved {stage} ({ctx.key(role)}) hold {count} non-finite values "
+                    f"the saved {stage}{_named(ctx, role)} hold {count} non-finite values "
                     f"(first at {first})"
                     + (f" while the saved {', '.join(earlier)} are finite" if earlier else "")
                     + self._why(ctx, stage),
@@ -129,7 +127,9 @@ weights = weights.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # rows with not
                         "where": "saved",
                         "count": count,
                         "first": first,
-                        "fully_masked_rows": int(ctx.stats.fully_masked.sum()) if ctx.has_qkv else None,
+                        "fully_masked_rows": int(ctx.stats.fully_masked.any(dim=1).sum())
+                        if ctx.has_qkv
+                        else None,
                     },
                 )
                 return
@@ -154,8 +154,11 @@ weights = weights.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # rows with not
     @staticmethod
     def _why(ctx: CaseContext, stage: str) -> str:
         if stage == "weights" and ctx.has_qkv and bool(ctx.stats.fully_masked.any()):
-            rows = int(ctx.stats.fully_masked.sum())
-            return f"; {rows} query rows are fully masked, and softmax of a row that is all -inf is 0/0 = NaN"
+            rows = int(ctx.stats.fully_masked.any(dim=1).sum())
+            return (
+                f"; {rows} (batch, query row)s are fully masked, and softmax of a row that is all "
+                "-inf is 0/0 = NaN"
+            )
         return ""
 
 

@@ -248,7 +248,7 @@ class CaseContext:
 
         lq, lk = self.sizes["Lq"], self.sizes["Lk"]
         offset = lk - lq if align == "lower-right" else 0
-        i = torch.arange(rows.start, rows.stop, device=self.device)[:, None]
+        i = torch.arange(rows.start, rows.stop, rows.step or 1, device=self.device)[:, None]
         j = torch.arange(lk, device=self.device)[None, :]
         return torch.where(j <= i + offset, 0.0, float("-inf")).to(self.device)
 

@@ -52,17 +52,14 @@ def summarize_tensor(role: str, key: str, tensor: torch.Tensor) -> TensorSummary
     elif not values.is_floating_point():
         values = values.to(torch.float64)
     values = values.to(torch.float32) if values.dtype in (torch.float16, torch.bfloat16) else values
+    finite_mask = torch.isfinite(values)
     nan = int(torch.isnan(values).sum())
     posinf = int(torch.isposinf(values).sum())
     neginf = int(torch.isneginf(values).sum())
-    finite = values[torch.isfinite(values)]
+    finite = values if nan + posinf + neginf == 0 else values[finite_mask]
     if finite.numel():
-        stats = (
-            float(finite.min()),
-            float(finite.max()),
-            float(finite.double().mean()),
-            float(finite.double().std()) if finite.numel() > 1 else 0.0,
-        )
+        std, mean = torch.std_mean(finite) if finite.numel() > 1 else (torch.zeros(()), finite.mean())
+        stats = (float(finite.min()), float(finite.max()), float(mean), float(std))
     else:
         stats = (None, None, None, None)
     return TensorSummary(

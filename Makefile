@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint fixtures clean
+.PHONY: install demo test lint fixtures bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install
 lint: install
 	$(BIN)/ruff check attndbg tests scripts
 	$(BIN)/ruff format --check attndbg tests scripts
+
+# One run: attndbg's inspection vs one SDPA forward at N = 1,024 / 4,096 / 16,384 (a few minutes).
+bench: install
+	$(BIN)/python scripts/bench.py --sizes 1024,4096,16384
 
 fixtures: install
 	$(BIN)/python scripts/make_fixtures.py fixtures

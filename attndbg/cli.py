@@ -6,6 +6,7 @@ import torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -116,7 +117,7 @@ def inspect(
     """Run the diagnostic pipeline on saved attention tensors."""
     from attndbg.case import Settings, parse_layout
     from attndbg.engine import Options, resolve_device, run_cases
-    from attndbg.loader import iter_cases
+    from attndbg.loader import load_case, plan_cases
     from attndbg.registry import parse_codes
 
     overrides = Settings(
@@ -135,7 +136,7 @@ def inspect(
     )
     if output is not None and output.resolve() in {p.resolve() for p in paths}:
         raise UsageError(f"-o {output}: refusing to overwrite an input file")
-    cases = iter_cases(list(paths), case, overrides)
+    plans = plan_cases(list(paths), case, overrides)
 
     stream = output_format == OutputFormat.rich and output is None
     console = Console(highlight=False)
@@ -146,8 +147,14 @@ def inspect(
         def on_case(case_report):  # noqa: ANN001 - a small callback
             console.print(case_renderable(case_report, quiet=quiet), soft_wrap=quiet)
 
-    with _status(f"inspecting {len(paths)} file(s)", enabled=stream and not quiet):
-        report = run_cases(cases, options, inputs=[str(p) for p in paths], on_case=on_case)
+    with _progress(len(plans)) as advance:
+
+        def cases():
+            for plan in plans:
+                advance(f"{plan.file.name}::{plan.name}")
+                yield load_case(plan)
+
+        report = run_cases(cases(), options, inputs=[str(p) for p in paths], on_case=on_case)
 
     if output_format == OutputFormat.json:
         from attndbg.render.json_report import render_json
@@ -169,23 +176,26 @@ def inspect(
     raise typer.Exit(report.exit_code())
 
 
-class _status:
-    """A spinner on stderr while cases run, only on a terminal."""
+@contextlib.contextmanager
+def _progress(total: int):
+    """A progress bar over cases on stderr, only on an interactive terminal (never in CI)."""
+    if not err_console.is_terminal or os.environ.get("CI") or total < 2:
+        yield lambda description: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def __init__(self, message: str, enabled: bool) -> None:
-        self.enabled = enabled and err_console.is_terminal and not os.environ.get("CI")
-        self.message = message
-        self._status = None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("inspecting", total=total)
+        started = [False]
 
-    def __enter__(self) -> _status:
-        if self.enabled:
-            self._status = err_console.status(self.message)
-            self._status.__enter__()
-        return self
+        def advance(description: str) -> None:
+            if started[0]:
+                progress.advance(task)
+            started[0] = True
+            progress.update(task, description=description)
 
-    def __exit__(self, *exc: object) -> None:
-        if self._status is not None:
-            self._status.__exit__(*exc)
+        yield advance
 
 
 def _emit(text: str, output: Path | None) -> None:

@@ -182,14 +182,24 @@ def load_case(plan: CasePlan) -> Case:
     )
 
 
+def plan_cases(
+    paths: list[str | Path],
+    case_glob: str | None = None,
+    overrides: Settings | None = None,
+) -> list[CasePlan]:
+    """Every file's header, checked before any case runs: bad input fails before any output."""
+    plans = [plan for path in paths for plan in plan_file(path, case_glob, overrides)]
+    if case_glob and not plans:
+        raise InputError(f"no case matches --case {case_glob!r} in {', '.join(map(str, paths))}")
+    return plans
+
+
 def iter_cases(
     paths: list[str | Path],
     case_glob: str | None = None,
     overrides: Settings | None = None,
 ) -> Iterator[Case]:
-    """Check every header first (bad input fails before any output), then read cases one by one."""
-    plans = [plan for path in paths for plan in plan_file(path, case_glob, overrides)]
-    if case_glob and not plans:
-        raise InputError(f"no case matches --case {case_glob!r} in {', '.join(map(str, paths))}")
-    for plan in plans:
+    """Cases one by one, each read only when its turn comes, so memory does not grow with
+    the number of files or cases."""
+    for plan in plan_cases(paths, case_glob, overrides):
         yield load_case(plan)

@@ -138,6 +138,8 @@ def chunk_shape(ctx: CaseContext) -> tuple[int, int]:
     exponentials stay in cache between the passes, and never more than the memory budget."""
     heads, lk, lq = ctx.sizes["Hq"], max(ctx.sizes["Lk"], 1), max(ctx.sizes["Lq"], 1)
     budget_rows = chunk_rows(ctx)
+    if str(ctx.device) != "cpu":
+        return heads, budget_rows  # a GPU wants few, large launches; its cache is not the limit
     rows = min(lq, budget_rows, _MIN_ROWS)
     group = max(1, min(heads, _CHUNK_ELEMENTS // (rows * lk)))
     if group == heads:
@@ -145,6 +147,33 @@ def chunk_shape(ctx: CaseContext) -> tuple[int, int]:
     while group > 1 and group * rows * lk * 4 * _TEMPORARIES_PER_ELEMENT > ctx.max_memory:
         group -= 1
     return group, max(1, rows)
+
+
+def _first_column(ctx: CaseContext, stage: str, row: list[int]) -> int:
+    """Column of the first non-finite value in one (batch, head, query) row, recomputed."""
+    b, h, i = row
+    if stage == "output":
+        out = _reference_row(ctx, b, h, i)
+        return int((~torch.isfinite(out)).nonzero()[0]) if bool((~torch.isfinite(out)).any()) else 0
+    if ctx.has_qkv:
+        q = ctx.q[min(b, ctx.q.shape[0] - 1), h, i] * ctx.scale
+        scores = ctx.k[min(b, ctx.k.shape[0] - 1), h] @ q
+    else:
+        us = ctx.user_scores
+        scores = us[min(b, us.shape[0] - 1), min(h, us.shape[1] - 1), i].float()
+    bad = ~torch.isfinite(scores) if ctx.has_qkv else torch.isnan(scores) | torch.isposinf(scores)
+    return int(bad.nonzero()[0]) if bool(bad.any()) else 0
+
+
+def _reference_row(ctx: CaseContext, b: int, h: int, i: int) -> torch.Tensor:
+    rows = slice(i, i + 1)
+    q = ctx.q[min(b, ctx.q.shape[0] - 1), h : h + 1, rows] * ctx.scale
+    logits = torch.matmul(q, ctx.k[min(b, ctx.k.shape[0] - 1), h : h + 1].transpose(-1, -2))
+    bias = _bias(ctx, b, rows, ctx.mask_semantics, "upper-left" if ctx.is_causal else None)
+    if bias is not None:
+        logits = logits + (bias[h : h + 1] if bias.shape[0] > 1 else bias)
+    probs, _ = safe_softmax(logits)
+    return torch.matmul(probs, ctx.v[min(b, ctx.v.shape[0] - 1), h : h + 1])[0, 0]
 
 
 def _head_gram(ctx: CaseContext, gram: torch.Tensor, stride: int, lse: torch.Tensor) -> None:
@@ -229,6 +258,9 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
     st = {name: per_row() for name in names}
     out = torch.zeros(B, H, Lq, sizes["Dv"], dtype=torch.float32, device=device) if has_qkv else None
     gram = torch.zeros(B, H, H, dtype=torch.float64, device=device)
+    sync_free = str(device) != "cpu"
+    bad_scores = torch.zeros(B, H, Lq, dtype=torch.int64, device=device)
+    bad_output = torch.zeros(B, H, Lq, dtype=torch.int64, device=device)
     gram_stride = max(1, Lq // _GRAM_ROWS)
     nonfinite = {"scores": 0, "weights": 0, "output": 0}
     first: dict[str, list[int]] = {}
@@ -245,7 +277,10 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
             vb = ctx.v[min(b, ctx.v.shape[0] - 1)]
             if not masked:
                 k_mean = kt.mean(-1)  # (H, D): Σ_j S_ij / Lk = (q_i·scale)·k̄
-                k_cov = kt @ kt.transpose(-1, -2) / Lk  # (H, D, D): Σ_j S_ij² / Lk = q̃ᵀ C q̃
+                centered = (kt - k_mean[..., None]).double()
+                # (H, D, D) covariance of the keys: Var_j(S_ij) = q̃ᵢᵀ Σ_K q̃ᵢ, exact and without the
+                # cancellation of E[S²] − E[S]² when logits are large
+                k_cov = centered @ centered.transpose(-1, -2) / Lk
         for h0 in range(0, H, heads_per_chunk):
             hs = slice(h0, min(H, h0 + heads_per_chunk))
             hn = hs.stop - hs.start
@@ -270,11 +305,13 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
                 high = scores.amax(-1)  # amax and amin beat aminmax by ~20x on CPU (torch 2.13)
                 low = scores.amin(-1)
                 bad_rows = ~(torch.isfinite(low) & torch.isfinite(high))
-                if bool(bad_rows.any()):
-                    bad = ~torch.isfinite(scores) & ~(scores == float("-inf") if not has_qkv else False)
-                    if bool(bad.any()):
-                        nonfinite["scores"] += int(bad.sum())
-                        first.setdefault("scores", _first_index(bad, (b, start), h0))
+                # On the CPU a row-level test skips the element pass in the common, finite case;
+                # on a GPU that test would cost a host sync per chunk, so count unconditionally.
+                if sync_free or bool(bad_rows.any()):
+                    bad = ~torch.isfinite(scores)
+                    if not has_qkv:
+                        bad &= scores != float("-inf")  # -inf in saved scores means "masked"
+                    bad_scores[b, hs, rows] = bad.sum(-1)
                     scores = torch.where(
                         torch.isnan(scores), torch.full((), float("-inf"), device=device), scores
                     )
@@ -291,9 +328,10 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
                     if has_qkv:
                         q_chunk = qb[hs, rows]
                         mean = (q_chunk * k_mean[hs, None, :]).sum(-1)
-                        second = ((q_chunk @ k_cov[hs]) * q_chunk).sum(-1)
+                        q64 = q_chunk.double()
+                        variance = ((q64 @ k_cov[hs]) * q64).sum(-1)
                         st["logit_mean"][b, hs, rows] = mean
-                        st["logit_std"][b, hs, rows] = (second - mean**2).clamp_min(0).sqrt()
+                        st["logit_std"][b, hs, rows] = variance.clamp_min(0).sqrt().float()
                     row_max = high
                     logits = scores
                 else:
@@ -304,9 +342,10 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
                     st["max_logit"][b, hs, rows] = kept_abs.amax(-1)
                     kept_scores = torch.where(kept, scores, zero)
                     mean = kept_scores.sum(-1) / count.clamp_min(1)
-                    second = (kept_scores * kept_scores).sum(-1) / count.clamp_min(1)
+                    deviation = torch.where(kept, scores - mean[..., None], zero)
+                    variance = (deviation * deviation).sum(-1) / count.clamp_min(1)
                     st["logit_mean"][b, hs, rows] = mean
-                    st["logit_std"][b, hs, rows] = (second - mean**2).clamp_min(0).sqrt()
+                    st["logit_std"][b, hs, rows] = variance.sqrt()
                     logits = scores.add_(bias)
                     row_max = logits.amax(-1)
                 shift = torch.where(torch.isfinite(row_max), row_max, zero)
@@ -323,10 +362,7 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
                     out_chunk = torch.matmul(exp, vb[hs]) / safe_total[..., None]
                     out_chunk = torch.where(live[..., None], out_chunk, zero)
                     out[b, hs, rows] = out_chunk
-                    if not bool(torch.isfinite(out_chunk).all()):
-                        bad = ~torch.isfinite(out_chunk)
-                        nonfinite["output"] += int(bad.sum())
-                        first.setdefault("output", _first_index(bad, (b, start), h0))
+                    bad_output[b, hs, rows] = (~torch.isfinite(out_chunk)).sum(-1)
                 log_total = torch.log(safe_total)
                 st["lse"][b, hs, rows] = torch.where(
                     live, shift + log_total, torch.full((), float("-inf"), device=device)
@@ -342,10 +378,16 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
                 if bias is not None and ctx.mask_semantics == "additive":
                     hard = bias <= MASKED_BIAS
                     finite_hard = hard & torch.isfinite(bias)
-                    if bool(finite_hard.any()):
+                    if sync_free or bool(finite_hard.any()):
                         st["masked_mass"][b, hs, rows] = (exp * finite_hard).sum(-1) / safe_total
                 del exp
 
+    for stage, counts in (("scores", bad_scores), ("output", bad_output)):
+        total = int(counts.sum())
+        if total:
+            nonfinite[stage] = total
+            row = (counts > 0).nonzero()[0].tolist()
+            first[stage] = [*row, _first_column(ctx, stage, row)]
     if has_qkv:
         _head_gram(ctx, gram, gram_stride, st["lse"])
     return AttentionStats(

@@ -136,6 +136,12 @@ def inspect(
     )
     if output is not None and output.resolve() in {p.resolve() for p in paths}:
         raise UsageError(f"-o {output}: refusing to overwrite an input file")
+    from attndbg.sources import is_model_source
+
+    model_sources = [str(p) for p in paths if is_model_source(str(p))]
+    if model_sources:
+        report = _inspect_models(model_sources, options, overrides, case)
+        return _finish(report, output_format, output, quiet, timings)
     plans = plan_cases(list(paths), case, overrides)
 
     stream = output_format == OutputFormat.rich and output is None
@@ -156,16 +162,45 @@ def inspect(
 
         report = run_cases(cases(), options, inputs=[str(p) for p in paths], on_case=on_case)
 
+    _finish(report, output_format, output, quiet, timings, streamed=stream)
+
+
+def _inspect_models(sources: list[str], options, overrides, case_glob):  # noqa: ANN001, ANN202
+    """`inspect SOURCE`: capture with default inputs, then inspect the calls in memory."""
+    import fnmatch
+
+    from attndbg.engine import run_cases
+    from attndbg.sources import capture_source
+
+    cases = []
+    for source in sources:
+        with _spinner(f"running {source}"):
+            calls = capture_source(source, device=options.device)
+        for captured in calls.cases():
+            if case_glob and not fnmatch.fnmatchcase(captured.name, case_glob):
+                continue
+            captured.file = source
+            captured.settings = overrides.merged_over(captured.settings)
+            cases.append(captured)
+    return run_cases(cases, options, inputs=sources)
+
+
+def _finish(report, output_format, output, quiet, timings, streamed=False):  # noqa: ANN001, ANN202
     if output_format == OutputFormat.json:
         from attndbg.render.json_report import render_json
 
         _emit(render_json(report, timings=timings), output)
-    elif stream:
+    elif streamed:
         from attndbg.render.rich_report import summary_text
 
+        console = Console(highlight=False)
         if not quiet:
             console.print()
         console.print(summary_text(report))
+    elif output is None:
+        from attndbg.render.rich_report import render_rich
+
+        render_rich(report, Console(highlight=False), quiet=quiet)
     else:
         from attndbg.render.rich_report import render_rich
 
@@ -214,6 +249,109 @@ def _emit(text: str, output: Path | None) -> None:
         Path(temporary).unlink(missing_ok=True)
         raise
     err_console.print(f"report written to {output}", style="dim")
+
+
+@app.command()
+def capture(
+    source: Annotated[str, typer.Argument(help="HF model directory, .pt2 program, or module:function.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="safetensors file to write.")],
+    weights: Annotated[
+        Path | None, typer.Option(help="State dict for a factory (safetensors or weights-only .pt).")
+    ] = None,
+    text: Annotated[
+        list[str] | None, typer.Option(help="Input text, through the checkpoint's tokenizer (repeatable).")
+    ] = None,
+    seq_len: Annotated[int, typer.Option(help="Random token ids: sequence length.")] = 16,
+    batch: Annotated[int, typer.Option(help="Random token ids: batch size.")] = 2,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", help="safetensors file of named model inputs.")
+    ] = None,
+    layers: Annotated[str | None, typer.Option(help="Only calls from modules matching this glob.")] = None,
+    max_calls: Annotated[int | None, typer.Option(help="Keep at most this many calls.")] = None,
+    attn_implementation: Annotated[
+        str, typer.Option(help="HF attention implementation: sdpa or eager.")
+    ] = "sdpa",
+    compare_eager_: Annotated[
+        bool, typer.Option("--compare-eager", help="HF: also run eager and compare per layer.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Load a model, run one input through it, and record every attention call."""
+    from attndbg.engine import resolve_device
+    from attndbg.sources import capture_source, compare_eager
+
+    device = resolve_device(device)
+    options = dict(
+        weights=weights,
+        text=text,
+        seq_len=seq_len,
+        batch=batch,
+        input_file=input_file,
+        layers=layers,
+        max_calls=max_calls,
+        device=device,
+        seed=seed,
+    )
+    with _spinner(f"running {source}"):
+        calls = capture_source(source, attn_implementation=attn_implementation, **options)
+        calls.save(output)
+    console = Console(highlight=False)
+    console.print(_calls_table(calls))
+    console.print(f"{len(calls)} attention call(s) written to {output}")
+    if compare_eager_:
+        from rich.table import Table
+
+        with _spinner("comparing sdpa and eager"):
+            rows = compare_eager(source, **options)
+        table = Table(title="eager vs sdpa", header_style="bold", box=None, title_justify="left")
+        for column in ("layer", "max |Δ weights|", "max |Δ output|"):
+            table.add_column(column, justify="left" if column == "layer" else "right")
+        for row in rows:
+            table.add_row(
+                row["layer"], f"{row['max_weight_difference']:.2e}", f"{row['max_output_difference']:.2e}"
+            )
+        console.print(table)
+
+
+def _calls_table(calls):  # noqa: ANN001, ANN202
+    from collections import Counter
+
+    from rich.table import Table
+
+    table = Table(header_style="bold", box=None)
+    for column in ("case", "kind", "q", "k", "v", "mask", "causal", "scale"):
+        table.add_column(column, overflow="fold", no_wrap=column != "case")
+    names = calls.names()
+    for name, call in zip(names, calls):
+
+        def shape(t):  # noqa: ANN001, ANN202
+            return "×".join(map(str, t.shape)) if t is not None else "—"
+
+        scale = f"{call.scale:.4g}" if call.scale is not None else "default"
+        table.add_row(
+            name,
+            call.kind,
+            shape(call.q if call.q is not None else call.weights),
+            shape(call.k),
+            shape(call.v),
+            shape(call.mask),
+            str(call.is_causal),
+            scale,
+        )
+    kinds = Counter(call.kind for call in calls)
+    table.caption = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+    return table
+
+
+@contextlib.contextmanager
+def _spinner(message: str):
+    if not err_console.is_terminal or os.environ.get("CI"):
+        yield
+        return
+    with err_console.status(message):
+        yield
 
 
 @app.command()

@@ -7,6 +7,7 @@ import torch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -42,6 +43,7 @@ class FailOn(str, Enum):
 class OutputFormat(str, Enum):
     rich = "rich"
     json = "json"
+    sarif = "sarif"
 
 
 class MaskSemantics(str, Enum):
@@ -92,16 +94,28 @@ def inspect(
     causal: Annotated[bool | None, typer.Option("--causal/--no-causal", help="Override is_causal.")] = None,
     scale: Annotated[float | None, typer.Option(help="Override the softmax scale.")] = None,
     mask_semantics: Annotated[MaskSemantics | None, typer.Option(help="How to read the mask.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    max_memory: Annotated[str, typer.Option(help="Memory budget for score chunks, e.g. 512MiB.")] = "1GiB",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: cpu].")] = None,
+    max_memory: Annotated[
+        str | None, typer.Option(help="Memory budget for score chunks, e.g. 512MiB [default: 1GiB].")
+    ] = None,
     grad: Annotated[bool, typer.Option(help="Also run the gradient stage.")] = False,
     select: Annotated[
         list[str] | None, typer.Option(help="Only these codes or prefixes (SHP, MSK00, PAT004).")
     ] = None,
     ignore: Annotated[list[str] | None, typer.Option(help="Skip these codes or prefixes.")] = None,
     fail_on: Annotated[
-        FailOn, typer.Option(help="Exit 1 when a finding is at or above this severity.")
-    ] = FailOn.error,
+        FailOn | None,
+        typer.Option(help="Exit 1 when a finding is at or above this severity [default: error]."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="pyproject.toml to read [tool.attndbg] from (default: nearest).")
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="Findings listed in this baseline file do not fail the run.")
+    ] = None,
+    write_baseline: Annotated[
+        Path | None, typer.Option(help="Write every finding of this run to a baseline file, exit 0.")
+    ] = None,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="Report format.")
     ] = OutputFormat.rich,
@@ -116,9 +130,14 @@ def inspect(
 ) -> None:
     """Run the diagnostic pipeline on saved attention tensors."""
     from attndbg.case import Settings, parse_layout
+    from attndbg.config import load_config, validate_thresholds
     from attndbg.engine import Options, resolve_device, run_cases
     from attndbg.loader import load_case, plan_cases
     from attndbg.registry import parse_codes
+
+    project = load_config(config)
+    if project.thresholds:
+        validate_thresholds(project.thresholds, f"{project.path} [tool.attndbg.thresholds]")
 
     overrides = Settings(
         is_causal=causal,
@@ -127,12 +146,22 @@ def inspect(
         mask_semantics=mask_semantics.value if mask_semantics else None,
     )
     options = Options(
-        device=resolve_device(device),
-        max_memory=parse_size(max_memory),
-        select=parse_codes(select),
-        ignore=parse_codes(ignore),
+        device=resolve_device(device or project.device or "cpu"),
+        max_memory=parse_size(max_memory or project.max_memory or "1GiB"),
+        select=parse_codes(select if select else project.select),
+        ignore=parse_codes(ignore if ignore else project.ignore),
         grad=grad,
-        fail_on=fail_on.value,
+        fail_on=fail_on.value if fail_on else (project.fail_on or "error"),
+        thresholds=project.thresholds,
+        baseline=read_baseline(baseline) if baseline else set(),
+    )
+    finish = functools.partial(
+        _finish,
+        output_format=output_format,
+        output=output,
+        quiet=quiet,
+        timings=timings,
+        write_baseline=write_baseline,
     )
     if output is not None and output.resolve() in {p.resolve() for p in paths}:
         raise UsageError(f"-o {output}: refusing to overwrite an input file")
@@ -141,10 +170,10 @@ def inspect(
     model_sources = [str(p) for p in paths if is_model_source(str(p))]
     if model_sources:
         report = _inspect_models(model_sources, options, overrides, case)
-        return _finish(report, output_format, output, quiet, timings)
+        return finish(report)
     plans = plan_cases(list(paths), case, overrides)
 
-    stream = output_format == OutputFormat.rich and output is None
+    stream = output_format == OutputFormat.rich and output is None and write_baseline is None
     console = Console(highlight=False)
     on_case = None
     if stream:
@@ -162,7 +191,7 @@ def inspect(
 
         report = run_cases(cases(), options, inputs=[str(p) for p in paths], on_case=on_case)
 
-    _finish(report, output_format, output, quiet, timings, streamed=stream)
+    finish(report, streamed=stream)
 
 
 def _inspect_models(sources: list[str], options, overrides, case_glob):  # noqa: ANN001, ANN202
@@ -185,8 +214,45 @@ def _inspect_models(sources: list[str], options, overrides, case_glob):  # noqa:
     return run_cases(cases, options, inputs=sources)
 
 
-def _finish(report, output_format, output, quiet, timings, streamed=False):  # noqa: ANN001, ANN202
-    if output_format == OutputFormat.json:
+def read_baseline(path: Path) -> set[str]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        fingerprints = data["findings"]
+    except FileNotFoundError:
+        raise UsageError(f"--baseline {path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"--baseline {path}: not an attndbg baseline file") from None
+    return {entry["fingerprint"] for entry in fingerprints}
+
+
+def _write_baseline(report, path: Path) -> None:  # noqa: ANN001
+    import json
+
+    entries = [
+        {
+            "fingerprint": f.fingerprint(case.file),
+            "code": f.code,
+            "severity": f.severity.value,
+            "message": f.message,
+        }
+        for case in report.cases
+        for f in case.findings
+    ]
+    text = json.dumps({"attndbg_baseline": 1, "findings": entries}, indent=2) + "\n"
+    _emit(text, path)
+
+
+def _finish(report, output_format, output, quiet, timings, write_baseline=None, streamed=False):  # noqa: ANN001, ANN202
+    if write_baseline is not None:
+        _write_baseline(report, write_baseline)
+        raise typer.Exit(0)
+    if output_format == OutputFormat.sarif:
+        from attndbg.render.sarif import render_sarif
+
+        _emit(render_sarif(report), output)
+    elif output_format == OutputFormat.json:
         from attndbg.render.json_report import render_json
 
         _emit(render_json(report, timings=timings), output)

@@ -30,8 +30,15 @@ class ShapeProblem(Exception):
 
 
 class CaseContext:
-    def __init__(self, case: Case, device: str = "cpu", max_memory: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        case: Case,
+        device: str = "cpu",
+        max_memory: int = 1 << 30,
+        thresholds: dict[str, dict[str, float]] | None = None,
+    ) -> None:
         self.case = case
+        self.thresholds = thresholds or {}
         self.device = device
         self.max_memory = max_memory
         self.guesses: list[str] = list(case.notes)

@@ -32,6 +32,8 @@ class Options:
     ignore: list[str] = field(default_factory=list)
     grad: bool = False
     fail_on: str = "error"
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    baseline: set[str] = field(default_factory=set)
 
 
 def resolve_device(device: str) -> str:
@@ -53,10 +55,14 @@ def summarize_tensor(role: str, key: str, tensor: torch.Tensor) -> TensorSummary
         values = values.to(torch.float64)
     values = values.to(torch.float32) if values.dtype in (torch.float16, torch.bfloat16) else values
     finite_mask = torch.isfinite(values)
-    nan = int(torch.isnan(values).sum())
-    posinf = int(torch.isposinf(values).sum())
-    neginf = int(torch.isneginf(values).sum())
-    finite = values if nan + posinf + neginf == 0 else values[finite_mask]
+    if bool(finite_mask.all()):
+        nan = posinf = neginf = 0
+        finite = values
+    else:
+        nan = int(torch.isnan(values).sum())
+        posinf = int(torch.isposinf(values).sum())
+        neginf = int(torch.isneginf(values).sum())
+        finite = values[finite_mask]
     if finite.numel():
         std, mean = torch.std_mean(finite) if finite.numel() > 1 else (torch.zeros(()), finite.mean())
         stats = (float(finite.min()), float(finite.max()), float(mean), float(std))
@@ -107,7 +113,9 @@ def _heads(ctx: CaseContext) -> list[HeadStats]:
 
 
 def run_case(case: Case, options: Options) -> CaseReport:
-    ctx = CaseContext(case, device=options.device, max_memory=options.max_memory)
+    ctx = CaseContext(
+        case, device=options.device, max_memory=options.max_memory, thresholds=options.thresholds
+    )
     report = CaseReport(
         name=case.name, file=case.file, source=case.settings.source or "", device=options.device
     )
@@ -147,6 +155,10 @@ def run_case(case: Case, options: Options) -> CaseReport:
                     )
         except ShapeProblem as exc:
             blocked = str(exc)
+        for finding in stage_findings:
+            finding.baselined = finding.fingerprint(case.file) in options.baseline
+        if stage == "shapes" and not blocked:
+            blocked = _empty_reason(ctx)
         seconds = time.perf_counter() - started
         status = "findings" if stage_findings else "ok"
         report.stages.append(StageResult(stage, status, seconds))
@@ -164,6 +176,22 @@ def run_case(case: Case, options: Options) -> CaseReport:
         report.heads = _heads(ctx)
     report.guesses = list(dict.fromkeys(ctx.guesses))
     return report
+
+
+def _empty_reason(ctx: CaseContext) -> str:
+    """Zero-length sequences or head dims leave nothing to compute statistics on."""
+    try:
+        sizes = ctx.sizes
+    except ShapeProblem as exc:
+        return str(exc)
+    empty = [name for name in ("B", "Hq", "Hk", "Lq", "Lk") if sizes[name] == 0]
+    if ctx.has_qkv and sizes["D"] == 0:
+        empty.append("D")
+    if empty:
+        labels = {"B": "batch", "Hq": "heads", "Hk": "k/v heads", "Lq": "q_len", "Lk": "k_len"}
+        labels["D"] = "head dim"
+        return "empty input (" + ", ".join(f"{labels[n]} 0" for n in empty) + ")"
+    return ""
 
 
 def _role_rank(role: str) -> int:

@@ -56,6 +56,7 @@ class Check:
     severity: ClassVar[Severity]
     rationale: ClassVar[str]
     fix: ClassVar[str]
+    thresholds: ClassVar[dict[str, float]] = {}  # tunable in [tool.attndbg.thresholds]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -82,6 +83,10 @@ class Check:
     @property
     def summary(self) -> str:
         return (self.__doc__ or "").strip().splitlines()[0]
+
+    def limit(self, ctx: CaseContext, name: str) -> float:
+        """A threshold: the project's override from [tool.attndbg.thresholds], else the default."""
+        return float(ctx.thresholds.get(self.code, {}).get(name, self.thresholds[name]))
 
     def evaluate(self, ctx: CaseContext) -> Iterable[Hit]:
         raise NotImplementedError

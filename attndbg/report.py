@@ -47,6 +47,10 @@ class Finding:
     fix: str
     case: str = ""
     head: int | None = None
+    baselined: bool = False  # present in --baseline: reported, but does not fail the run
+
+    def fingerprint(self, file: str) -> str:
+        return f"{file}::{self.case}::{self.code}::{self.head}"
 
 
 @dataclass
@@ -130,7 +134,8 @@ class Report:
 
     def exit_code(self, fail_on: str | None = None) -> int:
         threshold = FAIL_ON_RANK[fail_on or self.fail_on]
-        return 1 if any(f.severity.rank >= threshold for f in self.findings) else 0
+        failing = (f for f in self.findings if not f.baselined)
+        return 1 if any(f.severity.rank >= threshold for f in failing) else 0
 
     def codes(self) -> list[str]:
         return sorted({f.code for f in self.findings})

@@ -180,7 +180,8 @@ def _head_gram(ctx: CaseContext, gram: torch.Tensor, stride: int, lse: torch.Ten
     """Σ p_h·p_g between heads over every ``stride``-th query row, for duplicate heads."""
     B, Lq = ctx.sizes["B"], ctx.sizes["Lq"]
     causal = "upper-left" if ctx.is_causal else None
-    per_chunk = max(1, chunk_rows(ctx))
+    heads, lk = ctx.sizes["Hq"], max(ctx.sizes["Lk"], 1)
+    per_chunk = max(1, min(chunk_rows(ctx), _CHUNK_ELEMENTS // (heads * lk)))
     for b in range(B):
         for first in range(0, Lq, per_chunk * stride):
             rows = slice(first, min(Lq, first + per_chunk * stride), stride)
@@ -277,10 +278,11 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
             vb = ctx.v[min(b, ctx.v.shape[0] - 1)]
             if not masked:
                 k_mean = kt.mean(-1)  # (H, D): Σ_j S_ij / Lk = (q_i·scale)·k̄
-                centered = (kt - k_mean[..., None]).double()
+                centered = kt - k_mean[..., None]
                 # (H, D, D) covariance of the keys: Var_j(S_ij) = q̃ᵢᵀ Σ_K q̃ᵢ, exact and without the
                 # cancellation of E[S²] − E[S]² when logits are large
-                k_cov = centered @ centered.transpose(-1, -2) / Lk
+                k_cov = (centered @ centered.transpose(-1, -2) / Lk).double()
+                del centered
         for h0 in range(0, H, heads_per_chunk):
             hs = slice(h0, min(H, h0 + heads_per_chunk))
             hn = hs.stop - hs.start

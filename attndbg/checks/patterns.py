@@ -60,6 +60,7 @@ class CollapsedHead(Check):
     code = "PAT001"
     name = "collapsed-head"
     severity = Severity.WARNING
+    thresholds = {"collapsed_share": COLLAPSED_SHARE, "positional": POSITIONAL}
     rationale = (
         f"A head is collapsed when over {COLLAPSED_SHARE:.0%} of its rows (with ≥ 4 keys) put "
         "more than 0.95 on one key. That is fine for a deliberate positional head (previous "
@@ -78,11 +79,13 @@ q, k = self.q_norm(q), self.k_norm(k)
         heads = [
             h
             for h in _heads(ctx)
-            if h["collapsed_share"] > COLLAPSED_SHARE and positional_mass(h) < POSITIONAL
+            if h["collapsed_share"] > self.limit(ctx, "collapsed_share")
+            and positional_mass(h) < self.limit(ctx, "positional")
         ]
         if heads:
+            share = self.limit(ctx, "collapsed_share")
             yield Hit(
-                f"{len(heads)} head(s) put > 0.95 on one key in over {COLLAPSED_SHARE:.0%} of rows "
+                f"{len(heads)} head(s) put > 0.95 on one key in over {share:.0%} of rows "
                 f"(heads {[h['head'] for h in heads]}), not on a fixed position",
                 {
                     "heads": [h["head"] for h in heads],
@@ -99,6 +102,7 @@ class UniformHead(Check):
     code = "PAT002"
     name = "uniform-head"
     severity = Severity.WARNING
+    thresholds = {"uniform_share": UNIFORM_SHARE}
     rationale = (
         f"A head is uniform when over {UNIFORM_SHARE:.0%} of its rows have entropy above 0.99 × "
         "log(n_keys): it averages its values regardless of content, as an untrained or "
@@ -113,10 +117,11 @@ print(q.std(), k.std(), (q @ k.transpose(-2, -1) * scale).std())
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not _enough(ctx):
             return
-        heads = [h for h in _heads(ctx) if h["uniform_share"] > UNIFORM_SHARE]
+        heads = [h for h in _heads(ctx) if h["uniform_share"] > self.limit(ctx, "uniform_share")]
         if heads:
             yield Hit(
-                f"{len(heads)} head(s) attend uniformly in over {UNIFORM_SHARE:.0%} of rows "
+                f"{len(heads)} head(s) attend uniformly in over {self.limit(ctx, 'uniform_share'):.0%} "
+                "of rows "
                 f"(heads {[h['head'] for h in heads]})",
                 {
                     "heads": [h["head"] for h in heads],
@@ -132,6 +137,7 @@ class LayerEntropyCollapse(Check):
     code = "PAT003"
     name = "layer-entropy-collapse"
     severity = Severity.WARNING
+    thresholds = {"layer_collapse": LAYER_COLLAPSE}
     rationale = (
         f"When the mean normalised entropy of all heads falls below {LAYER_COLLAPSE} the whole "
         "layer has collapsed to near one-hot attention — the training instability described "
@@ -150,11 +156,15 @@ q, k = self.q_norm(q), self.k_norm(k)
         if len(heads) < 2:
             return
         mean = sum(h["entropy_ratio"] for h in heads) / len(heads)
-        if mean < LAYER_COLLAPSE:
+        if mean < self.limit(ctx, "layer_collapse"):
             yield Hit(
                 f"mean normalised entropy across {len(heads)} heads is {mean:.3f} "
-                f"(< {LAYER_COLLAPSE}): the layer has collapsed",
-                {"mean_entropy_ratio": mean, "heads": len(heads), "threshold": LAYER_COLLAPSE},
+                f"(< {self.limit(ctx, 'layer_collapse')}): the layer has collapsed",
+                {
+                    "mean_entropy_ratio": mean,
+                    "heads": len(heads),
+                    "threshold": self.limit(ctx, "layer_collapse"),
+                },
             )
 
 
@@ -164,6 +174,7 @@ class AttentionSink(Check):
     code = "PAT004"
     name = "attention-sink"
     severity = Severity.INFO
+    thresholds = {"sink_mass": SINK_MASS}
     rationale = (
         f"Trained transformers park attention on the first token when a head has nothing to "
         f"do (Xiao et al. 2023, 'attention sinks'). Reported when a head's mean weight on key 0 "
@@ -178,10 +189,11 @@ kept = torch.cat([k[..., :4, :], k[..., -window:, :]], dim=-2)
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not _enough(ctx):
             return
-        heads = [h for h in _heads(ctx) if h["sink_mass"] > SINK_MASS]
+        heads = [h for h in _heads(ctx) if h["sink_mass"] > self.limit(ctx, "sink_mass")]
         if heads:
             yield Hit(
-                f"{len(heads)} head(s) put over {SINK_MASS} of their weight on the first token on "
+                f"{len(heads)} head(s) put over {self.limit(ctx, 'sink_mass')} of their weight on the "
+                "first token on "
                 f"average (heads {[h['head'] for h in heads]})",
                 {
                     "heads": [h["head"] for h in heads],
@@ -197,6 +209,7 @@ class DuplicateHeads(Check):
     code = "PAT005"
     name = "duplicate-heads"
     severity = Severity.WARNING
+    thresholds = {"duplicate_cosine": DUPLICATE_COSINE}
     rationale = (
         f"Heads whose attention maps have cosine similarity above {DUPLICATE_COSINE} in every "
         "sample compute the same thing: wasted capacity at best, and often a bug — the same "
@@ -222,16 +235,17 @@ q = self.q_proj(x).view(B, L, n_heads, head_dim).transpose(1, 2)
             (a, b, float(worst[a, b]))
             for a in range(worst.shape[0])
             for b in range(a + 1, worst.shape[0])
-            if float(worst[a, b]) > DUPLICATE_COSINE and not (a in uniform and b in uniform)
+            if float(worst[a, b]) > self.limit(ctx, "duplicate_cosine")
+            and not (a in uniform and b in uniform)
         ]
         if pairs:
             yield Hit(
                 f"{len(pairs)} pair(s) of heads have near-identical attention maps "
-                f"(cosine > {DUPLICATE_COSINE}): {[(a, b) for a, b, _ in pairs[:6]]}",
+                f"(cosine > {self.limit(ctx, 'duplicate_cosine')}): {[(a, b) for a, b, _ in pairs[:6]]}",
                 {
                     "pairs": [[a, b] for a, b, _ in pairs],
                     "cosine": [round(c, 5) for *_, c in pairs],
-                    "threshold": DUPLICATE_COSINE,
+                    "threshold": self.limit(ctx, "duplicate_cosine"),
                 },
                 head=pairs[0][0],
             )

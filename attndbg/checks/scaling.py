@@ -120,6 +120,7 @@ class SaturatedSoftmax(Check):
     code = "SCL003"
     name = "logit-growth"
     severity = Severity.WARNING
+    thresholds = {"logit_growth": LOGIT_GROWTH, "runaway": LOGIT_RUNAWAY}
     rationale = (
         f"When |scaled logit| exceeds {LOGIT_GROWTH:g} — the value at which Gemma 2 soft-caps "
         f"attention logits; QK-clip methods cap near {LOGIT_RUNAWAY:g} — softmax is one-hot to "
@@ -139,22 +140,23 @@ scores = 50.0 * torch.tanh(scores / 50.0)
             return
         stats = ctx.stats
         per_head = stats.max_logit.amax(dim=(0, 2))
-        hot = [h for h in range(per_head.numel()) if float(per_head[h]) > LOGIT_GROWTH]
+        growth, runaway = self.limit(ctx, "logit_growth"), self.limit(ctx, "runaway")
+        hot = [h for h in range(per_head.numel()) if float(per_head[h]) > growth]
         if hot:
             worst = max(hot, key=lambda h: float(per_head[h]))
             top = float(per_head[worst])
             saturated = float((stats.max_weight[:, hot] > 0.999).float().mean())
             yield Hit(
-                f"{len(hot)} of {per_head.numel()} heads have |scaled logit| above {LOGIT_GROWTH:g} "
+                f"{len(hot)} of {per_head.numel()} heads have |scaled logit| above {growth:g} "
                 f"(largest {top:.3g} in head {worst}); {saturated:.0%} of their rows put > 0.999 "
                 "weight on one key",
                 {
                     "heads": hot,
                     "max_logit": {h: round(float(per_head[h]), 2) for h in hot},
-                    "threshold": LOGIT_GROWTH,
+                    "threshold": growth,
                     "saturated_rows": saturated,
                 },
-                severity=Severity.ERROR if top > LOGIT_RUNAWAY and saturated > 0.5 else None,
+                severity=Severity.ERROR if top > runaway and saturated > 0.5 else None,
                 head=worst,
             )
 
@@ -165,6 +167,7 @@ class NearZeroSpread(Check):
     code = "SCL004"
     name = "near-zero-spread"
     severity = Severity.WARNING
+    thresholds = {"spread_floor": SPREAD_FLOOR}
     rationale = (
         f"If the scaled scores of a row vary by less than {SPREAD_FLOOR} (std), every weight is "
         "within about 5% of 1/n: the layer averages its values whatever the input. Causes: q or "
@@ -183,21 +186,22 @@ print(q.std(), k.std())   # expect O(1) per element before scaling
         stats = ctx.stats
         live = stats.n_kept >= 4
         flat = []
+        floor = self.limit(ctx, "spread_floor")
         for h in range(stats.logit_std.shape[1]):
             rows = stats.logit_std[:, h][live[:, h]]
-            if rows.numel() and float(rows.mean()) < SPREAD_FLOOR:
+            if rows.numel() and float(rows.mean()) < floor:
                 flat.append((h, float(rows.mean())))
         if flat:
             yield Hit(
                 f"{len(flat)} of {stats.logit_std.shape[1]} heads have scaled-score std below "
-                f"{SPREAD_FLOOR} (smallest {min(s for _, s in flat):.2g}); q std "
+                f"{floor} (smallest {min(s for _, s in flat):.2g}); q std "
                 f"{float(ctx.q.std()):.3g}, k std {float(ctx.k.std()):.3g}, scale {ctx.scale:.4g}",
                 {
                     "heads": [h for h, _ in flat],
                     "score_std": {h: round(s, 5) for h, s in flat},
                     "q_std": float(ctx.q.std()),
                     "k_std": float(ctx.k.std()),
-                    "threshold": SPREAD_FLOOR,
+                    "threshold": floor,
                 },
                 head=flat[0][0],
             )

@@ -229,7 +229,7 @@ v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)
                 {"k_heads": k["h"], "v_heads": v["h"]},
                 blocking=True,
             )
-        elif q["h"] % k["h"]:
+        elif k["h"] and q["h"] % k["h"]:
             yield Hit(
                 f"q has {q['h']} heads, not a multiple of k/v's {k['h']}; grouped-query "
                 "attention needs each group of query heads to share one key/value head",

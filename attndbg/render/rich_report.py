@@ -160,6 +160,8 @@ def finding_block(finding: Finding, show_fix: bool = True) -> RenderableType:
     head = Text()
     head.append(f"{finding.severity.value:<7} ", style=style)
     head.append(f"{finding.code} ", style="bold")
+    if finding.baselined:
+        head.append("(baseline) ", style="dim")
     head.append(f"{finding.name}", style="dim")
     if finding.head is not None:
         head.append(f"  head {finding.head}", style="dim")

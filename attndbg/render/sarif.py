@@ -1,0 +1,100 @@
+"""SARIF 2.1.0 output: the rule registry as tool.driver.rules, one result per finding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from attndbg import __version__
+from attndbg.report import Report
+
+LEVEL = {"error": "error", "warning": "warning", "info": "note"}
+SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+
+
+def _rules() -> list[dict[str, Any]]:
+    from attndbg.registry import load_checks
+
+    rules = []
+    for check in load_checks().values():
+        rules.append(
+            {
+                "id": check.code,
+                "name": "".join(part.capitalize() for part in check.name.split("-")),
+                "shortDescription": {"text": check.summary},
+                "fullDescription": {"text": check.rationale},
+                "help": {
+                    "text": f"{check.rationale}\n\nFix:\n{check.fix.strip()}",
+                    "markdown": f"{check.rationale}\n\n```python\n{check.fix.strip()}\n```",
+                },
+                "defaultConfiguration": {"level": LEVEL[check.severity.value]},
+                "properties": {"tags": [check.stage, "attention"]},
+            }
+        )
+    return rules
+
+
+def _uri(file: str) -> str:
+    if file.startswith("<"):
+        return file.strip("<>")
+    path = Path(file)
+    return path.as_posix() if not path.is_absolute() else path.as_uri()
+
+
+def render_sarif(report: Report) -> str:
+    rules = _rules()
+    index = {rule["id"]: i for i, rule in enumerate(rules)}
+    results = []
+    for case in report.cases:
+        for finding in case.findings:
+            result: dict[str, Any] = {
+                "ruleId": finding.code,
+                "ruleIndex": index[finding.code],
+                "level": LEVEL[finding.severity.value],
+                "message": {"text": finding.message},
+                "locations": [
+                    {
+                        "physicalLocation": {"artifactLocation": {"uri": _uri(case.file)}},
+                        "logicalLocations": [
+                            {
+                                "name": case.name,
+                                "fullyQualifiedName": f"{case.file}::{case.name}",
+                                "kind": "object",
+                            }
+                        ],
+                    }
+                ],
+                "partialFingerprints": {"attndbg/v1": f"{case.name}:{finding.code}:{finding.head}"},
+                "properties": {
+                    "evidence": finding.evidence,
+                    "stage": finding.stage,
+                    "fix": finding.fix,
+                    **({"head": finding.head} if finding.head is not None else {}),
+                },
+            }
+            if getattr(finding, "baselined", False):
+                result["baselineState"] = "unchanged"
+                result["suppressions"] = [{"kind": "external", "justification": "in the baseline"}]
+            results.append(result)
+    sarif = {
+        "$schema": SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "attndbg",
+                        "version": __version__,
+                        "informationUri": "https://github.com/attndbg/attndbg",
+                        "rules": rules,
+                    }
+                },
+                "invocations": [{"executionSuccessful": True, "exitCode": report.exit_code()}],
+                "results": results,
+            }
+        ],
+    }
+    from attndbg.render.json_report import _clean
+
+    return json.dumps(_clean(sarif), indent=2, allow_nan=False) + "\n"

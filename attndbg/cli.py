@@ -440,6 +440,7 @@ def rules(
                 "stage": c.stage,
                 "severity": c.severity.value,
                 "summary": c.summary,
+                "thresholds": dict(c.thresholds),
                 "rationale": c.rationale,
                 "fix": c.fix.strip(),
             }
@@ -479,6 +480,21 @@ def explain(code: Annotated[str, typer.Argument(help="A check code, e.g. MSK003.
     console.print()
     console.print(Padding(Text(check.rationale), (0, 0, 0, 2)))
     console.print()
+    if check.thresholds:
+        values = ", ".join(f"{name} = {value:g}" for name, value in check.thresholds.items())
+        console.print(Text(f"Thresholds: {values}", style="bold"))
+        example = next(iter(check.thresholds))
+        console.print(
+            Padding(
+                Text(
+                    f"override in pyproject.toml: [tool.attndbg.thresholds] "
+                    f"{check.code} = {{ {example} = … }}",
+                    style="dim",
+                ),
+                (0, 0, 0, 2),
+            )
+        )
+        console.print()
     console.print(Text("Fix:", style="bold"))
     console.print(
         Padding(

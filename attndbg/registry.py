@@ -29,7 +29,7 @@ FAMILY_STAGE = {
     "PAT": "patterns",
     "GRD": "gradients",
 }
-CHECK_MODULES = ("shapes", "numerics", "scaling", "mask", "softmax", "patterns")
+CHECK_MODULES = ("shapes", "numerics", "scaling", "mask", "softmax", "patterns", "gradients")
 _CODE = re.compile(r"^(?P<family>[A-Z]{3})\d{3}$")
 _NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 

@@ -21,6 +21,15 @@ B, H, L, D = 2, 4, 12, 16
 Fixture = tuple[dict[str, torch.Tensor], dict[str, str]]
 FIXTURES: dict[str, Callable[[], Fixture]] = {}
 EXPECTED: dict[str, set[str]] = {}
+# With --grad the gradient stage runs too: these fixtures then add exactly these GRD codes,
+# and every other fixture adds none.
+EXPECTED_WITH_GRAD: dict[str, set[str]] = {
+    "GRD001_ill_conditioned_tie": {"GRD001"},
+    "MSK001_fully_masked_rows": {"GRD002"},
+    "MSK004_inverted_padding": {"GRD002"},
+    "NUM002_nan_from_softmax": {"GRD002"},
+    "PAT003_layer_collapse": {"GRD003"},
+}
 
 
 def fixture(name: str, *codes: str) -> Callable:
@@ -415,6 +424,24 @@ def pat004() -> Fixture:
 def pat005() -> Fixture:
     q, k, v = qkv(74)
     q[:, 3], k[:, 3] = q[:, 1], k[:, 1]
+    return {"q": q, "k": k, "v": v}, {}
+
+
+# ---- gradients (with --grad) ----------------------------------------------------------------
+@fixture("GRD001_ill_conditioned_tie", "SCL003")
+def grd001() -> Fixture:
+    # Two keys 2e7 apart along one axis, and queries almost orthogonal to that axis: the
+    # softmax splits between them with a derivative of ~1e6, and finite differences fail.
+    q, k, v = qkv(80)
+    u = torch.randn(D, generator=gen(81))
+    u[0] = 0
+    u = u / u.norm()
+    axis = torch.zeros(D)
+    axis[0] = 1.0
+    q[0, 0, :4] = u
+    q[0, 0, :4, 0] = torch.tensor([1.0, 2.0, -1.0, 3.0]) / (0.25 * 2 * 1e7)
+    k[0, 0, 0] = 40 * u + 1e7 * axis
+    k[0, 0, 1] = 40 * u - 1e7 * axis
     return {"q": q, "k": k, "v": v}, {}
 
 

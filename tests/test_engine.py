@@ -194,7 +194,7 @@ def test_malformed_checks_fail_at_definition() -> None:
 def test_registry_metadata_is_complete() -> None:
     checks = load_checks()
     families = {code[:3] for code in checks}
-    assert families == {"SHP", "NUM", "SCL", "MSK", "SMX", "PAT"}
+    assert families == {"SHP", "NUM", "SCL", "MSK", "SMX", "PAT", "GRD"}
     for check in checks.values():
         assert check.rationale and check.fix.strip() and check.summary
         compile(check.fix, check.code, "exec")  # fixes are valid Python

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from make_fixtures import EXPECTED, build
+from make_fixtures import EXPECTED, EXPECTED_WITH_GRAD, build
 
 from attndbg.engine import Options, run_cases
 from attndbg.loader import iter_cases
@@ -28,8 +28,16 @@ def test_fixture_produces_exactly_its_codes(name: str, fixtures_dir: Path) -> No
         assert finding.message.startswith(f"case {finding.case}: ")
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_codes_with_the_gradient_stage(name: str, fixtures_dir: Path) -> None:
+    report = inspect(fixtures_dir / f"{name}.safetensors", grad=True)
+    assert set(report.codes()) == EXPECTED[name] | EXPECTED_WITH_GRAD.get(name, set())
+    stages = {s.name: s.status for s in report.cases[0].stages}
+    assert stages["gradients"] in ("ok", "findings", "skipped")
+
+
 def test_every_registered_check_has_a_trigger_fixture() -> None:
-    triggered = set().union(*EXPECTED.values())
+    triggered = set().union(*EXPECTED.values(), *EXPECTED_WITH_GRAD.values())
     assert set(load_checks()) - triggered == set()
 
 

@@ -420,6 +420,150 @@ def _spinner(message: str):
         yield
 
 
+class Level(str, Enum):
+    quick = "quick"
+    default = "default"
+    thorough = "thorough"
+
+
+class Align(str, Enum):
+    upper_left = "upper-left"
+    lower_right = "lower-right"
+
+
+@app.command()
+def gradcheck(
+    path: Annotated[Path | None, typer.Argument(help="safetensors file: gradients on its tensors.")] = None,
+    impl: Annotated[
+        str | None, typer.Option(help="Your attention: module:function or path/to/file.py:function.")
+    ] = None,
+    level: Annotated[Level, typer.Option(help="How many shapes to sweep.")] = Level.default,
+    quick: Annotated[bool, typer.Option("--quick", help="Same as --level quick.")] = False,
+    thorough: Annotated[bool, typer.Option("--thorough", help="Same as --level thorough.")] = False,
+    causal_align: Annotated[Align, typer.Option(help="Causal reference alignment.")] = Align.upper_left,
+    lenient: Annotated[bool, typer.Option(help="Twice the error bounds.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="rich or json.")
+    ] = OutputFormat.rich,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the report here.")] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Gradient checks: of a file's tensors, of your attention function (--impl), or, with no
+    argument, of this PyTorch's own SDPA backends on this device."""
+    from attndbg.engine import resolve_device
+
+    device = resolve_device(device)
+    if impl is None and path is not None:
+        from attndbg.engine import Options, run_cases
+        from attndbg.loader import iter_cases
+
+        options = Options(device=device, grad=True, select=["GRD"])
+        report = run_cases(iter_cases([path]), options, inputs=[str(path)])
+        return _finish(report, output_format, output, quiet=False, timings=True)
+    from attndbg.conformance import load_implementation, sdpa_backends, sweep
+
+    chosen = "quick" if quick else "thorough" if thorough else level.value
+    targets = [("", load_implementation(impl))] if impl else sdpa_backends(device)
+    reports = []
+    with _progress(len(targets)) as advance:
+        for label, target in targets:
+            advance(label or target.name)
+            report = sweep(target, chosen, device, causal_align.value, lenient)
+            if path is not None:
+                _file_cases(report, target, path, device, causal_align.value)
+            reports.append(report)
+    if output_format == OutputFormat.json:
+        import json
+
+        data = [r.to_dict() for r in reports]
+        _emit(json.dumps(data[0] if impl else data, indent=2) + "\n", output)
+    else:
+        from attndbg.render.conformance import render_sweep
+
+        console = Console(highlight=False)
+        for report in reports:
+            render_sweep(report, console)
+            console.print()
+        if not impl:
+            console.print(_backend_table(reports))
+    raise typer.Exit(max(r.exit_code() for r in reports))
+
+
+def _file_cases(report, target, path: Path, device: str, align: str) -> None:  # noqa: ANN001
+    """The file's own tensors as one more case of the sweep, in their stored dtype."""
+    import torch
+
+    from attndbg.conformance import Result
+    from attndbg.context import CaseContext
+    from attndbg.gradients import reference_attention
+    from attndbg.loader import iter_cases
+
+    for case in iter_cases([path]):
+        ctx = CaseContext(case, device=device)
+        if not ctx.has_qkv:
+            continue
+        dtype = case.tensors["q"].dtype if case.tensors["q"].is_floating_point() else torch.float32
+        keep = None
+        if ctx.mask4d is not None and ctx.mask_semantics != "additive":
+            keep = ctx.mask4d.bool() if ctx.mask_semantics == "keep" else ~ctx.mask4d.bool()
+            keep = keep.to(device)
+        q, k, v = ctx.q.to(dtype), ctx.k.to(dtype), ctx.v.to(dtype)
+        try:
+            out = target(q, k, v, keep=keep, causal=ctx.is_causal and keep is None)
+            ref = reference_attention(
+                q.double(),
+                k.double(),
+                v.double(),
+                mask=None if keep is None else keep,
+                is_causal=ctx.is_causal and keep is None,
+                scale=ctx.scale,
+                align=align,
+            )
+            error = float((out.double() - ref).abs().max()) if out.numel() else 0.0
+            bound = 1e-5 if dtype == torch.float32 else 2e-2
+            verdict = "pass" if error <= bound * max(1.0, float(v.abs().max())) else "fail"
+            reasons = [] if verdict == "pass" else [f"out: max error {error:.2e} on the file's tensors"]
+        except Exception as exc:
+            verdict, error, reasons = "error", None, [f"{type(exc).__name__}: {exc}"]
+        report.results.append(
+            Result(
+                f"file:{case.name}",
+                str(dtype).replace("torch.", ""),
+                verdict,
+                forward_error=error,
+                reasons=reasons,
+            )
+        )
+
+
+def _backend_table(reports):  # noqa: ANN001, ANN202
+    """Where PyTorch's backends disagree: what each does with a fully masked row, what it refuses."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="SDPA backends", header_style="bold", box=None, title_justify="left")
+    for column in ("backend", "passed", "failed", "refused", "fully masked row"):
+        table.add_column(column)
+    for report in reports:
+        counts = report.counts()
+        masked = [r for r in report.results if r.scenario == "fully-masked-row"]
+        if any(r.verdict == "refused" for r in masked):
+            behaviour = "refused"
+        elif any(r.verdict == "fail" for r in masked):
+            behaviour = "; ".join(sorted({reason for r in masked for reason in r.reasons}))[:80]
+        else:
+            behaviour = "zeros (as the reference)"
+        table.add_row(
+            escape(report.implementation),
+            str(counts.get("pass", 0)),
+            str(counts.get("fail", 0)),
+            str(counts.get("refused", 0)),
+            behaviour,
+        )
+    return table
+
+
 @app.command()
 def rules(
     output_format: Annotated[

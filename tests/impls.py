@@ -1,0 +1,109 @@
+"""Attention implementations for the conformance sweep: one correct, one per classic bug."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def correct(query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
+    )
+
+
+def seeds_style(query, key, value, mask=None):
+    """The seeds' hand-rolled attention: masked_fill(mask == 0, -inf), softmax, nan_to_num."""
+    d_k = query.size(-1)
+    scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(d_k)
+    if mask is not None:
+        scores = scores.masked_fill(mask == 0, float("-inf"))
+    weights = torch.nan_to_num(torch.softmax(scores, dim=-1))
+    return torch.matmul(weights, value), weights
+
+
+def _math(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    is_causal=False,
+    scale=None,
+    dim=-1,
+    additive_inf=False,
+    align="upper-left",
+):
+    scale = 1 / math.sqrt(query.size(-1)) if scale is None else scale
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    lq, lk = scores.shape[-2:]
+    keep = torch.ones(lq, lk, dtype=torch.bool, device=query.device)
+    if is_causal:
+        keep = keep.tril(lk - lq if align == "lower-right" else 0)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        keep = keep & attn_mask
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    if additive_inf:
+        bias = torch.zeros(keep.shape, dtype=scores.dtype, device=query.device).masked_fill(
+            ~keep, float("-inf")
+        )
+        scores = scores + bias
+    else:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    weights = torch.nan_to_num(torch.softmax(scores, dim=dim))
+    return torch.matmul(weights, value)
+
+
+def missing_scale(query, key, value, attn_mask=None, is_causal=False):
+    return _math(query, key, value, attn_mask, is_causal, scale=1.0)
+
+
+def wrong_axis(query, key, value, attn_mask=None, is_causal=False):
+    return _math(query, key, value, attn_mask, is_causal, dim=-2)
+
+
+def additive_inf_nan_to_num(query, key, value, attn_mask=None, is_causal=False):
+    return _math(query, key, value, attn_mask, is_causal, additive_inf=True)
+
+
+def lower_right_causal(query, key, value, attn_mask=None, is_causal=False):
+    return _math(query, key, value, attn_mask, is_causal, align="lower-right")
+
+
+def leaky_mask(query, key, value, attn_mask=None, is_causal=False):
+    """Masks by multiplying the weights after the softmax and renormalising: the forward looks
+    right, but NaN in a masked value still flows through 0 · NaN."""
+    scale = 1 / math.sqrt(query.size(-1))
+    weights = torch.softmax(torch.matmul(query, key.transpose(-2, -1)) * scale, dim=-1)
+    lq, lk = weights.shape[-2:]
+    keep = torch.ones(lq, lk, dtype=torch.bool, device=query.device)
+    if is_causal:
+        keep = keep.tril()
+    if attn_mask is not None:
+        keep = keep & (attn_mask if attn_mask.dtype == torch.bool else attn_mask > -1e4)
+    weights = weights * keep
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-30)
+    return torch.matmul(weights, value)
+
+
+class _HalfBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(query, key, value)
+        return F.scaled_dot_product_attention(query, key, value)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        query, key, value = ctx.saved_tensors
+        with torch.enable_grad():
+            q, k, v = (t.detach().requires_grad_() for t in (query, key, value))
+            out = F.scaled_dot_product_attention(q, k, v)
+            dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+        return dq * 0.5, dk, dv  # the bug: dQ is halved
+
+
+def wrong_backward(query, key, value):
+    """A custom autograd.Function whose forward is right and whose backward is not."""
+    return _HalfBackward.apply(query, key, value)

@@ -1,0 +1,111 @@
+"""attndbg gradcheck: the conformance sweep on implementations with one bug each, the seeds'
+own implementation, PyTorch's backends, and gradients on a file's tensors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT, run_cli
+
+IMPLS = ROOT / "tests" / "impls.py"
+
+
+def sweep(name: str, *args: str) -> tuple[int, dict]:
+    result = run_cli("gradcheck", "--impl", f"{IMPLS}:{name}", "--format", "json", *args)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_correct_implementation_passes() -> None:
+    code, data = sweep("correct")
+    assert code == 0 and data["exit_code"] == 0
+    assert {r["verdict"] for r in data["results"]} == {"pass"}
+    assert {r["dtype"] for r in data["results"]} == {"float32", "float16", "bfloat16"}
+    assert data["mask_perturbation"] == "pass" and data["gradcheck_float64"] == "pass"
+    assert data["convention"].startswith("SDPA style")
+
+
+def test_seeds_style_signature_is_detected_and_passes() -> None:
+    result = run_cli("gradcheck", "--impl", f"{IMPLS}:seeds_style")
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "seeds style (query, key, value, mask=None)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "where"),
+    [
+        ("missing_scale", "SCL001", "basic"),
+        ("wrong_axis", "SMX002", "basic"),
+        ("additive_inf_nan_to_num", "GRD002", "fully-masked-row"),
+        ("lower_right_causal", "MSK006", "causal q_len<k_len"),
+        ("leaky_mask", "MSK002", None),
+        ("wrong_backward", "GRD001", "basic"),
+    ],
+)
+def test_buggy_implementation_fails_with_the_right_diagnosis(name: str, code: str, where: str | None) -> None:
+    exit_code, data = sweep(name)
+    assert exit_code == 1
+    codes = [d["code"] for d in data["diagnoses"]]
+    assert codes[0] == code, codes
+    if where:
+        failed = {r["scenario"] for r in data["results"] if r["verdict"] == "fail"}
+        assert where in failed
+
+
+def test_nan_gradients_are_named_while_the_forward_passes() -> None:
+    _, data = sweep("additive_inf_nan_to_num")
+    failures = [r for r in data["results"] if r["verdict"] == "fail"]
+    assert {r["scenario"] for r in failures} == {"fully-masked-row"}
+    assert all(not reason.startswith("out") for r in failures for reason in r["reasons"])
+
+
+def test_causal_alignment_option() -> None:
+    code, data = sweep("lower_right_causal", "--causal-align", "lower-right")
+    assert code == 0
+    code, data = sweep("correct", "--causal-align", "lower-right")
+    assert code == 1 and data["diagnoses"][0]["code"] == "MSK006"
+
+
+def test_levels() -> None:
+    _, quick = sweep("correct", "--quick")
+    _, thorough = sweep("correct", "--thorough")
+    assert len({r["scenario"] for r in quick["results"]}) < 6
+    assert {"long", "many-heads-gqa"} <= {r["scenario"] for r in thorough["results"]}
+    assert thorough["exit_code"] == 0
+
+
+def test_file_tensors_are_a_case_too() -> None:
+    path = ROOT / "fixtures" / "clean_padding_mask.safetensors"
+    _, data = sweep("correct", str(path))
+    file_cases = [r for r in data["results"] if r["scenario"].startswith("file:")]
+    assert file_cases and file_cases[0]["verdict"] == "pass"
+    _, data = sweep("missing_scale", str(path))
+    assert any(r["scenario"].startswith("file:") and r["verdict"] == "fail" for r in data["results"])
+
+
+def test_pytorch_backends_on_this_device() -> None:
+    result = run_cli("gradcheck", "--format", "json")
+    assert result.returncode == 0, result.stdout[-2000:]
+    data = json.loads(result.stdout)
+    names = [r["implementation"] for r in data]
+    assert "sdpa[math]" in names
+    math = next(r for r in data if r["implementation"] == "sdpa[math]")
+    assert {r["verdict"] for r in math["results"]} == {"pass"}
+
+
+def test_gradients_on_a_file() -> None:
+    result = run_cli(
+        "gradcheck", str(ROOT / "fixtures" / "MSK001_fully_masked_rows.safetensors"), "--format", "json"
+    )
+    data = json.loads(result.stdout)
+    codes = {f["code"] for c in data["cases"] for f in c["findings"]}
+    assert codes == {"GRD002"} and result.returncode == 0  # a warning
+    result = run_cli("inspect", str(ROOT / "fixtures" / "GRD001_ill_conditioned_tie.safetensors"), "--grad")
+    assert result.returncode == 1 and "GRD001" in result.stdout
+
+
+def test_bad_implementation_spec_exits_2() -> None:
+    assert run_cli("gradcheck", "--impl", "no_such_module_xyz:fn").returncode == 2
+    assert run_cli("gradcheck", "--impl", f"{IMPLS}:does_not_exist").returncode == 2
+    assert run_cli("gradcheck", "--impl", "not a spec").returncode == 2

@@ -59,3 +59,20 @@ def test_overflow_located_on_cuda() -> None:
     report = attndbg.diagnose(q, k, v, device="cuda")
     num002 = next(f for f in report.findings if f.code == "NUM002")
     assert num002.evidence["first"] == [0, 1, 3, 2]
+
+
+def test_gradcheck_backends_on_cuda() -> None:
+    import json
+
+    result = run_cli("gradcheck", "--device", "cuda", "--format", "json")
+    data = json.loads(result.stdout)
+    names = {r["implementation"] for r in data}
+    assert {"sdpa[math]", "sdpa[flash_attention]", "sdpa[efficient_attention]"} <= names
+    math = next(r for r in data if r["implementation"] == "sdpa[math]")
+    assert {r["verdict"] for r in math["results"]} <= {"pass", "refused"}
+
+
+def test_gradient_stage_on_cuda(fixtures_dir: Path) -> None:
+    path = fixtures_dir / "MSK001_fully_masked_rows.safetensors"
+    report = run_cases(iter_cases([path]), Options(device="cuda", grad=True), [str(path)])
+    assert set(report.codes()) == {"MSK001", "GRD002"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,7 @@ class Case:
     settings: Settings = field(default_factory=Settings)
     origins: dict[str, str] = field(default_factory=dict)  # setting -> "flag" | "metadata"
     notes: list[str] = field(default_factory=list)
+    tokens: list[str] | None = None  # from metadata "tokens" (a JSON list), for labels
 
     @property
     def mask_key(self) -> str:
@@ -125,3 +127,13 @@ def settings_from_strings(values: dict[str, str], where: str) -> Settings:
         except UsageError as exc:
             raise InputError(str(exc)) from None
     return Settings(**parsed)
+
+
+def tokens_from_metadata(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    try:
+        tokens = json.loads(value)
+    except ValueError:
+        return None
+    return [str(t) for t in tokens] if isinstance(tokens, list) else None

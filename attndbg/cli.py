@@ -116,6 +116,10 @@ def inspect(
     write_baseline: Annotated[
         Path | None, typer.Option(help="Write every finding of this run to a baseline file, exit 0.")
     ] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Also save the Rich report, heatmaps included, as HTML.")
+    ] = None,
+    svg: Annotated[Path | None, typer.Option(help="Also save the Rich report as SVG.")] = None,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="Report format.")
     ] = OutputFormat.rich,
@@ -162,6 +166,8 @@ def inspect(
         quiet=quiet,
         timings=timings,
         write_baseline=write_baseline,
+        html=html,
+        svg=svg,
     )
     if output is not None and output.resolve() in {p.resolve() for p in paths}:
         raise UsageError(f"-o {output}: refusing to overwrite an input file")
@@ -244,7 +250,29 @@ def _write_baseline(report, path: Path) -> None:  # noqa: ANN001
     _emit(text, path)
 
 
-def _finish(report, output_format, output, quiet, timings, write_baseline=None, streamed=False):  # noqa: ANN001, ANN202
+def _finish(
+    report,
+    output_format,
+    output,
+    quiet,
+    timings,
+    write_baseline=None,
+    streamed=False,  # noqa: ANN001, ANN202
+    html=None,
+    svg=None,
+):
+    if html is not None or svg is not None:
+        from attndbg.render.rich_report import render_rich
+
+        with open(os.devnull, "w") as sink:
+            recorder = Console(
+                record=True, width=120, file=sink, force_terminal=True, color_system="truecolor"
+            )
+            render_rich(report, recorder)
+        if html is not None:
+            _emit(recorder.export_html(clear=False), html)
+        if svg is not None:
+            _emit(recorder.export_svg(title="attndbg", clear=False), svg)
     if write_baseline is not None:
         _write_baseline(report, write_baseline)
         raise typer.Exit(0)
@@ -310,6 +338,9 @@ def _emit(text: str, output: Path | None) -> None:
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a report is an ordinary file
         os.replace(temporary, output)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -418,6 +449,75 @@ def _spinner(message: str):
         return
     with err_console.status(message):
         yield
+
+
+@app.command()
+def show(
+    paths: Annotated[list[Path], typer.Argument(help="A file to draw; two files to draw their difference.")],
+    case: Annotated[str | None, typer.Option(help="Case name or glob (default: the first case).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Alias of --case for captures, e.g. '*layer.3*'.")] = None,
+    head: Annotated[str, typer.Option(help="Head index, or 'all' for a grid.")] = "0",
+    batch: Annotated[int, typer.Option(help="Batch index.")] = 0,
+    rows: Annotated[int, typer.Option(help="Max rows of cells (longer sequences are max-pooled).")] = 32,
+    cols: Annotated[int, typer.Option(help="Max columns of cells.")] = 48,
+    png: Annotated[Path | None, typer.Option(help="Also save a PNG (needs attndbg[plot]).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Draw attention weights as a heatmap (recomputed from Q/K/V/mask unless weights were saved)."""
+    from attndbg.context import CaseContext
+    from attndbg.engine import resolve_device
+    from attndbg.heatmap import build_heatmap, difference
+    from attndbg.loader import load_case, plan_cases
+    from attndbg.render.heatmap import difference_renderable, grid_renderable, heatmap_renderable, save_png
+
+    if len(paths) > 2:
+        raise UsageError("show takes one file, or two to compare")
+    device = resolve_device(device)
+    pattern = case or layer
+
+    def context(path: Path) -> CaseContext:
+        plans = plan_cases([path], pattern)
+        ctx = CaseContext(load_case(plans[0]), device=device)
+        if not (ctx.has_qkv or ctx.has("weights") or ctx.has("scores")):
+            raise UsageError(f"{path}: case {ctx.case.name} has nothing to draw")
+        return ctx
+
+    first = context(paths[0])
+    heads_total = first.sizes["Hq"]
+    if head == "all":
+        heads = list(range(heads_total))
+    else:
+        try:
+            heads = [int(head)]
+        except ValueError:
+            raise UsageError(f"--head {head!r}: a head index or 'all'") from None
+        if not 0 <= heads[0] < heads_total:
+            raise UsageError(f"--head {heads[0]}: case {first.case.name} has {heads_total} heads")
+    if not 0 <= batch < first.sizes["B"]:
+        raise UsageError(f"--batch {batch}: case {first.case.name} has batch {first.sizes['B']}")
+    console = Console(highlight=False)
+    if len(paths) == 2:
+        diff = difference(first, context(paths[1]), head=heads[0], batch=batch)
+        console.print(difference_renderable(diff))
+        if png:
+            save_png([diff.heatmap], png, diverging=True)
+            err_console.print(f"PNG written to {png}", style="dim")
+        return
+    maps = [build_heatmap(first, batch, h, max_rows=rows, max_cols=cols) for h in heads]
+    if len(maps) == 1:
+        console.print(heatmap_renderable(maps[0]))
+    else:
+        per_row = max(1, console.width // (maps[0].shape[1] + max(len(x) for x in maps[0].row_labels) + 4))
+        if per_row < 2 and maps[0].shape[1] > 24:
+            maps = [
+                build_heatmap(first, batch, h, max_rows=rows // 2, max_cols=max(8, console.width // 3))
+                for h in heads
+            ]
+        console.print(grid_renderable(maps, console.width))
+    if png:
+        save_png(maps, png)
+        err_console.print(f"PNG written to {png}", style="dim")
 
 
 class Level(str, Enum):

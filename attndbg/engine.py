@@ -174,8 +174,22 @@ def run_case(case: Case, options: Options) -> CaseReport:
             report.settings = ctx.describe_settings()
     if "stats" in ctx.__dict__:
         report.heads = _heads(ctx)
+        _attach_heatmaps(ctx, report.findings)
     report.guesses = list(dict.fromkeys(ctx.guesses))
     return report
+
+
+def _attach_heatmaps(ctx: CaseContext, findings: list[Finding]) -> None:
+    """A small max-pooled map of the head a PAT/MSK/SCL finding is about, for the report."""
+    from attndbg.heatmap import build_heatmap
+
+    for finding in findings:
+        if finding.head is None or finding.code[:3] not in ("PAT", "MSK", "SCL"):
+            continue
+        try:
+            finding.heatmap = build_heatmap(ctx, 0, finding.head, max_rows=12, max_cols=24)
+        except ShapeProblem:
+            continue
 
 
 def _empty_reason(ctx: CaseContext) -> str:

@@ -15,6 +15,7 @@ from attndbg.case import (
     Case,
     Settings,
     settings_from_strings,
+    tokens_from_metadata,
 )
 from attndbg.errors import InputError
 
@@ -32,6 +33,7 @@ class CasePlan:
     settings: Settings
     origins: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    tokens: list[str] | None = None
 
 
 def _sniff(path: Path) -> None:
@@ -158,7 +160,8 @@ def plan_file(
             elif getattr(from_meta, key) is not None:
                 origins[key] = "metadata"
         notes = [f"ignored tensor {key!r} (not a known role)" for key in ignored.get(name, [])]
-        plans.append(CasePlan(name, path, roles, settings, origins, notes))
+        tokens = tokens_from_metadata(metadata.get(f"{name}.tokens") or metadata.get("tokens"))
+        plans.append(CasePlan(name, path, roles, settings, origins, notes, tokens))
     return plans
 
 
@@ -179,6 +182,7 @@ def load_case(plan: CasePlan) -> Case:
         settings=plan.settings,
         origins=dict(plan.origins),
         notes=list(plan.notes),
+        tokens=plan.tokens,
     )
 
 

@@ -126,6 +126,9 @@ class Calls:
         os.close(handle)
         try:
             save_file(tensors, temporary, metadata=metadata)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

@@ -37,6 +37,26 @@ FAIL_ON_RANK = {"info": 1, "warning": 2, "error": 3, "never": 99}
 
 
 @dataclass
+class Heatmap:
+    case: str
+    batch: int
+    head: int
+    weights: list[list[float]]  # pooled (rows, cols), max over each block
+    masked: list[list[bool]]  # every key of the block is masked
+    row_step: int  # query rows per cell
+    col_step: int  # keys per cell
+    q_len: int
+    k_len: int
+    source: str  # "saved weights" | "recomputed"
+    row_labels: list[str] = field(default_factory=list)
+    col_labels: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.weights), len(self.weights[0]) if self.weights else 0
+
+
+@dataclass
 class Finding:
     code: str
     name: str
@@ -48,6 +68,7 @@ class Finding:
     case: str = ""
     head: int | None = None
     baselined: bool = False  # present in --baseline: reported, but does not fail the run
+    heatmap: Heatmap | None = None  # a small picture of the head the finding is about
 
     def fingerprint(self, file: str) -> str:
         return f"{file}::{self.case}::{self.code}::{self.head}"

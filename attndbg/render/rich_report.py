@@ -171,6 +171,10 @@ def finding_block(finding: Finding, show_fix: bool = True) -> RenderableType:
     ]
     if finding.evidence:
         parts.append(Padding(Text("evidence: " + _evidence(finding.evidence), style="dim"), (0, 0, 0, 8)))
+    if finding.heatmap is not None:
+        from attndbg.render.heatmap import heatmap_renderable
+
+        parts.append(Padding(heatmap_renderable(finding.heatmap, cell=1, title=False), (0, 0, 0, 8)))
     if show_fix and finding.fix:
         parts.append(
             Padding(

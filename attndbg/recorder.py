@@ -59,6 +59,7 @@ class Calls:
     """The calls recorded by :func:`capture`, in call order."""
 
     calls: list[CapturedCall] = field(default_factory=list)
+    tokens: list[str] | None = None  # of the first sequence, when the input came from text
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -121,6 +122,10 @@ class Calls:
             metadata[f"{name}.source"] = call.module
             metadata[f"{name}.captured_from"] = call.kind
         metadata["case_order"] = "\n".join(self.names())
+        if self.tokens:
+            import json
+
+            metadata["tokens"] = json.dumps(self.tokens)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(handle)

@@ -223,6 +223,8 @@ def capture_source(
             f"{source}: the model raised {type(exc).__name__} on the capture input: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}"
         ) from None
+    if text and loaded.tokenizer is not None and "input_ids" in kwargs:
+        calls.tokens = loaded.tokenizer.convert_ids_to_tokens(kwargs["input_ids"][0].tolist())
     if not len(calls):
         raise InputError(
             f"{source}: the model ran but made no attention call attndbg can see "

@@ -266,6 +266,13 @@ class CaseContext:
 
         return compute_stats(self)
 
+    @cached_property
+    def heads(self) -> list[dict[str, float]]:
+        """Per-head statistics over the batch; the report's table and the PAT checks read this."""
+        from attndbg.stats import heads_over_batch
+
+        return heads_over_batch(self.stats)
+
     def describe_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {}
         if self.has_qkv:

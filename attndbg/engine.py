@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -81,35 +82,8 @@ def summarize_tensor(role: str, key: str, tensor: torch.Tensor) -> TensorSummary
 
 
 def _heads(ctx: CaseContext) -> list[HeadStats]:
-    from attndbg.stats import head_summary
-
-    per_bh = head_summary(ctx.stats)
-    by_head: dict[int, list[dict]] = {}
-    for row in per_bh:
-        by_head.setdefault(row["head"], []).append(row)
-    heads = []
-    for head, rows in sorted(by_head.items()):
-        total = sum(r["rows"] for r in rows) or 1
-
-        def avg(key: str, rows: list[dict] = rows, total: int = total) -> float:
-            return sum(r[key] * r["rows"] for r in rows) / total
-
-        heads.append(
-            HeadStats(
-                head=head,
-                entropy=avg("entropy"),
-                entropy_ratio=avg("entropy_ratio"),
-                max_weight=avg("max_weight"),
-                collapsed_share=avg("collapsed_share"),
-                uniform_share=avg("uniform_share"),
-                sink_mass=avg("sink_mass"),
-                diagonal_mass=avg("diagonal_mass"),
-                previous_mass=avg("previous_mass"),
-                max_logit=max(r["max_logit"] for r in rows),
-                logit_std=avg("logit_std"),
-            )
-        )
-    return heads
+    names = {f.name for f in dataclasses.fields(HeadStats)}
+    return [HeadStats(**{k: v for k, v in head.items() if k in names}) for head in ctx.heads]
 
 
 def run_case(case: Case, options: Options) -> CaseReport:

@@ -603,3 +603,24 @@ def head_summary(
                 }
             )
     return heads
+
+
+def heads_over_batch(stats: AttentionStats) -> list[dict[str, float]]:
+    """Per-head statistics: ``head_summary`` averaged over the batch, weighted by informative
+    rows (max_logit is the maximum). Heads with no informative row keep zeros and ``rows`` 0."""
+    by_head: dict[int, list[dict]] = {}
+    for row in head_summary(stats):
+        by_head.setdefault(row["head"], []).append(row)
+    heads = []
+    for head, rows in sorted(by_head.items()):
+        total = sum(r["rows"] for r in rows)
+        merged: dict[str, float] = {"head": head, "rows": total}
+        for key in rows[0]:
+            if key in ("head", "batch", "rows"):
+                continue
+            if key == "max_logit":
+                merged[key] = max(r[key] for r in rows)
+            else:
+                merged[key] = sum(r[key] * r["rows"] for r in rows) / (total or 1)
+        heads.append(merged)
+    return heads

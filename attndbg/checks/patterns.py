@@ -27,27 +27,7 @@ def positional_mass(head: dict) -> float:
 
 
 def _heads(ctx: CaseContext) -> list[dict]:
-    from attndbg.stats import head_summary
-
-    cache = ctx.__dict__.get("_head_summary")
-    if cache is None:
-        per = head_summary(ctx.stats)
-        merged: dict[int, dict] = {}
-        for row in per:
-            entry = merged.setdefault(row["head"], {"head": row["head"], "rows": 0})
-            for key, value in row.items():
-                if key in ("head", "batch", "rows"):
-                    continue
-                entry[key] = entry.get(key, 0.0) + value * row["rows"]
-            entry["rows"] += row["rows"]
-        cache = []
-        for entry in merged.values():
-            if not entry["rows"]:
-                continue
-            rows = entry["rows"] or 1
-            cache.append({k: (v / rows if k not in ("head", "rows") else v) for k, v in entry.items()})
-        ctx.__dict__["_head_summary"] = cache
-    return cache
+    return [head for head in ctx.heads if head["rows"]]
 
 
 def _enough(ctx: CaseContext) -> bool:

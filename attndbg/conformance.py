@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from attndbg.errors import InputError, UsageError
+from attndbg.errors import InputError, UsageError, first_line
 from attndbg.gradients import causal_keep, reference_attention
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -264,8 +264,7 @@ def run_scenario(
     try:
         test = _grads(test_fn, c, dtype)
     except Exception as exc:  # the implementation's own failure is a result, not a crash
-        text = str(exc).strip()
-        message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        message = f"{type(exc).__name__}: {first_line(exc)}"
         refused = "available kernel" in message or "not supported" in message.lower()
         return Result(s.name, dtype_name, "refused" if refused else "error", reasons=[message])
     # golden and lowp see the same (rounded) inputs as the test
@@ -416,7 +415,7 @@ def mask_perturbation(impl: Implementation, device: str, align: str) -> tuple[st
             if not torch.allclose(out[1], base[1], atol=1e-4):
                 return "fail", f"masked keys leak into dQ (masked K/V set to {fill:g})"
     except Exception as exc:
-        return "error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return "error", f"{type(exc).__name__}: {first_line(exc)}"
     return "pass", "output and dQ unchanged with ±1e4 in the masked keys and values"
 
 

@@ -17,3 +17,10 @@ class UsageError(AttndbgError):
     """A command-line option or API argument is invalid (exit code 2)."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none: library
+    errors are re-raised as one line that names the file."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,7 +17,7 @@ from attndbg.case import (
     settings_from_strings,
     tokens_from_metadata,
 )
-from attndbg.errors import InputError
+from attndbg.errors import InputError, first_line
 
 _PICKLE_PROTOCOLS = {bytes([0x80, n]) for n in range(2, 6)}
 _MAX_HEADER = 100_000_000
@@ -82,8 +82,7 @@ def _read_header(path: Path) -> tuple[list[str], dict[str, str]]:
             keys = list(handle.keys())
             metadata = dict(handle.metadata() or {})
     except Exception as exc:  # SafetensorError has no stable import path across versions
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not a valid safetensors file ({detail})") from None
+        raise InputError(f"{path}: not a valid safetensors file ({first_line(exc)})") from None
     return keys, metadata
 
 
@@ -172,8 +171,7 @@ def load_case(plan: CasePlan) -> Case:
         with safe_open(str(plan.file), framework="pt") as handle:
             tensors = {role: handle.get_tensor(key) for role, key in plan.keys.items()}
     except Exception as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{plan.file}: tensor data cannot be read ({detail})") from None
+        raise InputError(f"{plan.file}: tensor data cannot be read ({first_line(exc)})") from None
     return Case(
         name=plan.name,
         file=str(plan.file),

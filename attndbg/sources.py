@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from attndbg.errors import InputError, UsageError
+from attndbg.errors import InputError, UsageError, first_line
 
 
 @dataclass
@@ -76,7 +76,7 @@ def load_model(
                 str(path), attn_implementation=attn_implementation, **kwargs
             )
         except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: cannot load the checkpoint ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"{path}: cannot load the checkpoint ({first_line(exc)})") from None
         tokenizer = None
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), **kwargs)
@@ -89,7 +89,7 @@ def load_model(
         try:
             program = torch.export.load(str(path))
         except Exception as exc:
-            raise InputError(f"{path}: not a torch.export program ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"{path}: not a torch.export program ({first_line(exc)})") from None
         example = getattr(program, "example_inputs", None)
         return LoadedModel(program.module().to(device), "export", path.stem, example=example)
     split = _split_factory(source)
@@ -133,12 +133,12 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:
-            raise InputError(f"{path}: not a valid safetensors file ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"{path}: not a valid safetensors file ({first_line(exc)})") from None
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InputError(
-            f"{path}: refused or unreadable as a weights-only state dict ({str(exc).splitlines()[0]})"
+            f"{path}: refused or unreadable as a weights-only state dict ({first_line(exc)})"
         ) from None
     if not isinstance(state, dict):
         raise InputError(f"{path}: holds a {type(state).__name__}, not a state dict")
@@ -163,9 +163,7 @@ def make_inputs(
         try:
             named = load_file(str(input_file))
         except Exception as exc:
-            raise InputError(
-                f"{input_file}: not a valid safetensors file ({str(exc).splitlines()[0]})"
-            ) from None
+            raise InputError(f"{input_file}: not a valid safetensors file ({first_line(exc)})") from None
         return (), {k: v.to(device) for k, v in named.items()}
     if text:
         if loaded.tokenizer is None:
@@ -220,8 +218,7 @@ def capture_source(
             loaded.model(*args, **kwargs)
     except (TypeError, ValueError, RuntimeError, IndexError) as exc:
         raise InputError(
-            f"{source}: the model raised {type(exc).__name__} on the capture input: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            f"{source}: the model raised {type(exc).__name__} on the capture input: {first_line(exc)}"
         ) from None
     if text and loaded.tokenizer is not None and "input_ids" in kwargs:
         calls.tokens = loaded.tokenizer.convert_ids_to_tokens(kwargs["input_ids"][0].tolist())

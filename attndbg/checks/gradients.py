@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from attndbg.errors import first_line
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
 
@@ -104,7 +105,7 @@ assert gradcheck(lambda q, k, v: my_attention(q, k, v), (q, k, v), fast_mode=Tru
             ok = torch.autograd.gradcheck(fn, inputs, fast_mode=True, raise_exception=True)
             detail = ""
         except Exception as exc:  # GradcheckError, or a RuntimeError from a non-finite Jacobian
-            ok, detail = False, str(exc).strip().splitlines()[0]
+            ok, detail = False, first_line(exc)
         if not ok:
             yield Hit(
                 f"gradcheck of the attention on a slice of this input fails ({detail}); with "

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from attndbg.errors import InputError, UsageError, first_line
-from attndbg.gradients import causal_keep, reference_attention
+from attndbg.gradients import causal_keep, gradients, reference_attention
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -212,13 +212,8 @@ def make_case(s: Scenario, seed: int, device: str, align: str) -> dict[str, Any]
 
 
 def _grads(fn: Callable, c: dict, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    q, k, v = (c[n].to(dtype).detach().requires_grad_(True) for n in "qkv")
-    out = fn(q, k, v)
-    if out.numel() == 0:
-        return out.detach(), torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    grads = torch.autograd.grad(out, (q, k, v), c["upstream"].to(out.dtype), allow_unused=True)
-    zeros = (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v))
-    return (out.detach(), *(g if g is not None else z for g, z in zip(grads, zeros)))
+    """(out, dQ, dK, dV) of ``fn`` on the scenario's inputs cast to ``dtype``."""
+    return gradients(fn, *(c[n].to(dtype) for n in "qkv"), c["upstream"])
 
 
 def _reference_fn(c: dict, causal_only: bool, align: str, **variant: Any) -> Callable:

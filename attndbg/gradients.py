@@ -74,8 +74,10 @@ def gradients(fn, q, k, v, upstream, **kwargs) -> tuple[torch.Tensor, ...]:  # n
     out = fn(q, k, v, **kwargs)
     if isinstance(out, (tuple, list)):
         out = out[0]
-    dq, dk, dv = torch.autograd.grad(out, (q, k, v), upstream.to(out.dtype), allow_unused=True)
     zeros = [torch.zeros_like(t) for t in (q, k, v)]
+    if out.numel() == 0:  # an empty query sequence: nothing flows back
+        return (out.detach(), *zeros)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), upstream.to(out.dtype), allow_unused=True)
     return (out.detach(), *(g if g is not None else z for g, z in zip((dq, dk, dv), zeros)))
 
 

@@ -606,8 +606,7 @@ def _file_cases(report, target, path: Path, device: str, align: str) -> None:  #
         dtype = case.tensors["q"].dtype if case.tensors["q"].is_floating_point() else torch.float32
         keep = None
         if ctx.mask4d is not None and ctx.mask_semantics != "additive":
-            keep = ctx.mask4d.bool() if ctx.mask_semantics == "keep" else ~ctx.mask4d.bool()
-            keep = keep.to(device)
+            keep = ctx.keep_mask(ctx.mask4d).to(device)
         q, k, v = ctx.q.to(dtype), ctx.k.to(dtype), ctx.v.to(dtype)
         try:
             out = target(q, k, v, keep=keep, causal=ctx.is_causal and keep is None)

@@ -230,6 +230,15 @@ class CaseContext:
             mask = mask.unsqueeze(0)
         return mask
 
+    def keep_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A (slice of the) stored mask as booleans, True = attended, under the assumed semantics;
+        an additive entry counts as masked at or below MASKED_BIAS."""
+        import torch
+
+        if self.mask_semantics == "additive":
+            return mask.to(torch.float32) > MASKED_BIAS
+        return mask.bool() if self.mask_semantics == "keep" else ~mask.bool()
+
     def mask_bias(self, batch: int, rows: slice, semantics: str | None = None) -> Any:
         """Additive bias (H or 1, rows, Lk) in float32 for one chunk, or None without a mask.
 

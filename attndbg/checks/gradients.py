@@ -42,11 +42,9 @@ def grad_slice(ctx: CaseContext, rows: list[int] | None = None, batch: int = 0) 
         mask = ctx.mask4d[min(batch, ctx.mask4d.shape[0] - 1)].to(ctx.device)
         mask = mask.expand(heads if mask.shape[0] > 1 else 1, sizes["Lq"], mask.shape[-1])[:heads]
         mask = mask.index_select(1, index)[..., :keys]
+        keep &= ctx.keep_mask(mask)
         if ctx.mask_semantics == "additive":
             additive = mask.double()
-            keep &= additive > -5000
-        else:
-            keep &= mask.bool() if ctx.mask_semantics == "keep" else ~mask.bool()
     where = {
         "batch": batch,
         "heads": heads,

@@ -20,15 +20,7 @@ LEAK_TOLERANCE = 1e-4  # weight on a masked or future key that still counts as "
 
 def keep_matrix(ctx: CaseContext) -> torch.Tensor | None:
     """The mask as booleans (True = attended) under the assumed semantics, stored shape."""
-    import torch
-
-    mask = ctx.mask4d
-    if mask is None:
-        return None
-    semantics = ctx.mask_semantics
-    if semantics == "additive":
-        return mask.to(torch.float32) > MASKED_BIAS
-    return mask.bool() if semantics == "keep" else ~mask.bool()
+    return None if ctx.mask4d is None else ctx.keep_mask(ctx.mask4d)
 
 
 def fill_values(ctx: CaseContext) -> dict:

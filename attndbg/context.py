@@ -230,6 +230,24 @@ class CaseContext:
             mask = mask.unsqueeze(0)
         return mask
 
+    def nonfinite(self, role: str) -> tuple[int, int, int]:
+        """(NaN, +Inf, -Inf) counts of a stored tensor, computed once per case: the summary
+        table, NUM001 and NUM002 all read them (a finite tensor costs one pass)."""
+        import torch
+
+        cache: dict[str, tuple[int, int, int]] = self.__dict__.setdefault("_nonfinite", {})
+        if role not in cache:
+            tensor = self.raw[role]
+            if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+                cache[role] = (0, 0, 0)
+            else:
+                cache[role] = (
+                    int(torch.isnan(tensor).sum()),
+                    int(torch.isposinf(tensor).sum()),
+                    int(torch.isneginf(tensor).sum()),
+                )
+        return cache[role]
+
     def keep_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """A (slice of the) stored mask as booleans, True = attended, under the assumed semantics;
         an additive entry counts as masked at or below MASKED_BIAS."""

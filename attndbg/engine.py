@@ -48,22 +48,29 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def summarize_tensor(role: str, key: str, tensor: torch.Tensor) -> TensorSummary:
+def summarize_tensor(
+    role: str, key: str, tensor: torch.Tensor, counts: tuple[int, int, int] | None = None
+) -> TensorSummary:
+    """Shape, dtype, range, mean, std and NaN/Inf counts; ``counts`` (NaN, +Inf, -Inf) when the
+    caller already has them, so a finite tensor is not scanned again."""
     values = tensor.detach()
     if values.dtype == torch.bool:
         values = values.to(torch.float32)
     elif not values.is_floating_point():
         values = values.to(torch.float64)
     values = values.to(torch.float32) if values.dtype in (torch.float16, torch.bfloat16) else values
-    finite_mask = torch.isfinite(values)
-    if bool(finite_mask.all()):
-        nan = posinf = neginf = 0
-        finite = values
-    else:
-        nan = int(torch.isnan(values).sum())
-        posinf = int(torch.isposinf(values).sum())
-        neginf = int(torch.isneginf(values).sum())
-        finite = values[finite_mask]
+    if counts is None:
+        finite_mask = torch.isfinite(values)
+        if bool(finite_mask.all()):
+            counts = (0, 0, 0)
+        else:
+            counts = (
+                int(torch.isnan(values).sum()),
+                int(torch.isposinf(values).sum()),
+                int(torch.isneginf(values).sum()),
+            )
+    nan, posinf, neginf = counts
+    finite = values if nan + posinf + neginf == 0 else values[torch.isfinite(values)]
     if finite.numel():
         std, mean = torch.std_mean(finite) if finite.numel() > 1 else (torch.zeros(()), finite.mean())
         stats = (float(finite.min()), float(finite.max()), float(mean), float(std))
@@ -94,7 +101,7 @@ def run_case(case: Case, options: Options) -> CaseReport:
         name=case.name, file=case.file, source=case.settings.source or "", device=options.device
     )
     report.tensors = [
-        summarize_tensor(role, ctx.key(role), tensor)
+        summarize_tensor(role, ctx.key(role), tensor, ctx.nonfinite(role))
         for role, tensor in sorted(case.tensors.items(), key=lambda kv: _role_rank(kv[0]))
     ]
     blocked = ""

@@ -44,7 +44,7 @@ assert torch.isfinite(q).all(), "q is not finite: check the layer before the pro
         import torch
 
         roles = ["q", "k", "v", "mask"]
-        inputs_finite = ctx.has_qkv and all(bool(torch.isfinite(ctx.raw[r]).all()) for r in "qkv")
+        inputs_finite = ctx.has_qkv and not any(sum(ctx.nonfinite(r)) for r in "qkv")
         if not inputs_finite:
             roles += ["scores", "weights", "out"]  # with finite q/k/v, NUM002 explains these
         for summary_role in roles:
@@ -53,9 +53,9 @@ assert torch.isfinite(q).all(), "q is not finite: check the layer before the pro
             tensor = ctx.raw[summary_role]
             if not tensor.is_floating_point():
                 continue
-            nan = int(torch.isnan(tensor).sum())
-            posinf = int(torch.isposinf(tensor).sum())
-            neginf = 0 if summary_role in _NEG_INF_ALLOWED else int(torch.isneginf(tensor).sum())
+            nan, posinf, neginf = ctx.nonfinite(summary_role)
+            if summary_role in _NEG_INF_ALLOWED:
+                neginf = 0
             if nan or posinf or neginf:
                 bad = torch.isnan(tensor) | torch.isposinf(tensor)
                 if summary_role not in _NEG_INF_ALLOWED:
@@ -103,18 +103,19 @@ weights = weights.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # rows with not
         import torch
 
         inputs = [r for r in ("q", "k", "v") if ctx.has(r)]
-        if any(not torch.isfinite(ctx.raw[r]).all() for r in inputs):
+        if any(sum(ctx.nonfinite(r)) for r in inputs):
             return  # NUM001 already explains every later non-finite value
         user = {"scores": "scores", "weights": "weights", "output": "out"}
         for stage, role in user.items():
             if not ctx.has(role):
                 continue
-            tensor = ctx.raw[role]
-            bad = torch.isnan(tensor) | torch.isposinf(tensor)
-            if role != "scores":
-                bad |= torch.isneginf(tensor)
-            count = int(bad.sum())
+            nan, posinf, neginf = ctx.nonfinite(role)
+            count = nan + posinf + (neginf if role != "scores" else 0)
             if count:
+                tensor = ctx.raw[role]
+                bad = torch.isnan(tensor) | torch.isposinf(tensor)
+                if role != "scores":
+                    bad |= torch.isneginf(tensor)
                 first = bad.nonzero()[0].tolist()
                 earlier = [s for s in PIPELINE[: PIPELINE.index(stage)] if user[s] in ctx.raw]
                 yield Hit(

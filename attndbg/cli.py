@@ -250,6 +250,22 @@ def _write_baseline(report, path: Path) -> None:  # noqa: ANN001
     _emit(text, path)
 
 
+def _recorded(report, quiet: bool = False, colour: bool = False) -> Console:  # noqa: ANN001
+    """The Rich report rendered into a recording console (120 columns), for files."""
+    from attndbg.render.rich_report import render_rich
+
+    with open(os.devnull, "w") as sink:
+        console = Console(
+            record=True,
+            width=120,
+            file=sink,
+            force_terminal=colour or None,
+            color_system="truecolor" if colour else None,
+        )
+        render_rich(report, console, quiet=quiet)
+    return console
+
+
 def _finish(
     report,
     output_format,
@@ -262,13 +278,7 @@ def _finish(
     svg=None,
 ):
     if html is not None or svg is not None:
-        from attndbg.render.rich_report import render_rich
-
-        with open(os.devnull, "w") as sink:
-            recorder = Console(
-                record=True, width=120, file=sink, force_terminal=True, color_system="truecolor"
-            )
-            render_rich(report, recorder)
+        recorder = _recorded(report, colour=True)
         if html is not None:
             _emit(recorder.export_html(clear=False), html)
         if svg is not None:
@@ -296,12 +306,7 @@ def _finish(
 
         render_rich(report, Console(highlight=False), quiet=quiet)
     else:
-        from attndbg.render.rich_report import render_rich
-
-        with open(os.devnull, "w") as sink:
-            buffer = Console(record=True, width=120, file=sink, color_system=None)
-            render_rich(report, buffer, quiet=quiet)
-        _emit(buffer.export_text(), output)
+        _emit(_recorded(report, quiet=quiet).export_text(), output)
     raise typer.Exit(report.exit_code())
 
 

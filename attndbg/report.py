@@ -33,6 +33,13 @@ class Severity(str, Enum):
         return {"info": 1, "warning": 2, "error": 3}[self.value]
 
 
+def count_by_severity(findings: list[Finding]) -> dict[str, int]:
+    counts = {s.value: 0 for s in Severity}
+    for finding in findings:
+        counts[finding.severity.value] += 1
+    return counts
+
+
 FAIL_ON_RANK = {"info": 1, "warning": 2, "error": 3, "never": 99}
 
 
@@ -131,10 +138,7 @@ class CaseReport:
     heads: list[HeadStats] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        counts = {s.value: 0 for s in Severity}
-        for finding in self.findings:
-            counts[finding.severity.value] += 1
-        return counts
+        return count_by_severity(self.findings)
 
 
 @dataclass
@@ -148,10 +152,7 @@ class Report:
         return [f for case in self.cases for f in case.findings]
 
     def counts(self) -> dict[str, int]:
-        counts = {s.value: 0 for s in Severity}
-        for finding in self.findings:
-            counts[finding.severity.value] += 1
-        return counts
+        return count_by_severity(self.findings)
 
     def exit_code(self, fail_on: str | None = None) -> int:
         threshold = FAIL_ON_RANK[fail_on or self.fail_on]

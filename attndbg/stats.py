@@ -76,18 +76,10 @@ class AttentionStats:
     user_above_diagonal: torch.Tensor | None = None
     user_out_vs_weights: float | None = None
     hypotheses: dict[str, dict[str, float]] = field(default_factory=dict)
-    hypothesis_specs: dict[str, Hypothesis] = field(default_factory=dict)
 
     @property
     def fully_masked(self) -> torch.Tensor:
         return self.n_kept == 0
-
-    def best(self, artefact: str) -> tuple[str, float] | None:
-        errors = self.hypotheses.get(artefact)
-        if not errors:
-            return None
-        label = min(errors, key=lambda k: (errors[k], k != "reference"))
-        return label, errors[label]
 
 
 def safe_softmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -504,7 +496,6 @@ def _user_pass(ctx: CaseContext, stats: AttentionStats) -> None:
         stats.user_above_diagonal = user_above.cpu()
     stats.user_out_vs_weights = out_vs_weights
     stats.hypotheses = errors
-    stats.hypothesis_specs = {h.label: h for h in hyps}
 
 
 def _column_lse(ctx: CaseContext, hyp: Hypothesis, rows_per_chunk: int) -> torch.Tensor:

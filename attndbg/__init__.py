@@ -12,7 +12,7 @@ __all__ = ["diagnose", "capture", "Report", "Finding", "Severity", "__version__"
 
 if TYPE_CHECKING:
     from attndbg.engine import diagnose
-    from attndbg.recorder import capture
+    from attndbg.recording.recorder import capture
     from attndbg.report import Finding, Report, Severity
 
 
@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
 
         return diagnose
     if name == "capture":
-        from attndbg.recorder import capture
+        from attndbg.recording.recorder import capture
 
         return capture
     if name in ("Report", "Finding", "Severity", "CaseReport"):

@@ -234,10 +234,10 @@ def diagnose(
 ) -> Report:
     """Run the whole pipeline on tensors in memory and return the Report (nothing is printed).
 
-    ``q`` may also be the :class:`attndbg.recorder.Calls` recorded by ``attndbg.capture``.
+    ``q`` may also be the :class:`attndbg.recording.recorder.Calls` recorded by ``attndbg.capture``.
     """
     from attndbg.case import parse_layout, parse_mask_semantics
-    from attndbg.recorder import Calls
+    from attndbg.recording.recorder import Calls
     from attndbg.registry import parse_codes
 
     options = Options(

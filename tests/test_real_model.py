@@ -30,7 +30,7 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def minilm_capture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, attndbg.recorder.Calls]:
+def minilm_capture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, attndbg.recording.recorder.Calls]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = pkg.get_model_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import attndbg
 from attndbg.errors import InputError
 from attndbg.loader import iter_cases
-from attndbg.sources import capture_source, compare_eager
+from attndbg.recording.sources import capture_source, compare_eager
 
 FACTORIES = ROOT / "tests" / "models" / "factories.py"
 transformers = pytest.importorskip("transformers")

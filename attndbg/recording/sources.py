@@ -207,9 +207,9 @@ def capture_source(
     device: str = "cpu",
     attn_implementation: str = "sdpa",
     seed: int = 0,
-):  # noqa: ANN201 - returns attndbg.recorder.Calls
+):  # noqa: ANN201 - returns attndbg.recording.recorder.Calls
     """Load ``source``, run one input through it, and return every attention call."""
-    from attndbg.recorder import capture
+    from attndbg.recording.recorder import capture
 
     loaded = load_model(source, weights, attn_implementation, device)
     args, kwargs = make_inputs(loaded, text, seq_len, batch, input_file, seed, device)

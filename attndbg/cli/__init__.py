@@ -171,7 +171,7 @@ def inspect(
     )
     if output is not None and output.resolve() in {p.resolve() for p in paths}:
         raise UsageError(f"-o {output}: refusing to overwrite an input file")
-    from attndbg.sources import is_model_source
+    from attndbg.recording.sources import is_model_source
 
     model_sources = [str(p) for p in paths if is_model_source(str(p))]
     if model_sources:
@@ -205,7 +205,7 @@ def _inspect_models(sources: list[str], options, overrides, case_glob):  # noqa:
     import fnmatch
 
     from attndbg.engine import run_cases
-    from attndbg.sources import capture_source
+    from attndbg.recording.sources import capture_source
 
     cases = []
     for source in sources:
@@ -382,7 +382,7 @@ def capture(
 ) -> None:
     """Load a model, run one input through it, and record every attention call."""
     from attndbg.engine import resolve_device
-    from attndbg.sources import capture_source, compare_eager
+    from attndbg.recording.sources import capture_source, compare_eager
 
     device = resolve_device(device)
     options = dict(
@@ -566,7 +566,7 @@ def gradcheck(
         options = Options(device=device, grad=True, select=["GRD"])
         report = run_cases(iter_cases([path]), options, inputs=[str(path)])
         return _finish(report, output_format, output, quiet=False, timings=True)
-    from attndbg.conformance import load_implementation, sdpa_backends, sweep
+    from attndbg.gradcheck.sweep import load_implementation, sdpa_backends, sweep
 
     chosen = "quick" if quick else "thorough" if thorough else level.value
     targets = [("", load_implementation(impl))] if impl else sdpa_backends(device)
@@ -584,7 +584,7 @@ def gradcheck(
         data = [r.to_dict() for r in reports]
         _emit(json.dumps(data[0] if impl else data, indent=2) + "\n", output)
     else:
-        from attndbg.render.conformance import render_sweep
+        from attndbg.render.gradcheck import render_sweep
 
         console = Console(highlight=False)
         for report in reports:
@@ -599,9 +599,9 @@ def _file_cases(report, target, path: Path, device: str, align: str) -> None:  #
     """The file's own tensors as one more case of the sweep, in their stored dtype."""
     import torch
 
-    from attndbg.conformance import Result
+    from attndbg.gradcheck.sweep import Result
     from attndbg.context import CaseContext
-    from attndbg.gradients import reference_attention
+    from attndbg.gradcheck.gradients import reference_attention
     from attndbg.loader import iter_cases
 
     for case in iter_cases([path]):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from attndbg.errors import InputError, UsageError, first_line
-from attndbg.gradients import causal_keep, gradients, reference_attention
+from attndbg.gradcheck.gradients import causal_keep, gradients, reference_attention
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -147,7 +147,7 @@ class Implementation:
 
 
 def load_implementation(spec: str) -> Implementation:
-    from attndbg.sources import _import, _split_factory
+    from attndbg.recording.sources import _import, _split_factory
 
     split = _split_factory(spec)
     if split is None:

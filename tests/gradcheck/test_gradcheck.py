@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import ROOT, run_cli
 
-IMPLS = ROOT / "tests" / "impls.py"
+IMPLS = ROOT / "tests" / "gradcheck" / "impls.py"
 
 
 def sweep(name: str, *args: str) -> tuple[int, dict]:

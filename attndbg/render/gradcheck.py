@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from attndbg.conformance import SweepReport
+from attndbg.gradcheck.sweep import SweepReport
 
 MARK = {
     "pass": ("✓", "green"),

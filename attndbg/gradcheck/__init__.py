@@ -1,0 +1,1 @@
+"""gradcheck: gradients of saved tensors and conformance sweeps of attention functions."""

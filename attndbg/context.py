@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 QKV_ROLES = ("q", "k", "v", "out")
 # An additive mask entry at or below this counts as "meant to be masked" for coverage statistics:
 # HF's classic fill is -10000, ALiBi biases stay above it for any practical length.
-MASKED_BIAS = -5000.0
 FULL_NAMES = {"b": "batch", "h": "heads", "s": "seq", "d": "dim"}
 
 
@@ -191,10 +190,9 @@ class CaseContext:
         return self._to_bhsd("out") if "out" in self.raw else None
 
     def _expand_kv(self, tensor: torch.Tensor) -> torch.Tensor:
-        hq = self.sizes["Hq"]
-        if tensor.shape[1] != hq and self.enable_gqa and tensor.shape[1] and hq % tensor.shape[1] == 0:
-            tensor = tensor.repeat_interleave(hq // tensor.shape[1], dim=1)
-        return tensor
+        from attndbg.attention import expand_kv_heads
+
+        return expand_kv_heads(tensor, self.sizes["Hq"], dim=1) if self.enable_gqa else tensor
 
     def _scores_like(self, role: str) -> torch.Tensor | None:
         """User weights/scores viewed as (B or 1, H or 1, Lq, Lk), in their stored dtype."""
@@ -253,6 +251,8 @@ class CaseContext:
         an additive entry counts as masked at or below MASKED_BIAS."""
         import torch
 
+        from attndbg.attention import MASKED_BIAS
+
         if self.mask_semantics == "additive":
             return mask.to(torch.float32) > MASKED_BIAS
         return mask.bool() if self.mask_semantics == "keep" else ~mask.bool()
@@ -278,13 +278,20 @@ class CaseContext:
         return torch.where(keep, zero, torch.tensor(float("-inf"), device=self.device))
 
     def causal_bias(self, rows: slice, align: str = "upper-left") -> torch.Tensor:
-        import torch
+        from attndbg.attention import causal_bias
 
-        lq, lk = self.sizes["Lq"], self.sizes["Lk"]
-        offset = lk - lq if align == "lower-right" else 0
-        i = torch.arange(rows.start, rows.stop, rows.step or 1, device=self.device)[:, None]
-        j = torch.arange(lk, device=self.device)[None, :]
-        return torch.where(j <= i + offset, 0.0, float("-inf")).to(self.device)
+        return causal_bias(rows, self.sizes["Lq"], self.sizes["Lk"], align, self.device)
+
+    def combined_bias(self, batch: int, rows: slice, mask: str | None, causal: str | None) -> Any:
+        """Mask (read as ``mask`` semantics, or none) plus causal (aligned ``causal``, or none)
+        as one additive bias for a chunk of rows, or None when neither applies."""
+        bias = None
+        if mask not in (None, "none"):
+            bias = self.mask_bias(batch, rows, mask)
+        if causal:
+            causal_part = self.causal_bias(rows, causal)
+            bias = causal_part if bias is None else bias + causal_part
+        return bias
 
     # ---- statistics ------------------------------------------------------------------------
     @cached_property

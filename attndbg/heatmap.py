@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from attndbg.context import MASKED_BIAS, CaseContext
+from attndbg.attention import MASKED_BIAS
+from attndbg.context import CaseContext
 from attndbg.report import Heatmap
 
 
@@ -23,10 +24,10 @@ def _labels(ctx: CaseContext, n: int, step: int) -> list[str]:
 
 def head_weights(ctx: CaseContext, batch: int, head: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights, masked) for one head and a slice of query rows, (rows, Lk)."""
-    from attndbg.stats import _bias, safe_softmax
+    from attndbg.stats import safe_softmax
 
     causal = "upper-left" if ctx.is_causal else None
-    bias = _bias(ctx, batch, rows, ctx.mask_semantics, causal)
+    bias = ctx.combined_bias(batch, rows, ctx.mask_semantics, causal)
     if bias is not None:
         bias = (
             bias[head]

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from attndbg.context import MASKED_BIAS
+from attndbg.attention import MASKED_BIAS
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -161,7 +161,7 @@ def _reference_row(ctx: CaseContext, b: int, h: int, i: int) -> torch.Tensor:
     rows = slice(i, i + 1)
     q = ctx.q[min(b, ctx.q.shape[0] - 1), h : h + 1, rows] * ctx.scale
     logits = torch.matmul(q, ctx.k[min(b, ctx.k.shape[0] - 1), h : h + 1].transpose(-1, -2))
-    bias = _bias(ctx, b, rows, ctx.mask_semantics, "upper-left" if ctx.is_causal else None)
+    bias = ctx.combined_bias(b, rows, ctx.mask_semantics, "upper-left" if ctx.is_causal else None)
     if bias is not None:
         logits = logits + (bias[h : h + 1] if bias.shape[0] > 1 else bias)
     probs, _ = safe_softmax(logits)
@@ -179,23 +179,13 @@ def _head_gram(ctx: CaseContext, gram: torch.Tensor, stride: int, lse: torch.Ten
             rows = slice(first, min(Lq, first + per_chunk * stride), stride)
             q = ctx.q[min(b, ctx.q.shape[0] - 1), :, rows] * ctx.scale
             logits = torch.matmul(q, ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2))
-            bias = _bias(ctx, b, rows, ctx.mask_semantics, causal)
+            bias = ctx.combined_bias(b, rows, ctx.mask_semantics, causal)
             if bias is not None:
                 logits = logits + bias
             row_lse = lse[b, :, rows].to(logits.device)[..., None]
             probs = torch.where(torch.isfinite(row_lse), torch.exp(logits - row_lse), 0.0)
             flat = torch.nan_to_num(probs, nan=0.0).reshape(probs.shape[0], -1)
             gram[b] += (flat @ flat.T).to(torch.float64)
-
-
-def _bias(ctx: CaseContext, b: int, rows: slice, mask: str | None, causal: str | None) -> Any:
-    bias = None
-    if mask not in (None, "none"):
-        bias = ctx.mask_bias(b, rows, mask)
-    if causal:
-        causal_bias = ctx.causal_bias(rows, causal)
-        bias = causal_bias if bias is None else bias + causal_bias
-    return bias
 
 
 def _first_index(bad: torch.Tensor, prefix: tuple[int, int], head0: int = 0) -> list[int]:
@@ -313,7 +303,7 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
                     high = torch.where(torch.isfinite(high), high, zero)
                 st["absmax_raw"][b, hs, rows] = torch.maximum(high, -low)
 
-                bias = _bias(ctx, b, rows, ctx.mask_semantics, causal)
+                bias = ctx.combined_bias(b, rows, ctx.mask_semantics, causal)
                 if bias is not None and bias.dim() == 3 and bias.shape[0] > 1:
                     bias = bias[hs]
                 if bias is None:
@@ -464,7 +454,7 @@ def _user_pass(ctx: CaseContext, stats: AttentionStats) -> None:
                     ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2),
                 )
             if user_w is not None:
-                bias = _bias(ctx, b, rows, ctx.mask_semantics, "upper-left" if ctx.is_causal else None)
+                bias = ctx.combined_bias(b, rows, ctx.mask_semantics, "upper-left" if ctx.is_causal else None)
                 w = user_w[min(b, user_w.shape[0] - 1), :, rows].to(device, torch.float32).expand(H, -1, -1)
                 finite_w = torch.where(torch.isfinite(w), w, zero)
                 row_sum[b, :, rows] = finite_w.sum(-1)
@@ -519,7 +509,7 @@ def _hyp_logits(
             ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2),
         )
     logits = raw * hyp.scale
-    bias = _bias(ctx, b, rows, hyp.mask, hyp.causal)
+    bias = ctx.combined_bias(b, rows, hyp.mask, hyp.causal)
     return logits if bias is None else logits + bias
 
 

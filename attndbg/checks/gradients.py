@@ -56,7 +56,7 @@ def grad_slice(ctx: CaseContext, rows: list[int] | None = None, batch: int = 0) 
 
 
 def _reference(s: dict, ctx: CaseContext):  # noqa: ANN202
-    from attndbg.gradcheck.gradients import reference_attention
+    from attndbg.attention import reference_attention
 
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         mask = s["keep"] if s["additive"] is None else s["additive"].masked_fill(~s["keep"], float("-inf"))
@@ -144,7 +144,11 @@ out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         import torch
 
-        from attndbg.gradcheck.gradients import additive_then_nan_to_num, gradients, masked_fill_then_nan_to_num
+        from attndbg.gradcheck.gradients import (
+            additive_then_nan_to_num,
+            gradients,
+            masked_fill_then_nan_to_num,
+        )
 
         if not ctx.has_qkv:
             return

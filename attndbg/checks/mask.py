@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from attndbg.context import MASKED_BIAS
+from attndbg.attention import MASKED_BIAS
 from attndbg.hypotheses import evidence, explained, verdicts
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity

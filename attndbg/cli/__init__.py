@@ -599,9 +599,9 @@ def _file_cases(report, target, path: Path, device: str, align: str) -> None:  #
     """The file's own tensors as one more case of the sweep, in their stored dtype."""
     import torch
 
-    from attndbg.gradcheck.sweep import Result
+    from attndbg.attention import reference_attention
     from attndbg.context import CaseContext
-    from attndbg.gradcheck.gradients import reference_attention
+    from attndbg.gradcheck.sweep import Result
     from attndbg.loader import iter_cases
 
     for case in iter_cases([path]):

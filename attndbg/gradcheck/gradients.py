@@ -1,8 +1,6 @@
 """Gradient machinery shared by ``inspect --grad`` (GRD checks) and ``attndbg gradcheck``.
 
-The reference is plain math attention with F.scaled_dot_product_attention's semantics
-(bool mask = attend, float mask added, causal aligned to the upper left unless asked
-otherwise, rows with nothing to attend give zeros), in whatever dtype it is handed.
+The reference attention lives in :mod:`attndbg.attention`.
 """
 
 from __future__ import annotations
@@ -10,47 +8,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-
-def causal_keep(
-    lq: int, lk: int, align: str = "upper-left", device: str | torch.device = "cpu"
-) -> torch.Tensor:
-    offset = lk - lq if align == "lower-right" else 0
-    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(offset)
-
-
-def reference_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    align: str = "upper-left",
-    softmax_dim: int = -1,
-) -> torch.Tensor:
-    """Math attention; ``softmax_dim=-2`` and ``scale`` let the sweep name what a bug matches."""
-    if k.shape[-3] != q.shape[-3] and k.shape[-3] and q.shape[-3] % k.shape[-3] == 0:
-        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
-    if is_causal:
-        keep = causal_keep(*scores.shape[-2:], align, q.device)
-    if mask is not None and mask.dtype == torch.bool:
-        keep = keep & mask
-    elif mask is not None:
-        scores = scores + mask.to(scores.dtype)
-    scores = scores.masked_fill(~keep, float("-inf"))
-    dead = ~torch.isfinite(scores).any(dim=softmax_dim, keepdim=True) if softmax_dim == -1 else None
-    if dead is not None:
-        scores = scores.masked_fill(dead, 0.0)
-    weights = torch.softmax(scores, dim=softmax_dim)
-    if dead is not None:
-        weights = weights.masked_fill(dead, 0.0)
-    weights = torch.nan_to_num(weights, nan=0.0) if softmax_dim != -1 else weights
-    return torch.matmul(weights, v)
 
 
 def additive_then_nan_to_num(q, k, v, keep, scale=None):  # noqa: ANN001, ANN201

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+from attndbg.attention import causal_keep, expand_kv_heads, reference_attention
 from attndbg.errors import InputError, UsageError, first_line
-from attndbg.gradcheck.gradients import causal_keep, gradients, reference_attention
+from attndbg.gradcheck.gradients import gradients
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -121,8 +122,7 @@ class Implementation:
         """keep: bool (…, Lq, Lk) True = attend; bias: additive float; causal already folded in
         by the caller when a mask is given (SDPA refuses both)."""
         if k.shape[-3] != q.shape[-3] and not self.gqa:
-            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-            v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+            k, v = expand_kv_heads(k, q.shape[-3]), expand_kv_heads(v, q.shape[-3])
         kwargs: dict[str, Any] = {}
         if self.convention == "sdpa":
             if bias is not None:

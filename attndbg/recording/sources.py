@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from attndbg.attention import expand_kv_heads, reference_attention
 from attndbg.errors import InputError, UsageError, first_line
 
 
@@ -239,23 +240,17 @@ def compare_eager(source: str, **options: Any) -> list[dict[str, Any]]:
     ]
     rows = []
     for fast, slow in zip(sdpa, eager):
-        q, k, v = fast.q.float(), fast.k.float(), fast.v.float()
-        if k.shape[1] != q.shape[1]:
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-        scale = fast.scale if fast.scale is not None else q.shape[-1] ** -0.5
-        logits = q @ k.transpose(-1, -2) * scale
-        if fast.mask is not None:
-            mask = fast.mask
-            logits = logits + (
-                mask.float()
-                if mask.is_floating_point()
-                else torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
-            )
-        if fast.is_causal:
-            lq, lk = logits.shape[-2:]
-            logits = logits.masked_fill(~torch.ones(lq, lk, dtype=torch.bool).tril(), float("-inf"))
-        reference = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        mask = fast.mask.float() if fast.mask is not None and fast.mask.is_floating_point() else fast.mask
+        v = expand_kv_heads(fast.v.float(), fast.q.shape[1], dim=1)
+        _, reference = reference_attention(
+            fast.q.float(),
+            fast.k.float(),
+            v,
+            mask=mask,
+            is_causal=fast.is_causal,
+            scale=fast.scale,
+            return_weights=True,
+        )
         weights = slow.weights.float()
         rows.append(
             {

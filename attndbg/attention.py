@@ -1,0 +1,92 @@
+"""Attention's shared vocabulary of tensors: masked-bias threshold, causal masks, GQA head
+expansion and the one reference attention. A leaf: it imports nothing from attndbg, so the
+context, the statistics pass, capture and gradcheck can all use it without cycles.
+
+The reference has F.scaled_dot_product_attention's semantics: a bool mask means attend, a
+float mask is added, causal is aligned to the upper left unless asked otherwise, and rows
+with nothing to attend give zeros.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported inside the functions: `attndbg rules` must not load it
+    import torch
+
+# An additive entry at or below this counts as masked: exp(-5000) is 0 in every dtype, while
+# real scores and ALiBi-style biases stay far above it.
+MASKED_BIAS = -5000.0
+
+
+def causal_offset(lq: int, lk: int, align: str = "upper-left") -> int:
+    """Diagonal offset of a causal mask: 0 aligns query 0 with key 0, ``lk - lq`` aligns the
+    last query with the last key (KV-cache decoding, chunked prefill)."""
+    return lk - lq if align == "lower-right" else 0
+
+
+def causal_keep(
+    lq: int, lk: int, align: str = "upper-left", device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """(lq, lk) bool, True where a query may attend."""
+    import torch
+
+    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(causal_offset(lq, lk, align))
+
+
+def causal_bias(
+    rows: slice, lq: int, lk: int, align: str = "upper-left", device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Additive causal bias (0 or -inf) for the query rows ``rows`` of an (lq, lk) problem."""
+    import torch
+
+    i = torch.arange(rows.start, rows.stop, rows.step or 1, device=device)[:, None]
+    j = torch.arange(lk, device=device)[None, :]
+    return torch.where(j <= i + causal_offset(lq, lk, align), 0.0, float("-inf")).to(device)
+
+
+def expand_kv_heads(tensor: torch.Tensor, n_heads: int, dim: int = -3) -> torch.Tensor:
+    """Grouped-query attention: repeat each KV head for the query heads that share it
+    (``repeat_interleave``, the mapping SDPA's ``enable_gqa`` and Hugging Face use)."""
+    kv_heads = tensor.shape[dim]
+    if kv_heads == n_heads or not kv_heads or n_heads % kv_heads:
+        return tensor
+    return tensor.repeat_interleave(n_heads // kv_heads, dim=dim)
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    align: str = "upper-left",
+    softmax_dim: int = -1,
+    return_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Math attention in the dtype it is handed; ``softmax_dim=-2`` and ``scale`` let gradcheck
+    name what a bug matches. With ``return_weights`` also the weights."""
+    import torch
+
+    k = expand_kv_heads(k, q.shape[-3])
+    v = expand_kv_heads(v, q.shape[-3])
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
+    if is_causal:
+        keep = causal_keep(*scores.shape[-2:], align, q.device)
+    if mask is not None and mask.dtype == torch.bool:
+        keep = keep & mask
+    elif mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    scores = scores.masked_fill(~keep, float("-inf"))
+    dead = ~torch.isfinite(scores).any(dim=softmax_dim, keepdim=True) if softmax_dim == -1 else None
+    if dead is not None:
+        scores = scores.masked_fill(dead, 0.0)
+    weights = torch.softmax(scores, dim=softmax_dim)
+    if dead is not None:
+        weights = weights.masked_fill(dead, 0.0)
+    weights = torch.nan_to_num(weights, nan=0.0) if softmax_dim != -1 else weights
+    out = torch.matmul(weights, v)
+    return (out, weights) if return_weights else out

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint fixtures bench clean
+.PHONY: install demo demo-all test lint docs fixtures bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: install
 # One run: attndbg's inspection vs one SDPA forward at N = 1,024 / 4,096 / 16,384 (a few minutes).
 bench: install
 	$(BIN)/python scripts/bench.py --sizes 1024,4096,16384
+
+# Generated documents; tests/test_docs.py fails when they are stale.
+docs: install
+	$(BIN)/python -m attndbg rules --format markdown > docs/rules.md
 
 fixtures: install
 	$(BIN)/python scripts/make_fixtures.py fixtures

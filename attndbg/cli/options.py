@@ -28,6 +28,13 @@ class OutputFormat(str, Enum):
     sarif = "sarif"
 
 
+class RulesFormat(str, Enum):
+    rich = "rich"
+    json = "json"
+    sarif = "sarif"
+    markdown = "markdown"
+
+
 class MaskSemantics(str, Enum):
     keep = "keep"
     drop = "drop"

@@ -13,35 +13,29 @@ from attndbg.errors import UsageError
 
 def rules(
     output_format: Annotated[
-        opt.OutputFormat, typer.Option("--format", help="A table, JSON, or SARIF tool.driver.rules.")
-    ] = opt.OutputFormat.rich,
+        opt.RulesFormat, typer.Option("--format", help="A table, JSON, SARIF tool.driver.rules, or Markdown.")
+    ] = opt.RulesFormat.rich,
 ) -> None:
     """List every check: code, name, stage, default severity."""
     from attndbg.registry import load_checks
 
     checks = load_checks()
-    if output_format == opt.OutputFormat.sarif:
+    if output_format == opt.RulesFormat.sarif:
         from attndbg.render.sarif import render_sarif_rules
 
         print(render_sarif_rules(), end="")
         return
-    if output_format == opt.OutputFormat.json:
+    if output_format == opt.RulesFormat.json:
         import json
 
-        data = [
-            {
-                "code": c.code,
-                "name": c.name,
-                "stage": c.stage,
-                "severity": c.severity.value,
-                "summary": c.summary,
-                "thresholds": dict(c.thresholds),
-                "rationale": c.rationale,
-                "fix": c.fix.strip(),
-            }
-            for c in checks.values()
-        ]
-        print(json.dumps(data, indent=2))
+        from attndbg.render.rules import rule_dicts
+
+        print(json.dumps(rule_dicts(checks.values()), indent=2))
+        return
+    if output_format == opt.RulesFormat.markdown:
+        from attndbg.render.rules import rules_markdown
+
+        print(rules_markdown(checks.values()), end="")
         return
     from rich.table import Table
 

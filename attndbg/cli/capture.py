@@ -66,51 +66,71 @@ def capture(
     console.print(_calls_table(calls))
     console.print(f"{len(calls)} attention call(s) written to {output}")
     if compare_eager_:
-        console.print(_eager_table(source, inputs))
+        dtype = str(calls[0].q.dtype).removeprefix("torch.") if len(calls) and calls[0].q is not None else ""
+        console.print(_eager_table(source, inputs, dtype or "float32"))
 
 
-def _eager_table(source: str, inputs: dict[str, Any]) -> Table:
-    """HF: the same input through eager attention, per layer differences from sdpa."""
+# sdpa and eager round differently and the difference grows layer by layer; a wrong mask or
+# scale in one path moves weights by 1e-2 or more. Half precision rounds at ~1e-3 per op.
+EAGER_TOLERANCE = {"float32": 1e-3, "float64": 1e-3, "float16": 2e-2, "bfloat16": 2e-2}
+
+
+def _eager_table(source: str, inputs: dict[str, Any], dtype: str) -> Table:
+    """HF: the same input through eager attention, per layer differences from sdpa, and a verdict."""
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from attndbg.recording.sources import compare_eager
 
     with spinner("comparing sdpa and eager"):
         rows = compare_eager(source, **inputs)
+    tolerance = EAGER_TOLERANCE.get(dtype, 1e-3)
     table = Table(title="eager vs sdpa", header_style="bold", box=None, title_justify="left")
-    for column in ("layer", "max |Δ weights|", "max |Δ output|"):
-        table.add_column(column, justify="left" if column == "layer" else "right")
+    for column in ("layer", "max |Δ weights|", "max |Δ output|", "verdict"):
+        table.add_column(column, justify="right" if column.startswith("max") else "left")
+    differing = 0
     for row in rows:
+        worst = max(row["max_weight_difference"], row["max_output_difference"])
+        differing += worst > tolerance
         table.add_row(
-            row["layer"], f"{row['max_weight_difference']:.2e}", f"{row['max_output_difference']:.2e}"
+            escape(row["layer"]),
+            f"{row['max_weight_difference']:.2e}",
+            f"{row['max_output_difference']:.2e}",
+            "equal" if worst <= tolerance else Text("not equal", style="bold red"),
         )
+    verdict = (
+        f"{differing} of {len(rows)} layer(s) differ" if differing else f"all {len(rows)} layer(s) equal"
+    )
+    table.caption = f"{verdict} (tolerance {tolerance:g} on weights and outputs, {dtype})"
+    table.caption_justify = "left"
     return table
+
+
+def _longest(names: list[str]) -> int:
+    return max((len(name) for name in names), default=4)
 
 
 def _calls_table(calls: Calls) -> Table:
     from collections import Counter
 
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(header_style="bold", box=None)
-    for column in ("case", "kind", "q", "k", "v", "mask", "causal", "scale"):
-        table.add_column(column, overflow="fold", no_wrap=column != "case")
+    # The case name is what the user types into --case: keep it whole, let shapes fold instead.
+    table.add_column("case", no_wrap=True, overflow="ellipsis", min_width=min(32, _longest(calls.names())))
+    for column in ("kind", "q, k, v", "mask", "causal", "scale"):
+        table.add_column(column, overflow="fold")
 
     def shape(tensor: Any) -> str:
         return "×".join(map(str, tensor.shape)) if tensor is not None else "—"
 
     for name, call in zip(calls.names(), calls):
+        shapes = [shape(call.q if call.q is not None else call.weights), shape(call.k), shape(call.v)]
         scale = f"{call.scale:.4g}" if call.scale is not None else "default"
-        table.add_row(
-            name,
-            call.kind,
-            shape(call.q if call.q is not None else call.weights),
-            shape(call.k),
-            shape(call.v),
-            shape(call.mask),
-            str(call.is_causal),
-            scale,
-        )
+        qkv = shapes[0] if len(set(shapes)) == 1 else " / ".join(shapes)
+        table.add_row(escape(name), call.kind, qkv, shape(call.mask), str(call.is_causal), scale)
     kinds = Counter(call.kind for call in calls)
     table.caption = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
     return table

@@ -97,12 +97,12 @@ def _inspect_files(
     plans = plan_cases(list(paths), case_glob, overrides)
     on_case = None
     if out.to_terminal:
-        from attndbg.render.rich_report import case_renderable
+        from attndbg.render.rich_report import print_case
 
         console = Console(highlight=False)
 
         def on_case(case_report):  # noqa: ANN001 - a small callback
-            console.print(case_renderable(case_report, quiet=out.quiet), soft_wrap=out.quiet)
+            print_case(console, case_report, quiet=out.quiet)
 
     with progress(len(plans)) as advance:
 

@@ -50,10 +50,10 @@ def rules(
 def explain(code: Annotated[str, typer.Argument(help="A check code, e.g. MSK003.")]) -> None:
     """Print one check's rationale and fix."""
     from rich.padding import Padding
-    from rich.syntax import Syntax
     from rich.text import Text
 
     from attndbg.registry import load_checks
+    from attndbg.render.code import CodeBlock
 
     checks = load_checks()
     check = checks.get(code.strip().upper())
@@ -76,5 +76,4 @@ def explain(code: Annotated[str, typer.Argument(help="A check code, e.g. MSK003.
         console.print(Padding(Text(f"override in pyproject.toml: {override}", style="dim"), (0, 0, 0, 2)))
         console.print()
     console.print(Text("Fix:", style="bold"))
-    fix = Syntax(check.fix.strip(), "python", theme="ansi_dark", background_color="default")
-    console.print(Padding(fix, (0, 0, 0, 2)))
+    console.print(CodeBlock(check.fix, indent=2), crop=False)

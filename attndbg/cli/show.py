@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from attndbg.cli import options as opt
 from attndbg.cli.output import err_console
@@ -20,7 +21,7 @@ def show(
     batch: Annotated[int, typer.Option(help="Batch index.")] = 0,
     rows: Annotated[int, typer.Option(help="Max rows of cells (longer sequences are max-pooled).")] = 32,
     cols: Annotated[int, typer.Option(help="Max columns of cells.")] = 48,
-    png: Annotated[Path | None, typer.Option(help="Also save a PNG (needs attndbg[plot]).")] = None,
+    png: Annotated[Path | None, typer.Option(help=escape("Also save a PNG (needs attndbg[plot])."))] = None,
     device: opt.Device = "cpu",
 ) -> None:
     """Draw attention weights as a heatmap (recomputed from Q/K/V/mask unless weights were saved)."""

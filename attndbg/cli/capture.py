@@ -9,6 +9,7 @@ import typer
 
 from attndbg.cli import options as opt
 from attndbg.cli.output import spinner
+from attndbg.cli.paths import check_output, import_from_cwd
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -47,6 +48,8 @@ def capture(
     from attndbg.engine import resolve_device
     from attndbg.recording.sources import capture_source
 
+    import_from_cwd()
+    check_output(output, "-o", [weights, input_file])
     device = resolve_device(device)
     inputs: dict[str, Any] = dict(
         weights=weights,

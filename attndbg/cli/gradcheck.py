@@ -9,6 +9,7 @@ import typer
 
 from attndbg.cli import options as opt
 from attndbg.cli.output import ReportOutput, emit, finish, progress
+from attndbg.cli.paths import check_output, import_from_cwd
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -38,6 +39,10 @@ def gradcheck(
     argument, of this PyTorch's own SDPA backends on this device."""
     from attndbg.engine import resolve_device
 
+    if output is not None:
+        check_output(output, "-o", [path])
+    if impl is not None:
+        import_from_cwd()
     device = resolve_device(device)
     if impl is None and path is not None:
         from attndbg.engine import Options, run_cases

@@ -9,7 +9,7 @@ import typer
 
 from attndbg.cli import options as opt
 from attndbg.cli.output import ReportOutput, finish, progress, spinner
-from attndbg.errors import UsageError
+from attndbg.cli.paths import check_output, expand_inputs, import_from_cwd
 
 if TYPE_CHECKING:
     from attndbg.case import Settings
@@ -65,14 +65,22 @@ def inspect(
         thresholds=project.thresholds,
         baseline=_read_baseline(baseline),
     )
-    if output is not None and output.resolve() in {p.resolve() for p in paths}:
-        raise UsageError(f"-o {output}: refusing to overwrite an input file")
+    paths = expand_inputs(paths)
+    for target, option in (
+        (output, "-o"),
+        (write_baseline, "--write-baseline"),
+        (html, "--html"),
+        (svg, "--svg"),
+    ):
+        if target is not None:
+            check_output(target, option, [*paths, baseline, config])
     out = ReportOutput(output_format, output, quiet, timings, write_baseline, html, svg)
 
     from attndbg.recording.sources import is_model_source
 
     model_sources = [str(p) for p in paths if is_model_source(str(p))]
     if model_sources:
+        import_from_cwd()
         finish(_inspect_models(model_sources, run, overrides, case), out)
     _inspect_files(paths, case, run, overrides, out)
 

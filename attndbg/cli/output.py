@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from attndbg.cli.options import OutputFormat
-from attndbg.errors import UsageError
+from attndbg.cli.paths import check_output
 
 if TYPE_CHECKING:
     from attndbg.report import Report
@@ -124,9 +124,7 @@ def emit(text: str, output: Path | None) -> None:
         return
     from attndbg._io import atomic_write_text
 
-    directory = output.resolve().parent
-    if not directory.is_dir():
-        raise UsageError(f"-o {output}: directory {directory} does not exist")
+    check_output(output, "-o")
     atomic_write_text(output, text)
     err_console.print(f"report written to {output}", style="dim")
 

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from attndbg.cli import options as opt
 from attndbg.cli.output import err_console
+from attndbg.cli.paths import check_output
 from attndbg.errors import UsageError
 
 
@@ -35,6 +36,8 @@ def show(
 
     if len(paths) > 2:
         raise UsageError("show takes one file, or two to compare")
+    if png is not None:
+        check_output(png, "--png", paths)
     device = resolve_device(device)
     pattern = case or layer
 

@@ -198,12 +198,39 @@ def difference_renderable(d: Difference) -> RenderableType:
 
 
 def save_png(heatmaps: list[Heatmap], path: Path, diverging: bool = False) -> Path:
+    """Draw the maps into a PNG at ``path``, written atomically (its folder must exist)."""
+    import matplotlib.pyplot as plt
+
+    from attndbg._io import atomic_write
+
+    fig = png_figure(heatmaps, diverging)
+    try:
+        atomic_write(path, lambda temporary: fig.savefig(temporary, format="png", dpi=PNG_DPI))
+    finally:
+        plt.close(fig)
+    return path
+
+
+PNG_DPI = 110
+
+
+def _panel_inches(rows: int, cols: int, alone: bool) -> tuple[float, float]:
+    """A panel sized to its cells (about a third of an inch each, so token labels stay
+    legible), within limits: one head may take a screen, a grid's panels stay small."""
+    cap = 11.0 if alone else 5.0
+    return min(cap, max(3.6, 0.32 * cols + 1.6)), min(cap, max(3.4, 0.32 * rows + 1.4))
+
+
+def png_figure(heatmaps: list[Heatmap], diverging: bool = False):  # noqa: ANN201 - a matplotlib Figure
+    """The matplotlib figure of ``save_png``; axes are labelled with tokens or positions, never
+    with cell indices of a max-pooled map."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
     except ImportError:
         raise UsageError("--png needs matplotlib: pip install 'attndbg[plot]'") from None
     import numpy as np
@@ -211,7 +238,8 @@ def save_png(heatmaps: list[Heatmap], path: Path, diverging: bool = False) -> Pa
     n = len(heatmaps)
     columns = min(n, 4)
     rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns + 0.8, 3.4 * rows), squeeze=False)
+    width, height = _panel_inches(*heatmaps[0].shape, alone=n == 1)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns + 0.8, height * rows), squeeze=False)
     top = max(max((abs(x) for r in h.weights for x in r), default=0.0) for h in heatmaps) or 1.0
     cmap, vmin = ("RdBu_r", -top) if diverging else ("viridis", 0.0)
     image = None
@@ -249,17 +277,25 @@ def save_png(heatmaps: list[Heatmap], path: Path, diverging: bool = False) -> Pa
                         )
         step = f" ({h.row_step}×{h.col_step} per cell)" if h.row_step > 1 or h.col_step > 1 else ""
         ax.set_title(f"head {h.head}{step}", fontsize=9)
-        ax.set_xlabel("key", fontsize=8)
-        ax.set_ylabel("query", fontsize=8)
-        if len(h.col_labels) == data.shape[1] and h.col_step == 1 and data.shape[1] <= 32:
-            ax.set_xticks(range(data.shape[1]), h.col_labels, rotation=90, fontsize=6)
-            ax.set_yticks(range(data.shape[0]), h.row_labels[: data.shape[0]], fontsize=6)
+        ax.set_xlabel("key position" if h.col_step > 1 else "key", fontsize=8)
+        ax.set_ylabel("query position" if h.row_step > 1 else "query", fontsize=8)
+        if len(h.col_labels) == data.shape[1] and h.col_step == 1 and data.shape[1] <= 48:
+            ax.set_xticks(range(data.shape[1]), h.col_labels, rotation=90, fontsize=8)
+        else:
+            _position_ticks(ax.xaxis, h.col_step, MaxNLocator, FuncFormatter)
+        if len(h.row_labels) >= data.shape[0] and h.row_step == 1 and data.shape[0] <= 48:
+            ax.set_yticks(range(data.shape[0]), h.row_labels[: data.shape[0]], fontsize=8)
+        else:
+            _position_ticks(ax.yaxis, h.row_step, MaxNLocator, FuncFormatter)
     for index in range(n, rows * columns):
         axes[index // columns][index % columns].axis("off")
     fig.suptitle(f"{heatmaps[0].case} · batch {heatmaps[0].batch} · {heatmaps[0].source}", fontsize=10)
     fig.subplots_adjust(top=0.86, hspace=0.45, wspace=0.35)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="Δ weight" if diverging else "weight")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _position_ticks(axis, step: int, locator, formatter) -> None:  # noqa: ANN001 - matplotlib objects
+    """Ticks at whole cells, labelled with the first position each cell pools."""
+    axis.set_major_locator(locator(integer=True))
+    axis.set_major_formatter(formatter(lambda x, _: f"{round(x) * step}" if x >= 0 else ""))

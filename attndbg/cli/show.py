@@ -54,8 +54,10 @@ def show(
         raise UsageError(f"--batch {batch}: case {first.case.name} has batch {first.sizes['B']}")
     console = Console(highlight=False)
     if len(paths) == 2:
-        diff = difference(first, context(paths[1]), head=heads[0], batch=batch)
-        console.print(difference_renderable(diff))
+        second = context(paths[1])
+        diff = difference(first, second, head=heads[0], batch=batch)
+        names = (f"{paths[0]}::{first.case.name}", f"{paths[1]}::{second.case.name}")
+        console.print(difference_renderable(diff, names), crop=False)
         if png:
             save_png([diff.heatmap], png, diverging=True)
             err_console.print(f"PNG written to {png}", style="dim")

@@ -181,20 +181,34 @@ def grid_renderable(heatmaps: list[Heatmap], width: int) -> RenderableType:
     return Group(header, Columns(panels, width=None, padding=(0, 1)))
 
 
-def difference_renderable(d: Difference) -> RenderableType:
+def difference_renderable(d: Difference, names: tuple[str, str] = ("A", "B")) -> RenderableType:
+    """A − B for one head; ``names`` say which file is A and which is B."""
     lines: list[RenderableType] = [
-        Text(f"{d.case} · head {d.head}: A − B, largest |Δ| {d.max_abs:.3g}", style="bold"),
+        Text(f"{d.case} · head {d.head}: A − B, largest |Δ| {_signed(d.max_abs).lstrip('+')}", style="bold"),
+        # File names are not wrapped (print with crop=False): a path split over lines cannot be copied.
+        Text(f"A = {names[0]}\nB = {names[1]}", style="dim", no_wrap=True, overflow="ignore"),
         heatmap_renderable(d.heatmap, diverging=True, title=False),
         Text("largest differences:", style="bold"),
     ]
+    heat = d.heatmap
     for e in d.largest:
+        query = _position(e["row"], heat.row_labels if heat.row_step == 1 else [])
+        key = _position(e["key"], heat.col_labels if heat.col_step == 1 else [])
         lines.append(
-            Text(
-                f"  query {e['row']:>4} key {e['key']:>4}:  A {e['a']:.4f}  B {e['b']:.4f}  "
-                f"Δ {e['delta']:+.4f}"
-            )
+            Text(f"  query {query} key {key}:  A {e['a']:.4f}  B {e['b']:.4f}  Δ {_signed(e['delta'])}")
         )
     return Group(*lines)
+
+
+def _signed(value: float) -> str:
+    """Fixed point where it reads well, scientific where fixed point would print +0.0000."""
+    return f"{value:+.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:+.2e}"
+
+
+def _position(index: int, labels: list[str]) -> str:
+    """``7`` or, when the capture recorded tokens, ``7 'cat'``."""
+    label = labels[index] if index < len(labels) else str(index)
+    return f"{index:>4}" if label == str(index) else f"{index:>4} {label!r}"
 
 
 def save_png(heatmaps: list[Heatmap], path: Path, diverging: bool = False) -> Path:

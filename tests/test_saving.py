@@ -1,0 +1,54 @@
+"""attndbg.save: the tensors of a real training step save as they are, and inspect reads them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+from safetensors import safe_open
+
+import attndbg
+from attndbg.errors import AttndbgError
+
+
+def test_views_and_shared_tensors_save_and_inspect_clean(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 10, 4, 8, generator=g)  # (batch, seq, heads, dim) as a model computes it
+    q = x.transpose(1, 2)  # a non-contiguous view, what save_file refuses
+    k = v = torch.randn(2, 10, 4, 8, generator=g).transpose(1, 2)  # k is v: shared memory
+    keep = torch.ones(2, 10, dtype=torch.bool)
+    keep[1, 7:] = False
+    mask = keep[:, None, None, :].expand(2, 4, 10, 10)  # an expanded (stride-0) view
+    path = attndbg.save(
+        tmp_path / "step.safetensors", q=q, k=k, v=v, mask=mask, is_causal=False, tokens=list("abcdefghij")
+    )
+    with safe_open(str(path), framework="pt") as handle:
+        assert set(handle.keys()) == {"q", "k", "v", "mask"}
+        assert torch.equal(handle.get_tensor("q"), q)
+        metadata = handle.metadata()
+    assert metadata["is_causal"] == "false" and json.loads(metadata["tokens"])[0] == "a"
+    result = run_cli("inspect", str(path), "--format", "json")
+    assert result.returncode == 0, result.stdout[-1500:]
+    assert json.loads(result.stdout)["summary"]["error"] == 0
+
+
+def test_bad_arguments_fail_at_save_time(tmp_path: Path) -> None:
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(AttndbgError, match="not a torch.Tensor"):
+        attndbg.save(tmp_path / "a.safetensors", q=q.numpy(), k=q, v=q)
+    with pytest.raises(AttndbgError, match="unknown setting"):
+        attndbg.save(tmp_path / "a.safetensors", q=q, k=q, v=q, causal=True)
+    with pytest.raises(AttndbgError, match="layout"):
+        attndbg.save(tmp_path / "a.safetensors", q=q, k=q, v=q, layout="bxyz")
+    with pytest.raises(AttndbgError, match="does not exist"):
+        attndbg.save(tmp_path / "missing" / "a.safetensors", q=q, k=q, v=q)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dir_lists_the_lazy_api() -> None:
+    names = dir(attndbg)
+    assert {"diagnose", "capture", "save", "Report", "Finding", "Severity", "__version__"} <= set(names)
+    assert "TYPE_CHECKING" not in names

@@ -107,6 +107,16 @@ def test_baseline_round_trip(tmp_path: Path) -> None:
     assert run_cli("inspect", known, "--baseline", str(bad)).returncode == 2
 
 
+def test_quiet_output_marks_baselined_findings(tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    known = fx("SCL001_missing_scale")
+    assert run_cli("inspect", known, "--write-baseline", str(baseline)).returncode == 0
+    quiet = run_cli("inspect", known, fx("SMX002_softmax_over_queries"), "-q", "--baseline", str(baseline))
+    errors = [line for line in quiet.stdout.splitlines() if ": error " in line]
+    lines = {line.split(": ", 1)[1].split()[1]: line for line in errors}
+    assert "(baseline)" in lines["SCL001"] and "(baseline)" not in lines["SMX002"]
+
+
 def test_json_is_byte_identical_without_timings_across_runs() -> None:
     args = (
         "inspect",

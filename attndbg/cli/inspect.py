@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,6 +11,7 @@ import typer
 from attndbg.cli import options as opt
 from attndbg.cli.output import ReportOutput, finish, progress, spinner
 from attndbg.cli.paths import check_output, expand_inputs, import_from_cwd
+from attndbg.errors import UsageError
 
 if TYPE_CHECKING:
     from attndbg.case import Settings
@@ -45,6 +47,9 @@ def inspect(
     from attndbg.config import load_config, validate_thresholds
     from attndbg.engine import Options, resolve_device
     from attndbg.registry import parse_codes
+
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise UsageError(f"--scale {scale}: the softmax scale must be a positive number (default 1/sqrt(d))")
 
     project = load_config(config)
     if project.thresholds:

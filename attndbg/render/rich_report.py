@@ -193,8 +193,9 @@ def case_renderable(case: CaseReport, quiet: bool = False) -> RenderableType:
     if quiet:
         lines = [
             Text(
-                f"{case.file}::{case.name}: {f.severity.value} {f.code} {f.message.split(': ', 1)[-1]}",
-                style=SEVERITY_STYLE[f.severity.value],
+                f"{case.file}::{case.name}: {f.severity.value} {f.code}"
+                f"{' (baseline)' if f.baselined else ''} {f.message.split(': ', 1)[-1]}",
+                style="dim" if f.baselined else SEVERITY_STYLE[f.severity.value],
             )
             for f in _ordered(case.findings)
         ]

@@ -113,3 +113,9 @@ def test_png_is_sized_to_its_content_and_pooled_axes_count_positions(tmp_path: P
     assert max(xs) >= 400 and all(x % 10 == 0 for x in xs), xs  # positions, not cell indices
     assert max(ys) >= 400 and all(y % 20 == 0 for y in ys), ys
     assert axes.get_xlabel() == "key position"
+
+
+@pytest.mark.parametrize("scale", ["-1", "0", "nan"])
+def test_a_scale_that_is_not_positive_is_refused(scale: str) -> None:
+    result = run_cli("inspect", str(FIXTURES / "clean_basic.safetensors"), "--scale", scale)
+    assert result.returncode == 2 and "--scale" in result.stderr and "positive" in result.stderr

@@ -10,27 +10,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from attndbg.vocab import FAIL_ON_RANK, STAGES, Severity
+
+__all__ = ["FAIL_ON_RANK", "STAGES", "Severity"]  # re-exported: renderers import them from here
+
 SCHEMA_VERSION = 1
-
-STAGES: tuple[str, ...] = (
-    "shapes",
-    "numerics",
-    "scaling",
-    "mask",
-    "softmax",
-    "patterns",
-    "gradients",
-)
-
-
-class Severity(str, Enum):
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-
-    @property
-    def rank(self) -> int:
-        return {"info": 1, "warning": 2, "error": 3}[self.value]
 
 
 def count_by_severity(findings: list[Finding]) -> dict[str, int]:
@@ -38,9 +22,6 @@ def count_by_severity(findings: list[Finding]) -> dict[str, int]:
     for finding in findings:
         counts[finding.severity.value] += 1
     return counts
-
-
-FAIL_ON_RANK = {"info": 1, "warning": 2, "error": 3, "never": 99}
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from attndbg.attention import MASKED_BIAS
+from attndbg.vocab import Artefact, CausalAlign, MaskSemantics, Reading
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -35,11 +36,11 @@ _MIN_ROWS = 64  # fewer rows per GEMM wastes the matmul kernel (measured: 32 row
 
 @dataclass(frozen=True)
 class Hypothesis:
-    label: str
+    label: Reading
     scale: float
-    mask: str | None  # semantics to read the mask with, "none" to drop it, None = no mask
-    causal: str | None  # None, "upper-left" or "lower-right"
-    axis: str = "keys"
+    mask: MaskSemantics | None  # semantics to read the mask with; None = no mask applied
+    causal: CausalAlign | None
+    axis: str = "keys"  # the softmax axis: "keys" or "queries"
 
 
 @dataclass
@@ -75,7 +76,7 @@ class AttentionStats:
     user_masked_mass: torch.Tensor | None = None
     user_above_diagonal: torch.Tensor | None = None
     user_out_vs_weights: float | None = None
-    hypotheses: dict[str, dict[str, float]] = field(default_factory=dict)
+    hypotheses: dict[Artefact, dict[Reading, float]] = field(default_factory=dict)
 
     @property
     def fully_masked(self) -> torch.Tensor:
@@ -98,24 +99,25 @@ def build_hypotheses(ctx: CaseContext) -> list[Hypothesis]:
     """The assumed reading of the case first, then one-factor-at-a-time alternatives."""
     scale = ctx.scale
     mask = ctx.mask_semantics
-    causal = "upper-left" if ctx.is_causal else None
-    hyps = [Hypothesis("reference", scale, mask, causal)]
+    causal = ctx.causal_align
+    hyps = [Hypothesis(Reading.REFERENCE, scale, mask, causal)]
     d = ctx.sizes["D"]
-    for label, alt in (("no scale", 1.0), ("scale 1/d", 1.0 / d), ("scale 1/sqrt(d)", d**-0.5)):
+    scales = ((Reading.NO_SCALE, 1.0), (Reading.SCALE_1_D, 1.0 / d), (Reading.SCALE_1_SQRT_D, d**-0.5))
+    for label, alt in scales:
         if not math.isclose(alt, scale, rel_tol=1e-6):
             hyps.append(Hypothesis(label, alt, mask, causal))
     if mask is not None:
-        for alt in ("keep", "drop", "additive"):
-            if alt != mask:
-                hyps.append(Hypothesis(f"mask as {alt}", scale, alt, causal))
-        hyps.append(Hypothesis("mask ignored", scale, "none", causal))
+        for semantics in MaskSemantics:
+            if semantics != mask:
+                hyps.append(Hypothesis(Reading.mask_as(semantics), scale, semantics, causal))
+        hyps.append(Hypothesis(Reading.MASK_IGNORED, scale, None, causal))
     if causal:
-        hyps.append(Hypothesis("not causal", scale, mask, None))
+        hyps.append(Hypothesis(Reading.NOT_CAUSAL, scale, mask, None))
         if ctx.sizes["Lq"] != ctx.sizes["Lk"]:
-            hyps.append(Hypothesis("causal lower-right", scale, mask, "lower-right"))
+            hyps.append(Hypothesis(Reading.CAUSAL_LOWER_RIGHT, scale, mask, CausalAlign.LOWER_RIGHT))
     else:
-        hyps.append(Hypothesis("causal", scale, mask, "upper-left"))
-    hyps.append(Hypothesis("softmax over queries", scale, mask, causal, axis="queries"))
+        hyps.append(Hypothesis(Reading.CAUSAL, scale, mask, CausalAlign.UPPER_LEFT))
+    hyps.append(Hypothesis(Reading.SOFTMAX_OVER_QUERIES, scale, mask, causal, axis="queries"))
     return hyps
 
 
@@ -161,7 +163,7 @@ def _reference_row(ctx: CaseContext, b: int, h: int, i: int) -> torch.Tensor:
     rows = slice(i, i + 1)
     q = ctx.q[min(b, ctx.q.shape[0] - 1), h : h + 1, rows] * ctx.scale
     logits = torch.matmul(q, ctx.k[min(b, ctx.k.shape[0] - 1), h : h + 1].transpose(-1, -2))
-    bias = ctx.combined_bias(b, rows, ctx.mask_semantics, "upper-left" if ctx.is_causal else None)
+    bias = ctx.combined_bias(b, rows, ctx.mask_semantics, ctx.causal_align)
     if bias is not None:
         logits = logits + (bias[h : h + 1] if bias.shape[0] > 1 else bias)
     probs, _ = safe_softmax(logits)
@@ -171,7 +173,7 @@ def _reference_row(ctx: CaseContext, b: int, h: int, i: int) -> torch.Tensor:
 def _head_gram(ctx: CaseContext, gram: torch.Tensor, stride: int, lse: torch.Tensor) -> None:
     """Σ p_h·p_g between heads over every ``stride``-th query row, for duplicate heads."""
     B, Lq = ctx.sizes["B"], ctx.sizes["Lq"]
-    causal = "upper-left" if ctx.is_causal else None
+    causal = ctx.causal_align
     heads, lk = ctx.sizes["Hq"], max(ctx.sizes["Lk"], 1)
     per_chunk = max(1, min(chunk_rows(ctx), _CHUNK_ELEMENTS // (heads * lk)))
     for b in range(B):
@@ -249,7 +251,7 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
     first: dict[str, list[int]] = {}
     offset = Lk - Lq if Lk > Lq else 0
     zero = torch.zeros((), device=device)
-    causal = "upper-left" if ctx.is_causal else None
+    causal = ctx.causal_align
     masked = ctx.mask4d is not None or causal is not None
     chunks = 0
 
@@ -359,7 +361,7 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
                 for name, (target, valid) in _row_positions(ctx, start, stop, offset, device).items():
                     picked = exp.gather(-1, target.expand(hn, -1)[..., None])[..., 0]
                     st[name][b, hs, rows] = torch.where(valid, picked / safe_total, zero)
-                if bias is not None and ctx.mask_semantics == "additive":
+                if bias is not None and ctx.mask_semantics == MaskSemantics.ADDITIVE:
                     hard = bias <= MASKED_BIAS
                     finite_hard = hard & torch.isfinite(bias)
                     if sync_free or bool(finite_hard.any()):
@@ -426,7 +428,7 @@ def _user_pass(ctx: CaseContext, stats: AttentionStats) -> None:
         return torch.zeros((B, H, Lq), dtype=torch.float32, device=device)
 
     hyps = build_hypotheses(ctx) if has_qkv else []
-    errors: dict[str, dict[str, float]] = {}
+    errors: dict[Artefact, dict[Reading, float]] = {}
     row_sum = user_masked = user_above = col_sum = None
     user_min, user_max = math.inf, -math.inf
     out_vs_weights = 0.0 if (user_w is not None and user_out is not None and has_qkv) else None
@@ -437,7 +439,7 @@ def _user_pass(ctx: CaseContext, stats: AttentionStats) -> None:
     if user_w is not None and any(h.axis == "queries" for h in hyps):
         col_lse = _column_lse(ctx, hyps[0], rows_per_chunk)
 
-    def record(artefact: str, label: str, value: float) -> None:
+    def record(artefact: Artefact, label: Reading, value: float) -> None:
         table = errors.setdefault(artefact, {})
         table[label] = max(table.get(label, 0.0), value)
 
@@ -454,7 +456,7 @@ def _user_pass(ctx: CaseContext, stats: AttentionStats) -> None:
                     ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2),
                 )
             if user_w is not None:
-                bias = ctx.combined_bias(b, rows, ctx.mask_semantics, "upper-left" if ctx.is_causal else None)
+                bias = ctx.combined_bias(b, rows, ctx.mask_semantics, ctx.causal_align)
                 w = user_w[min(b, user_w.shape[0] - 1), :, rows].to(device, torch.float32).expand(H, -1, -1)
                 finite_w = torch.where(torch.isfinite(w), w, zero)
                 row_sum[b, :, rows] = finite_w.sum(-1)
@@ -526,19 +528,19 @@ def _score_hypothesis(ctx, hyp, b, rows, raw, user_w, user_s, user_out, col_lse,
         w = user_w[min(b, user_w.shape[0] - 1), :, rows].to(ctx.device, torch.float32)
         diff = (probs - w).abs()
         diff = diff[torch.isfinite(diff)]
-        record("weights", hyp.label, float(diff.max()) if diff.numel() else 0.0)
-    if user_s is not None and hyp.axis == "keys" and hyp.causal == ("upper-left" if ctx.is_causal else None):
+        record(Artefact.WEIGHTS, hyp.label, float(diff.max()) if diff.numel() else 0.0)
+    if user_s is not None and hyp.axis == "keys" and hyp.causal == ctx.causal_align:
         s = user_s[min(b, user_s.shape[0] - 1), :, rows].to(ctx.device, torch.float32)
         raw_scaled = raw * hyp.scale
         comparable = torch.isfinite(s) & (s.abs() < 1e3) & torch.isfinite(logits)
         diff = (raw_scaled - s).abs()[comparable.expand_as(raw_scaled)]
         if hyp.mask == ctx.mask_semantics:
-            record("scores", hyp.label, float(diff.max()) if diff.numel() else 0.0)
+            record(Artefact.SCORES, hyp.label, float(diff.max()) if diff.numel() else 0.0)
     if user_out is not None:
         o = user_out[min(b, user_out.shape[0] - 1), :, rows]
         diff = (torch.matmul(probs, ctx.v[min(b, ctx.v.shape[0] - 1)]) - o).abs()
         diff = diff[torch.isfinite(diff)]
-        record("out", hyp.label, float(diff.max()) if diff.numel() else 0.0)
+        record(Artefact.OUT, hyp.label, float(diff.max()) if diff.numel() else 0.0)
 
 
 def head_summary(

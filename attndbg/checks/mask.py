@@ -9,6 +9,7 @@ from attndbg.attention import MASKED_BIAS
 from attndbg.hypotheses import evidence, explained, verdicts
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
+from attndbg.vocab import MaskSemantics, Reading
 
 if TYPE_CHECKING:
     import torch
@@ -83,7 +84,7 @@ weights = weights.masked_fill(~keep, 0.0)                    # defined zeros, Na
         total = full.shape[0] * full.shape[2]
         first = [[b, i] for b, i in full.any(dim=1).nonzero()[:5].tolist()]
         kind = "-inf"
-        if ctx.mask_semantics == "additive":
+        if ctx.mask_semantics == MaskSemantics.ADDITIVE:
             fills = fill_values(ctx)
             if fills["finite"] and not fills["neg_inf"]:
                 first_fill = fills["finite"][0]
@@ -133,7 +134,7 @@ weights = torch.softmax(scores, dim=-1)
         stats = ctx.stats if ctx.has("weights") and ctx.has("mask") else None
         if stats is None or stats.user_masked_mass is None:
             return
-        if explained(ctx, {"mask as additive", "mask as keep", "mask as drop"}):
+        if explained(ctx, {Reading.MASK_AS_ADDITIVE, Reading.MASK_AS_KEEP, Reading.MASK_AS_DROP}):
             return  # MSK003 / MSK004 name the cause
         live = ~stats.fully_masked
         leaked = (stats.user_masked_mass > LEAK_TOLERANCE) & live
@@ -145,7 +146,7 @@ weights = torch.softmax(scores, dim=-1)
             f"{rows} of {int(live.sum())} (batch, head, row)s of the saved weights put weight "
             f"on masked keys (up to {worst:.3g} of the row)"
         )
-        v = explained(ctx, {"mask ignored"})
+        v = explained(ctx, {Reading.MASK_IGNORED})
         ev = {
             "rows": rows,
             "of": int(live.sum()),
@@ -180,7 +181,7 @@ attn_mask = torch.zeros_like(attention_mask, dtype=q.dtype).masked_fill(attentio
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         import torch
 
-        if not ctx.has("mask") or ctx.mask_semantics != "additive":
+        if not ctx.has("mask") or ctx.mask_semantics != MaskSemantics.ADDITIVE:
             return
         mask = ctx.raw["mask"]
         values = set(torch.unique(mask.to(torch.float32))[:3].tolist())
@@ -261,7 +262,13 @@ causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the dia
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not ctx.has("mask"):
             return
-        inverse = {"keep": "mask as drop", "drop": "mask as keep"}.get(ctx.mask_semantics or "")
+        inverse = (
+            {MaskSemantics.KEEP: Reading.MASK_AS_DROP, MaskSemantics.DROP: Reading.MASK_AS_KEEP}.get(
+                ctx.mask_semantics
+            )
+            if ctx.mask_semantics
+            else None
+        )
         v = explained(ctx, {inverse} if inverse else set())
         if v:
             yield Hit(v.sentence(), evidence(v))
@@ -282,7 +289,7 @@ causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the dia
             )
             return
         rows_identical = lq == 1 or bool((keep == keep[..., :1, :]).all())
-        if rows_identical and h == 1 and ctx.mask_semantics in ("keep", "drop"):
+        if rows_identical and h == 1 and ctx.mask_semantics in (MaskSemantics.KEEP, MaskSemantics.DROP):
             profile = _padding_profile(keep[:, 0, 0, :])
             if (
                 profile
@@ -336,7 +343,7 @@ causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril
         causal = ctx.is_causal or structure == "causal"
         if not causal:
             return
-        v = explained(ctx, {"not causal"})
+        v = explained(ctx, {Reading.NOT_CAUSAL})
         if v:
             yield Hit(v.sentence(), evidence(v))
             return
@@ -383,7 +390,7 @@ out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         if not ctx.is_causal or sizes["Lq"] == sizes["Lk"]:
             return
         lq, lk = sizes["Lq"], sizes["Lk"]
-        v = explained(ctx, {"causal lower-right"})
+        v = explained(ctx, {Reading.CAUSAL_LOWER_RIGHT})
         if v:
             yield Hit(
                 v.sentence() + "; the code aligns the causal mask to the lower right",
@@ -431,7 +438,7 @@ bias = torch.zeros(keep_mask.shape, dtype=q.dtype).masked_fill(~keep_mask, torch
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         import torch
 
-        if not ctx.has("mask") or ctx.mask_semantics != "additive":
+        if not ctx.has("mask") or ctx.mask_semantics != MaskSemantics.ADDITIVE:
             return
         if not ctx.raw["mask"].is_floating_point():
             return

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from attndbg.hypotheses import evidence, explained
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
+from attndbg.vocab import Reading
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -50,7 +51,7 @@ out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale defaults 
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not ctx.has_qkv:
             return
-        v = explained(ctx, {"no scale"})
+        v = explained(ctx, {Reading.NO_SCALE})
         if v:
             yield Hit(v.sentence() + f" (d = {ctx.sizes['D']})", evidence(v))
             return
@@ -92,7 +93,7 @@ out = F.scaled_dot_product_attention(q * q.size(-1) ** -0.5, k, v, scale=1.0)  #
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not ctx.has_qkv:
             return
-        v = explained(ctx, {"scale 1/d", "scale 1/sqrt(d)"})
+        v = explained(ctx, {Reading.SCALE_1_D, Reading.SCALE_1_SQRT_D})
         if v:
             yield Hit(
                 v.sentence() + f" (d = {ctx.sizes['D']}, assumed scale {ctx.scale:.4g})",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from attndbg.hypotheses import DESCRIPTION, evidence, explained, verdict
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
+from attndbg.vocab import Artefact, Reading
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -102,7 +103,7 @@ weights = torch.softmax(scores, dim=-1)   # over keys; not dim=-2 / dim=1
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not ctx.has("weights"):
             return
-        v = explained(ctx, {"softmax over queries"})
+        v = explained(ctx, {Reading.SOFTMAX_OVER_QUERIES})
         bad, sums = _row_problems(ctx)
         columns_ok, deviation = _columns_sum_to_one(ctx)
         if v:
@@ -178,7 +179,7 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
         if not ctx.has_qkv:
             return
         stats = ctx.stats
-        v = verdict(ctx, "out")
+        v = verdict(ctx, Artefact.OUT)
         if v is not None:
             ev = {"error_vs_reference": v.reference_error, "tolerance": v.tolerance}
             if stats.user_out_vs_weights is not None:
@@ -193,7 +194,7 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
             if not (v.reference_matches or v.explained_by):
                 yield Hit(self._message("output", v), {**ev, **evidence(v)})
                 return
-        w = verdict(ctx, "weights")
+        w = verdict(ctx, Artefact.WEIGHTS)
         if w is None or w.reference_matches or w.explained_by:
             return
         if ctx.has("weights") and (
@@ -205,9 +206,9 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
     @staticmethod
     def _message(what: str, v) -> str:  # noqa: ANN001
         message = f"the saved {what} differ from the reference attention by up to {v.reference_error:.3g}"
-        if v.best != "reference":
+        if v.best != Reading.REFERENCE:
             message += (
-                f"; the closest reading is {DESCRIPTION.get(v.best, v.best)} "
+                f"; the closest reading is {DESCRIPTION[v.best]} "
                 f"(error {v.best_error:.3g}), so more than one thing differs"
             )
         return message

@@ -17,6 +17,7 @@ from attndbg.vocab import CausalAlign, MaskSemantics
 if TYPE_CHECKING:
     import torch
 
+    from attndbg.report import HeadStats
     from attndbg.stats import AttentionStats
 
 QKV_ROLES = ("q", "k", "v", "out")
@@ -44,6 +45,8 @@ class CaseContext:
         self.guesses: list[str] = list(case.notes)
         self.raw = case.tensors
         self.settings = case.settings
+        self._stats: AttentionStats | None = None
+        self._nonfinite: dict[str, tuple[int, int, int]] = {}
 
     # ---- what is present -------------------------------------------------------------------
     def has(self, role: str) -> bool:
@@ -235,7 +238,7 @@ class CaseContext:
         table, NUM001 and NUM002 all read them (a finite tensor costs one pass)."""
         import torch
 
-        cache: dict[str, tuple[int, int, int]] = self.__dict__.setdefault("_nonfinite", {})
+        cache = self._nonfinite
         if role not in cache:
             tensor = self.raw[role]
             if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
@@ -303,14 +306,27 @@ class CaseContext:
         return bias
 
     # ---- statistics ------------------------------------------------------------------------
-    @cached_property
+    @property
     def stats(self) -> AttentionStats:
-        from attndbg.stats import compute_stats
+        """The statistics pass, run on first use (the engine never runs it for checks that do
+        not read it)."""
+        if self._stats is None:
+            from attndbg.stats import compute_stats
 
-        return compute_stats(self)
+            self._stats = compute_stats(self)
+        return self._stats
+
+    @property
+    def has_stats(self) -> bool:
+        """Whether the statistics pass has run for this case (nothing is computed by asking)."""
+        return self._stats is not None
+
+    @property
+    def stats_if_computed(self) -> AttentionStats | None:
+        return self._stats
 
     @cached_property
-    def heads(self) -> list[dict[str, float]]:
+    def heads(self) -> list[HeadStats]:
         """Per-head statistics over the batch; the report's table and the PAT checks read this."""
         from attndbg.stats import heads_over_batch
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ from attndbg.report import (
     STAGES,
     CaseReport,
     Finding,
-    HeadStats,
     Report,
     StageResult,
     TensorSummary,
@@ -88,11 +86,6 @@ def summarize_tensor(
     )
 
 
-def _heads(ctx: CaseContext) -> list[HeadStats]:
-    names = {f.name for f in dataclasses.fields(HeadStats)}
-    return [HeadStats(**{k: v for k, v in head.items() if k in names}) for head in ctx.heads]
-
-
 def run_case(case: Case, options: Options) -> CaseReport:
     ctx = CaseContext(
         case, device=options.device, max_memory=options.max_memory, thresholds=options.thresholds
@@ -150,11 +143,11 @@ def run_case(case: Case, options: Options) -> CaseReport:
         role: list(t.shape) for role, t in sorted(case.tensors.items(), key=lambda kv: _role_rank(kv[0]))
     }
     report.dtype = str(ctx.dtype).replace("torch.", "")
-    if not blocked or "stats" in ctx.__dict__:
+    if not blocked or ctx.has_stats:
         with contextlib.suppress(ShapeProblem):
             report.settings = ctx.describe_settings()
-    if "stats" in ctx.__dict__:
-        report.heads = _heads(ctx)
+    if ctx.has_stats:
+        report.heads = ctx.heads
         _attach_heatmaps(ctx, report.findings)
     report.guesses = list(dict.fromkeys(ctx.guesses))
     return report

@@ -87,7 +87,8 @@ class TensorSummary:
 
 @dataclass
 class HeadStats:
-    """Statistics of one head's attention, averaged over rows and batch, from the chunked pass."""
+    """Statistics of one head's attention, averaged over its informative rows (≥ 4 attended
+    keys) and the batch, from the chunked pass; the PAT checks and the report's table read it."""
 
     head: int
     entropy: float
@@ -100,6 +101,14 @@ class HeadStats:
     previous_mass: float
     max_logit: float
     logit_std: float
+    next_mass: float = 0.0
+    rows: int = 0  # informative rows that the means are over; 0 = no statistic for this head
+
+    @property
+    def positional_mass(self) -> float:
+        """Mass on the token itself, its neighbours and the first token: a positional head
+        (BERT's layer 0 has previous-token heads) is sharp on purpose."""
+        return self.diagonal_mass + self.previous_mass + self.next_mass + self.sink_mass
 
 
 @dataclass

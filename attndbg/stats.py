@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from attndbg.attention import MASKED_BIAS
+from attndbg.report import HeadStats
 from attndbg.vocab import Artefact, CausalAlign, MaskSemantics, Reading
 
 if TYPE_CHECKING:
@@ -543,10 +544,24 @@ def _score_hypothesis(ctx, hyp, b, rows, raw, user_w, user_s, user_out, col_lse,
         record(Artefact.OUT, hyp.label, float(diff.max()) if diff.numel() else 0.0)
 
 
+_HEAD_MEANS = (
+    "entropy",
+    "entropy_ratio",
+    "max_weight",
+    "collapsed_share",
+    "uniform_share",
+    "sink_mass",
+    "diagonal_mass",
+    "previous_mass",
+    "next_mass",
+    "logit_std",
+)
+
+
 def head_summary(
     stats: AttentionStats, collapsed_at: float = 0.95, uniform_at: float = 0.99
-) -> list[dict[str, float]]:
-    """Per-(batch, head) aggregates of the row statistics.
+) -> list[list[HeadStats]]:
+    """Per-(batch, head) aggregates of the row statistics, indexed ``[batch][head]``.
 
     Only rows with at least 4 attended keys count (not the first rows of a causal map, nor
     fully masked rows): with one or two keys any row looks sharp, sink-like or flat.
@@ -555,55 +570,43 @@ def head_summary(
     informative = n >= 4
     log_n = torch.log(n.clamp_min(2))
     ratio = torch.where(n > 1, stats.entropy / log_n, torch.ones_like(n))
-    heads = []
+    per_row = {
+        "entropy": stats.entropy,
+        "entropy_ratio": ratio,
+        "max_weight": stats.max_weight,
+        "collapsed_share": (stats.max_weight > collapsed_at).float(),
+        "uniform_share": (ratio > uniform_at).float(),
+        "sink_mass": stats.sink,
+        "diagonal_mass": stats.diagonal,
+        "previous_mass": stats.previous,
+        "next_mass": stats.next,
+        "logit_std": stats.logit_std,
+    }
     B, H, _ = n.shape
+    summary = []
     for b in range(B):
+        heads = []
         for h in range(H):
             rows = informative[b, h]
             count = int(rows.sum())
-
-            def mean(
-                t: torch.Tensor, rows: torch.Tensor = rows, count: int = count, b: int = b, h: int = h
-            ) -> float:
-                return float(t[b, h][rows].mean()) if count else 0.0
-
-            heads.append(
-                {
-                    "batch": b,
-                    "head": h,
-                    "rows": count,
-                    "entropy": mean(stats.entropy),
-                    "entropy_ratio": mean(ratio),
-                    "max_weight": mean(stats.max_weight),
-                    "collapsed_share": mean((stats.max_weight > collapsed_at).float()),
-                    "uniform_share": mean((ratio > uniform_at).float()),
-                    "sink_mass": mean(stats.sink),
-                    "diagonal_mass": mean(stats.diagonal),
-                    "previous_mass": mean(stats.previous),
-                    "next_mass": mean(stats.next),
-                    "max_logit": float(stats.max_logit[b, h][rows].max()) if count else 0.0,
-                    "logit_std": mean(stats.logit_std),
-                }
-            )
-    return heads
+            means = {name: float(t[b, h][rows].mean()) if count else 0.0 for name, t in per_row.items()}
+            top = float(stats.max_logit[b, h][rows].max()) if count else 0.0
+            heads.append(HeadStats(head=h, rows=count, max_logit=top, **means))
+        summary.append(heads)
+    return summary
 
 
-def heads_over_batch(stats: AttentionStats) -> list[dict[str, float]]:
+def heads_over_batch(stats: AttentionStats) -> list[HeadStats]:
     """Per-head statistics: ``head_summary`` averaged over the batch, weighted by informative
     rows (max_logit is the maximum). Heads with no informative row keep zeros and ``rows`` 0."""
-    by_head: dict[int, list[dict]] = {}
-    for row in head_summary(stats):
-        by_head.setdefault(row["head"], []).append(row)
+    per_batch = head_summary(stats)
     heads = []
-    for head, rows in sorted(by_head.items()):
-        total = sum(r["rows"] for r in rows)
-        merged: dict[str, float] = {"head": head, "rows": total}
-        for key in rows[0]:
-            if key in ("head", "batch", "rows"):
-                continue
-            if key == "max_logit":
-                merged[key] = max(r[key] for r in rows)
-            else:
-                merged[key] = sum(r[key] * r["rows"] for r in rows) / (total or 1)
-        heads.append(merged)
+    for h in range(stats.n_kept.shape[1]):
+        samples = [batch[h] for batch in per_batch]
+        total = sum(s.rows for s in samples)
+        means = {
+            name: sum(getattr(s, name) * s.rows for s in samples) / (total or 1) for name in _HEAD_MEANS
+        }
+        top = max((s.max_logit for s in samples), default=0.0)
+        heads.append(HeadStats(head=h, rows=total, max_logit=top, **means))
     return heads

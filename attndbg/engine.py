@@ -120,7 +120,7 @@ def run_case(case: Case, options: Options) -> CaseReport:
                             name=check.name,
                             severity=hit.severity or check.severity,
                             stage=stage,
-                            message=f"case {case.name}: {hit.message}",
+                            message=hit.message,
                             evidence=hit.evidence,
                             fix=(hit.fix or check.fix).strip(),
                             case=case.name,

@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from attndbg.case import DEFAULT_LAYOUT, Case
-from attndbg.vocab import CausalAlign, MaskSemantics
+from attndbg.vocab import CausalAlign, MaskSemantics, Statistic
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +46,8 @@ class CaseContext:
         self.raw = case.tensors
         self.settings = case.settings
         self._stats: AttentionStats | None = None
+        # the statistics families the running checks read; None (outside the engine) = all
+        self.wanted: frozenset[Statistic] | None = None
         self._nonfinite: dict[str, tuple[int, int, int]] = {}
 
     # ---- what is present -------------------------------------------------------------------

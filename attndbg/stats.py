@@ -22,7 +22,7 @@ import torch
 
 from attndbg.attention import MASKED_BIAS
 from attndbg.report import HeadStats
-from attndbg.vocab import Artefact, CausalAlign, MaskSemantics, Reading
+from attndbg.vocab import Artefact, CausalAlign, MaskSemantics, Reading, Statistic
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -200,9 +200,15 @@ def compute_stats(ctx: CaseContext) -> AttentionStats:
     """The reference pass over every chunk, then — only if the user saved scores, weights or
     an output — a second pass that measures them against each hypothesis."""
     stats = _reference_pass(ctx)
-    if ctx.has_qkv and any(ctx.has(r) for r in ("weights", "scores", "out")) or ctx.has("weights"):
+    saved = ctx.has_qkv and any(ctx.has(r) for r in Artefact) or ctx.has(Artefact.WEIGHTS)
+    if saved and wants(ctx, Statistic.SAVED):
         _user_pass(ctx, stats)
     return stats
+
+
+def wants(ctx: CaseContext, family: Statistic) -> bool:
+    """Whether a running check reads ``family`` (everything, outside the engine)."""
+    return ctx.wanted is None or family in ctx.wanted
 
 
 def _row_positions(
@@ -242,7 +248,8 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
         *("sink", "diagonal", "previous", "next", "n_kept", "masked_mass"),
     ]
     st = {name: per_row() for name in names}
-    out = torch.zeros(B, H, Lq, sizes["Dv"], dtype=torch.float32, device=device) if has_qkv else None
+    with_output = has_qkv and wants(ctx, Statistic.OUTPUT)
+    out = torch.zeros(B, H, Lq, sizes["Dv"], dtype=torch.float32, device=device) if with_output else None
     gram = torch.zeros(B, H, H, dtype=torch.float64, device=device)
     sync_free = str(device) != "cpu"
     bad_scores = torch.zeros(B, H, Lq, dtype=torch.int64, device=device)
@@ -345,7 +352,7 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
                 total = exp.sum(-1)
                 live = total > 0
                 safe_total = torch.where(live, total, torch.ones((), device=device))
-                if has_qkv:
+                if out is not None:
                     out_chunk = torch.matmul(exp, vb[hs]) / safe_total[..., None]
                     out_chunk = torch.where(live[..., None], out_chunk, zero)
                     out[b, hs, rows] = out_chunk
@@ -375,7 +382,7 @@ def _reference_pass(ctx: CaseContext) -> AttentionStats:  # noqa: C901 - one fus
             nonfinite[stage] = total
             row = (counts > 0).nonzero()[0].tolist()
             first[stage] = [*row, _first_column(ctx, stage, row)]
-    if has_qkv:
+    if has_qkv and wants(ctx, Statistic.HEAD_GRAM):
         _head_gram(ctx, gram, gram_stride, st["lse"])
     return AttentionStats(
         source="reference" if has_qkv else ("scores" if ctx.user_scores is not None else "weights"),
@@ -604,9 +611,7 @@ def heads_over_batch(stats: AttentionStats) -> list[HeadStats]:
     for h in range(stats.n_kept.shape[1]):
         samples = [batch[h] for batch in per_batch]
         total = sum(s.rows for s in samples)
-        means = {
-            name: sum(getattr(s, name) * s.rows for s in samples) / (total or 1) for name in _HEAD_MEANS
-        }
+        means = {name: sum(getattr(s, name) * s.rows for s in samples) / (total or 1) for name in _HEAD_MEANS}
         top = max((s.max_logit for s in samples), default=0.0)
         heads.append(HeadStats(head=h, rows=total, max_logit=top, **means))
     return heads

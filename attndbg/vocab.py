@@ -95,6 +95,16 @@ class Artefact(Word):
     OUT = "out"
 
 
+class Statistic(Word):
+    """A family of statistics that a check reads (``Check.reads``); the statistics pass computes
+    only the families that the selected checks read."""
+
+    ROWS = "rows"  # per-row softmax, logit and mask statistics of the reference attention
+    OUTPUT = "output"  # the reference output P·V (its non-finite values)
+    HEAD_GRAM = "head-gram"  # the similarity of heads' attention maps
+    SAVED = "saved"  # the user's saved weights/scores/out, measured against every hypothesis
+
+
 class Reading(Word):
     """A hypothesis about the user's code: the assumed reading or one alternative.
 

@@ -9,7 +9,7 @@ from attndbg.attention import MASKED_BIAS
 from attndbg.hypotheses import evidence, explained, verdicts
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
-from attndbg.vocab import MaskSemantics, Reading
+from attndbg.vocab import MaskSemantics, Reading, Statistic
 
 if TYPE_CHECKING:
     import torch
@@ -59,6 +59,7 @@ class FullyMaskedRows(Check):
     code = "MSK001"
     name = "fully-masked-rows"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     rationale = (
         "A query row with no key to attend to has no defined softmax. With -inf (or a bool mask) "
         "a plain softmax returns 0/0 = NaN; PyTorch 2.13's SDPA returns zeros for the row; with "
@@ -119,6 +120,8 @@ class MaskedKeysReceiveWeight(Check):
     code = "MSK002"
     name = "masked-keys-weighted"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
+    superseded_by = ("MSK003", "MSK004")
     rationale = (
         f"If the user's weights put more than {LEAK_TOLERANCE} on a key that the mask excludes, "
         "the mask was not applied (or applied after the softmax, or to the wrong tensor). The "
@@ -134,8 +137,6 @@ weights = torch.softmax(scores, dim=-1)
         stats = ctx.stats if ctx.has("weights") and ctx.has("mask") else None
         if stats is None or stats.user_masked_mass is None:
             return
-        if explained(ctx, {Reading.MASK_AS_ADDITIVE, Reading.MASK_AS_KEEP, Reading.MASK_AS_DROP}):
-            return  # MSK003 / MSK004 name the cause
         live = ~stats.fully_masked
         leaked = (stats.user_masked_mass > LEAK_TOLERANCE) & live
         if not leaked.any():
@@ -165,6 +166,7 @@ class FloatMaskAdded(Check):
     code = "MSK003"
     name = "float-01-mask-added"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "SDPA adds a float attn_mask to the scores. A float mask of 0s and 1s (e.g. HF's "
         "attention_mask cast to float) therefore adds 0 to masked keys and +1 to kept ones: "
@@ -245,6 +247,7 @@ class InvertedMask(Check):
     code = "MSK004"
     name = "inverted-mask"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "SDPA's bool attn_mask means True = attend; nn.MultiheadAttention's key_padding_mask "
         "means True = ignore. Passing one where the other is expected inverts the mask: "
@@ -311,6 +314,7 @@ class CausalLeakage(Check):
     code = "MSK005"
     name = "causal-leakage"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "In a causal (decoder) case, query i may only see keys j ≤ i. Weight above the diagonal "
         "lets the model read the token it must predict: training loss falls fast, generation is "
@@ -369,6 +373,7 @@ class CausalAlignment(Check):
     code = "MSK006"
     name = "causal-alignment"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "F.scaled_dot_product_attention(is_causal=True) builds tril(ones(q_len, k_len)), aligned "
         "to the upper left: query i sees keys 0..i. When decoding with a KV cache (q_len < "
@@ -418,6 +423,7 @@ class MaskFillValue(Check):
     code = "MSK007"
     name = "mask-fill-value"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     rationale = (
         "An additive mask masks only if its fill is far below every real logit. -1e4 was "
         "safe for fp16-era BERT but not when logits themselves reach thousands; -1e9 is not "

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from attndbg.registry import Check, Hit
 from attndbg.report import HeadStats, Severity
+from attndbg.vocab import Statistic
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -35,6 +36,7 @@ class CollapsedHead(Check):
     code = "PAT001"
     name = "collapsed-head"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     thresholds = {"collapsed_share": COLLAPSED_SHARE, "positional": POSITIONAL}
     rationale = (
         f"A head is collapsed when over {COLLAPSED_SHARE:.0%} of its rows (with ≥ 4 keys) put "
@@ -77,6 +79,7 @@ class UniformHead(Check):
     code = "PAT002"
     name = "uniform-head"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     thresholds = {"uniform_share": UNIFORM_SHARE}
     rationale = (
         f"A head is uniform when over {UNIFORM_SHARE:.0%} of its rows have entropy above 0.99 × "
@@ -112,6 +115,7 @@ class LayerEntropyCollapse(Check):
     code = "PAT003"
     name = "layer-entropy-collapse"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     thresholds = {"layer_collapse": LAYER_COLLAPSE}
     rationale = (
         f"When the mean normalised entropy of all heads falls below {LAYER_COLLAPSE} the whole "
@@ -149,6 +153,7 @@ class AttentionSink(Check):
     code = "PAT004"
     name = "attention-sink"
     severity = Severity.INFO
+    reads = frozenset({Statistic.ROWS})
     thresholds = {"sink_mass": SINK_MASS}
     rationale = (
         f"Trained transformers park attention on the first token when a head has nothing to "
@@ -184,6 +189,7 @@ class DuplicateHeads(Check):
     code = "PAT005"
     name = "duplicate-heads"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS, Statistic.HEAD_GRAM})
     thresholds = {"duplicate_cosine": DUPLICATE_COSINE}
     rationale = (
         f"Heads whose attention maps have cosine similarity above {DUPLICATE_COSINE} in every "

@@ -10,6 +10,7 @@ import pytest
 from make_fixtures import EXPECTED
 
 import attndbg.stats
+import attndbg.stats.driver
 from attndbg.engine import Options, run_cases
 from attndbg.loader import iter_cases
 from attndbg.registry import load_checks, plan_checks, supersedes
@@ -35,8 +36,9 @@ def passes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         return wrapper
 
     monkeypatch.setattr(attndbg.stats, "compute_stats", counting("stats", attndbg.stats.compute_stats))
-    monkeypatch.setattr(attndbg.stats, "_head_gram", counting("head_gram", attndbg.stats._head_gram))
-    monkeypatch.setattr(attndbg.stats, "_user_pass", counting("saved", attndbg.stats._user_pass))
+    driver = attndbg.stats.driver
+    monkeypatch.setattr(driver, "_head_gram", counting("head_gram", driver._head_gram))
+    monkeypatch.setattr(driver, "saved_pass", counting("saved", driver.saved_pass))
     return counts
 
 

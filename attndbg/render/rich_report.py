@@ -176,7 +176,7 @@ def finding_block(finding: Finding, show_fix: bool = True, indent: int = 0) -> R
     body = indent + 8
     parts: list[RenderableType] = [
         Padding(head, (0, 0, 0, indent)),
-        Padding(Text(finding.message.split(": ", 1)[-1]), (0, 0, 0, body)),
+        Padding(Text(finding.message), (0, 0, 0, body)),
     ]
     if finding.evidence:
         parts.append(Padding(Text("evidence: " + _evidence(finding.evidence), style="dim"), (0, 0, 0, body)))
@@ -194,7 +194,7 @@ def case_renderable(case: CaseReport, quiet: bool = False) -> RenderableType:
         lines = [
             Text(
                 f"{case.file}::{case.name}: {f.severity.value} {f.code}"
-                f"{' (baseline)' if f.baselined else ''} {f.message.split(': ', 1)[-1]}",
+                f"{' (baseline)' if f.baselined else ''} {f.message}",
                 style="dim" if f.baselined else SEVERITY_STYLE[f.severity.value],
             )
             for f in _ordered(case.findings)

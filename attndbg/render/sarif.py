@@ -52,7 +52,7 @@ def render_sarif(report: Report) -> str:
                 "ruleId": finding.code,
                 "ruleIndex": index[finding.code],
                 "level": LEVEL[finding.severity.value],
-                "message": {"text": finding.message},
+                "message": {"text": f"case {finding.case}: {finding.message}"},
                 "locations": [
                     {
                         "physicalLocation": {"artifactLocation": {"uri": _uri(case.file)}},

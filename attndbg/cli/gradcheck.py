@@ -26,8 +26,8 @@ def gradcheck(
     quick: Annotated[bool, typer.Option("--quick", help="Same as --level quick.")] = False,
     thorough: Annotated[bool, typer.Option("--thorough", help="Same as --level thorough.")] = False,
     causal_align: Annotated[
-        opt.Align, typer.Option(help="Causal reference alignment.")
-    ] = opt.Align.upper_left,
+        opt.CausalAlign, typer.Option(help="Causal reference alignment.")
+    ] = opt.CausalAlign.UPPER_LEFT,
     lenient: Annotated[bool, typer.Option(help="Twice the error bounds.")] = False,
     device: opt.Device = "cpu",
     output_format: Annotated[

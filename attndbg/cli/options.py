@@ -14,13 +14,9 @@ import typer
 from rich.markup import escape
 
 from attndbg.errors import UsageError
-
-
-class FailOn(str, Enum):
-    error = "error"
-    warning = "warning"
-    info = "info"
-    never = "never"
+from attndbg.vocab import CausalAlign as CausalAlign  # re-exported: commands find every option type here
+from attndbg.vocab import FailOn as FailOn
+from attndbg.vocab import MaskSemantics as MaskSemantics
 
 
 class OutputFormat(str, Enum):
@@ -29,28 +25,16 @@ class OutputFormat(str, Enum):
     sarif = "sarif"
 
 
-class RulesFormat(str, Enum):
-    rich = "rich"
-    json = "json"
-    sarif = "sarif"
-    markdown = "markdown"
-
-
-class MaskSemantics(str, Enum):
-    keep = "keep"
-    drop = "drop"
-    additive = "additive"
+# `rules` speaks the report formats (SARIF: tool.driver.rules alone) and Markdown (docs/rules.md).
+RulesFormat = Enum(  # type: ignore[misc]
+    "RulesFormat", {**{f.name: f.value for f in OutputFormat}, "markdown": "markdown"}, type=str
+)
 
 
 class Level(str, Enum):
     quick = "quick"
     default = "default"
     thorough = "thorough"
-
-
-class Align(str, Enum):
-    upper_left = "upper-left"
-    lower_right = "lower-right"
 
 
 # ---- shared by several commands ------------------------------------------------------------

@@ -52,8 +52,9 @@ def explain(code: Annotated[str, typer.Argument(help="A check code, e.g. MSK003.
     from rich.padding import Padding
     from rich.text import Text
 
-    from attndbg.registry import load_checks
+    from attndbg.registry import load_checks, supersedes
     from attndbg.render.code import CodeBlock
+    from attndbg.render.rules import supersession_lines
 
     checks = load_checks()
     check = checks.get(code.strip().upper())
@@ -74,6 +75,9 @@ def explain(code: Annotated[str, typer.Argument(help="A check code, e.g. MSK003.
         example = next(iter(check.thresholds))
         override = f"[tool.attndbg.thresholds] {check.code} = {{ {example} = … }}"
         console.print(Padding(Text(f"override in pyproject.toml: {override}", style="dim"), (0, 0, 0, 2)))
+        console.print()
+    for line in supersession_lines(list(check.superseded_by), supersedes(check.code)):
+        console.print(Text(line))
         console.print()
     console.print(Text("Fix:", style="bold"))
     console.print(CodeBlock(check.fix, indent=2), crop=False)

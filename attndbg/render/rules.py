@@ -16,6 +16,8 @@ REGENERATE = "attndbg rules --format markdown > docs/rules.md"
 
 def rule_dicts(checks: Iterable[Check]) -> list[dict[str, Any]]:
     """One dict per check, in registry order (the JSON of ``attndbg rules --format json``)."""
+    from attndbg.registry import supersedes
+
     return [
         {
             "code": c.code,
@@ -24,6 +26,8 @@ def rule_dicts(checks: Iterable[Check]) -> list[dict[str, Any]]:
             "severity": c.severity.value,
             "summary": c.summary,
             "thresholds": dict(c.thresholds),
+            "superseded_by": list(c.superseded_by),
+            "supersedes": supersedes(c.code),
             "rationale": c.rationale,
             "fix": c.fix.strip(),
         }
@@ -58,8 +62,21 @@ def rules_markdown(checks: Iterable[Check]) -> str:
                 f"`[tool.attndbg.thresholds]`, e.g. `{r['code']} = {{ {next(iter(r['thresholds']))} = … }}`.",
                 "",
             ]
+        lines += [f"{line}\n" for line in supersession_lines(r["superseded_by"], r["supersedes"])]
         lines += ["Fix:", "", "```python", r["fix"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def supersession_lines(superseded_by: list[str], supersedes: list[str]) -> list[str]:
+    """How a check and the checks naming the same symptom more precisely silence each other."""
+    lines = []
+    if superseded_by:
+        lines.append(
+            f"Not reported when {' or '.join(superseded_by)} fires on the same case (a more precise cause)."
+        )
+    if supersedes:
+        lines.append(f"When it fires, {', '.join(supersedes)} is not reported on the same case.")
+    return lines
 
 
 def _cell(text: str) -> str:

@@ -45,9 +45,11 @@ demo-all: install
 test: install
 	$(BIN)/python -m pytest
 
+# Style and types: ruff, then mypy (config in pyproject.toml: the whole package, strict core).
 lint: install
 	$(BIN)/ruff check attndbg tests scripts
 	$(BIN)/ruff format --check attndbg tests scripts
+	$(BIN)/mypy
 
 # One run: attndbg's inspection vs one SDPA forward at N = 1,024 / 4,096 / 16,384 (a few minutes).
 bench: install

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(temporary_path)``, then rename the temporary file onto ``path``.
 
     The folder must exist. On any failure the temporary file is removed and ``path`` is left

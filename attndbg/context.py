@@ -104,6 +104,7 @@ class CaseContext:
                 "Dv": v["d"],
             }
         probs = self.raw.get("weights", self.raw.get("scores"))
+        assert probs is not None  # the loader refuses a case with neither q/k/v nor weights/scores
         shape = list(probs.shape)
         while len(shape) < 4:
             shape.insert(0, 1)

@@ -63,6 +63,7 @@ def summarize_tensor(
             )
     nan, posinf, neginf = counts
     finite = values if nan + posinf + neginf == 0 else values[torch.isfinite(values)]
+    stats: tuple[float | None, float | None, float | None, float | None]
     if finite.numel():
         std, mean = torch.std_mean(finite) if finite.numel() > 1 else (torch.zeros(()), finite.mean())
         stats = (float(finite.min()), float(finite.max()), float(mean), float(std))
@@ -73,7 +74,10 @@ def summarize_tensor(
         key,
         list(tensor.shape),
         str(tensor.dtype).replace("torch.", ""),
-        *stats,
+        stats[0],
+        stats[1],
+        stats[2],
+        stats[3],
         nan=nan,
         posinf=posinf,
         neginf=neginf,

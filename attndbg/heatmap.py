@@ -44,11 +44,12 @@ def head_weights(ctx: CaseContext, batch: int, head: int, rows: slice) -> tuple[
             else (bias <= MASKED_BIAS).expand_as(weights)
         )
         return torch.nan_to_num(weights), masked
-    if ctx.has_qkv:
+    if ctx.q is not None and ctx.k is not None:
         q = ctx.q[min(batch, ctx.q.shape[0] - 1), head, rows] * ctx.scale
         logits = q @ ctx.k[min(batch, ctx.k.shape[0] - 1), head].T
     else:
         s = ctx.user_scores
+        assert s is not None  # a case without q/k/v has saved scores (or weights, handled above)
         logits = s[min(batch, s.shape[0] - 1), min(head, s.shape[1] - 1), rows].float()
     masked = torch.zeros_like(logits, dtype=torch.bool)
     if bias is not None:

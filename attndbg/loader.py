@@ -86,7 +86,7 @@ def _read_header(path: Path) -> tuple[list[str], dict[str, str]]:
     return keys, metadata
 
 
-def _natural(name: str) -> list:
+def _natural(name: str) -> list[int | str]:
     """Sort key that puts layer.2 before layer.10."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 

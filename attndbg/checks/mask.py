@@ -334,7 +334,7 @@ causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril
         structure = None
         if keep is not None and keep.shape[-2] > 1:
             structure = _structure(keep.reshape(-1, *keep.shape[-2:])[0])
-        if structure == "leaky-causal":
+        if keep is not None and structure == "leaky-causal":
             flat = keep.reshape(-1, *keep.shape[-2:])[0]
             i = flat.new_ones(flat.shape).triu(1)
             extra = int((flat & i).sum())

@@ -15,8 +15,8 @@ QKV = ("q", "k", "v")
 SWAPPED_LAYOUT = {"bsd": "sbd", "sbd": "bsd", "bhsd": "bshd", "bshd": "bhsd", "sbhd": "bshd"}
 
 
-def _dims(shape: tuple[int, ...], layout: str) -> dict[str, int] | None:
-    if len(shape) != len(layout):
+def _dims(shape: tuple[int, ...], layout: str | None) -> dict[str, int] | None:
+    if layout is None or len(shape) != len(layout):
         return None
     sizes = {"b": 1, "h": 1}
     sizes.update(dict(zip(layout, shape)))
@@ -52,6 +52,7 @@ def reading_problems(ctx: CaseContext, layout: str) -> list[str]:
     if any(d is None for d in dims.values()):
         return [f"ranks do not fit {layout}"]
     q, k, v = dims["q"], dims["k"], dims["v"]
+    assert q is not None and k is not None and v is not None  # checked just above
     problems = []
     if len({q["b"], k["b"], v["b"]}) > 1:
         problems.append(f"batch sizes differ (q {q['b']}, k {k['b']}, v {v['b']})")

@@ -26,6 +26,7 @@ def _row_problems(ctx: CaseContext):
 
     stats = ctx.stats
     sums = stats.user_row_sum
+    assert sums is not None  # the check reads Statistic.SAVED and runs only on saved weights
     tol = _sum_tolerance(ctx)
     bad = (sums - 1).abs() > tol
     bad &= ~(stats.fully_masked & (sums.abs() <= tol))
@@ -36,6 +37,7 @@ def _row_problems(ctx: CaseContext):
 def _columns_sum_to_one(ctx: CaseContext) -> tuple[bool, float]:
     stats = ctx.stats
     cols = stats.user_col_sum
+    assert cols is not None  # as above
     live = cols.abs() > _sum_tolerance(ctx)
     if not bool(live.any()):
         return False, 0.0

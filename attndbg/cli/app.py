@@ -77,7 +77,7 @@ def main() -> None:
             if type(exc).__name__ == "Abort":
                 err_console.print("attndbg: interrupted")
                 sys.exit(130)
-            exc.show(file=sys.stderr)
+            exc.show(file=sys.stderr)  # type: ignore[attr-defined]  # a ClickException
             sys.exit(2)
         if debug:
             raise

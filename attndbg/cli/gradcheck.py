@@ -60,10 +60,10 @@ def gradcheck(
     with progress(len(targets)) as advance:
         for label, target in targets:
             advance(label or target.name)
-            report = sweep(target, chosen, device, causal_align.value, lenient)
+            swept = sweep(target, chosen, device, causal_align.value, lenient)
             if path is not None:
-                file_cases(report, target, path, device, causal_align.value)
-            reports.append(report)
+                file_cases(swept, target, path, device, causal_align.value)
+            reports.append(swept)
     if output_format == opt.OutputFormat.json:
         import json
 
@@ -75,8 +75,8 @@ def gradcheck(
         from attndbg.render.gradcheck import render_sweep
 
         console = Console(highlight=False)
-        for report in reports:
-            render_sweep(report, console)
+        for swept in reports:
+            render_sweep(swept, console)
             console.print()
         if not impl:
             console.print(_backend_table(reports))

@@ -58,7 +58,7 @@ def inspect(
         is_causal=causal,
         scale=scale,
         layout=parse_layout(layout, "--layout") if layout else None,
-        mask_semantics=mask_semantics.value if mask_semantics else None,
+        mask_semantics=mask_semantics,
     )
     run = Options(
         device=resolve_device(device or project.device or "cpu"),

@@ -25,10 +25,13 @@ class OutputFormat(str, Enum):
     sarif = "sarif"
 
 
-# `rules` speaks the report formats (SARIF: tool.driver.rules alone) and Markdown (docs/rules.md).
-RulesFormat = Enum(  # type: ignore[misc]
-    "RulesFormat", {**{f.name: f.value for f in OutputFormat}, "markdown": "markdown"}, type=str
-)
+class RulesFormat(str, Enum):
+    """What `rules` prints: a table, JSON, SARIF (tool.driver.rules alone), or docs/rules.md."""
+
+    rich = OutputFormat.rich.value
+    json = OutputFormat.json.value
+    sarif = OutputFormat.sarif.value
+    markdown = "markdown"
 
 
 class Level(str, Enum):

@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from attndbg._io import atomic_write
 from attndbg.case import Case, Settings
+from attndbg.vocab import MaskSemantics
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Calls:
                 is_causal=call.is_causal,
                 scale=call.scale,
                 layout="bhsd" if call.q is not None else None,
-                mask_semantics=call.mask_semantics,
+                mask_semantics=MaskSemantics(call.mask_semantics) if call.mask_semantics else None,
                 enable_gqa=call.enable_gqa,
                 dropout_p=call.dropout_p or None,
                 source=call.module,

@@ -115,6 +115,8 @@ def _import(name: str):  # noqa: ANN202
         if not path.exists():
             raise InputError(f"{path}: no such file")
         spec = importlib.util.spec_from_file_location(f"attndbg_factory_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise InputError(f"{path}: cannot be imported as a Python module")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from attndbg.gradcheck.sweep import SweepReport
+from attndbg.gradcheck.sweep import Result, SweepReport
 
 MARK = {
     "pass": ("✓", "green"),
@@ -29,22 +29,22 @@ def sweep_table(report: SweepReport) -> Table:
     for dtype in dtypes:
         table.add_column(dtype, justify="left", no_wrap=True)
     table.caption = "cells: max error of the output / of the gradients, against the float64 reference"
-    by_case: dict[str, dict[str, object]] = {}
+    by_case: dict[str, dict[str, Result]] = {}
     for result in report.results:
         by_case.setdefault(result.scenario, {})[result.dtype] = result
     for case, cells in by_case.items():
-        row = [case]
+        row: list[str | Text] = [case]
         for dtype in dtypes:
-            result = cells.get(dtype)
-            if result is None:
+            cell = cells.get(dtype)
+            if cell is None:
                 row.append("")
                 continue
-            mark, style = MARK[result.verdict]
+            mark, style = MARK[cell.verdict]
             numbers = ""
-            if result.forward_error is not None:
-                numbers = f" {result.forward_error:.0e}"
-                if result.gradient_error is not None:
-                    numbers += f"/{result.gradient_error:.0e}"
+            if cell.forward_error is not None:
+                numbers = f" {cell.forward_error:.0e}"
+                if cell.gradient_error is not None:
+                    numbers += f"/{cell.gradient_error:.0e}"
             row.append(Text(mark + numbers, style=style))
         table.add_row(*row)
     return table

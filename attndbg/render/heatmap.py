@@ -305,6 +305,7 @@ def png_figure(heatmaps: list[Heatmap], diverging: bool = False):  # noqa: ANN20
         axes[index // columns][index % columns].axis("off")
     fig.suptitle(f"{heatmaps[0].case} · batch {heatmaps[0].batch} · {heatmaps[0].source}", fontsize=10)
     fig.subplots_adjust(top=0.86, hspace=0.45, wspace=0.35)
+    assert image is not None  # heatmaps is never empty
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="Δ weight" if diverging else "weight")
     return fig
 

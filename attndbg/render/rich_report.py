@@ -82,7 +82,7 @@ def tensor_table(tensors: list[TensorSummary], case_name: str = "") -> Table:
     for t in tensors:
         bad = t.nan + t.posinf + t.neginf
         nonfinite = Text(f"{t.nan}/{t.posinf + t.neginf}", style="red" if bad else "dim")
-        row = [
+        row: list[str | Text] = [
             t.role,
             *([key(t)] if show_key else []),
             "×".join(map(str, t.shape)) or "scalar",

@@ -7,7 +7,7 @@ and the reducers read those. No float tensor of shape (B, H, Lq, Lk) is ever hel
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -80,6 +80,7 @@ def reference_pass(ctx: CaseContext) -> AttentionStats:
         reducer.finish()
     if has_qkv and wants(ctx, Statistic.HEAD_GRAM):
         _head_gram(ctx, acc.totals["head_gram"], gram_stride, acc.rows["lse"])
+    per_row: dict[str, Any] = {name: tensor.cpu() for name, tensor in acc.rows.items()}
     return AttentionStats(
         source="reference" if has_qkv else ("scores" if ctx.user_scores is not None else "weights"),
         chunk_rows=rows_per_chunk,
@@ -90,7 +91,7 @@ def reference_pass(ctx: CaseContext) -> AttentionStats:
         head_gram=acc.totals["head_gram"].cpu(),
         nonfinite=acc.totals["nonfinite"],
         first_nonfinite=acc.totals["first_nonfinite"],
-        **{name: tensor.cpu() for name, tensor in acc.rows.items()},
+        **per_row,
     )
 
 

@@ -18,11 +18,12 @@ def first_column(ctx: CaseContext, stage: str, row: list[int]) -> int:
     if stage == "output":
         out = reference_row(ctx, b, h, i)
         return int((~torch.isfinite(out)).nonzero()[0]) if bool((~torch.isfinite(out)).any()) else 0
-    if ctx.has_qkv:
+    if ctx.q is not None and ctx.k is not None:
         q = ctx.q[min(b, ctx.q.shape[0] - 1), h, i] * ctx.scale
         scores = ctx.k[min(b, ctx.k.shape[0] - 1), h] @ q
     else:
         us = ctx.user_scores
+        assert us is not None  # without q/k/v the statistics come from saved scores
         scores = us[min(b, us.shape[0] - 1), min(h, us.shape[1] - 1), i].float()
     bad = ~torch.isfinite(scores) if ctx.has_qkv else torch.isnan(scores) | torch.isposinf(scores)
     return int(bad.nonzero()[0]) if bool(bad.any()) else 0

@@ -106,12 +106,14 @@ def saved_pass(ctx: CaseContext, stats: AttentionStats) -> None:
             rows = slice(start, stop)
             i_idx = torch.arange(start, stop, device=device)
             raw = None
-            if has_qkv:
+            if ctx.q is not None and ctx.k is not None:
                 raw = torch.matmul(
                     ctx.q[min(b, ctx.q.shape[0] - 1), :, rows],
                     ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2),
                 )
             if user_w is not None:
+                assert row_sum is not None and col_sum is not None  # allocated with user_w
+                assert user_masked is not None and user_above is not None
                 bias = ctx.combined_bias(b, rows, ctx.mask_semantics, ctx.causal_align)
                 w = user_w[min(b, user_w.shape[0] - 1), :, rows].to(device, torch.float32).expand(H, -1, -1)
                 finite_w = torch.where(torch.isfinite(w), w, zero)
@@ -125,7 +127,7 @@ def saved_pass(ctx: CaseContext, stats: AttentionStats) -> None:
                     user_masked[b, :, rows] = (finite_w * (bias <= MASKED_BIAS)).sum(-1)
                 upper = j_idx[None, :] > i_idx[:, None]
                 user_above[b, :, rows] = (finite_w * upper).sum(-1)
-                if out_vs_weights is not None:
+                if out_vs_weights is not None and ctx.v is not None and user_out is not None:
                     v = ctx.v[min(b, ctx.v.shape[0] - 1)]
                     o = user_out[min(b, user_out.shape[0] - 1), :, rows]
                     diff = (torch.matmul(finite_w, v) - o).abs()
@@ -135,7 +137,7 @@ def saved_pass(ctx: CaseContext, stats: AttentionStats) -> None:
             for hyp in hyps:
                 _score_hypothesis(ctx, hyp, b, rows, raw, user_w, user_s, user_out, col_lse, record)
 
-    if user_w is not None:
+    if row_sum is not None and col_sum is not None and user_masked is not None and user_above is not None:
         stats.user_row_sum = row_sum.cpu()
         stats.user_col_sum = col_sum.cpu().to(torch.float32)
         stats.user_min = user_min if user_min != math.inf else None
@@ -171,7 +173,7 @@ def _hyp_logits(
     return logits if bias is None else logits + bias
 
 
-def _score_hypothesis(ctx, hyp, b, rows, raw, user_w, user_s, user_out, col_lse, record) -> None:
+def _score_hypothesis(ctx, hyp, b, rows, raw, user_w, user_s, user_out, col_lse, record) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
     logits = _hyp_logits(ctx, hyp, b, rows, raw)
     if hyp.axis == "queries":
         if col_lse is None:

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from attndbg.context import CaseContext
 
 # Max-abs-error tolerances on probabilities, by the dtype the artefact was saved in.
-# float32 allows weights printed/rounded to 4 decimals (the seeds' hand-computed example).
+# float32 allows weights printed/rounded to 4 decimals (a hand-computed example, as in the
+# clean_seeds_example fixture).
 WEIGHT_TOLERANCE = {"float64": 1e-6, "float32": 5e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
 DESCRIPTION: dict[Reading, str] = {
     Reading.REFERENCE: "the assumed reading",

@@ -1,4 +1,5 @@
-"""Read cases from safetensors files (design §2) without ever unpickling anything."""
+"""Read cases from safetensors files without ever unpickling anything (the format:
+docs/architecture.md, "Input format")."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 For each N it runs, each in a fresh child process (so peak memory is its own):
   * sdpa         one F.scaled_dot_product_attention forward (median of repeats, after a warm-up)
   * inspect      attndbg's whole pipeline on the same tensors (attndbg.diagnose, default budget)
-  * materialize  the seeds' way — full scores, softmax, statistics from the N×N matrix —
+  * materialize  the naive way — full scores, softmax, statistics from the N×N matrix —
                  where it fits in memory
 and prints the ratio of each to sdpa, measured in this one run, and the peak memory above
 the inputs (RSS on CPU, torch.cuda.max_memory_allocated on CUDA).

@@ -1,4 +1,4 @@
-"""Record every attention call of a model without editing its code (design §6).
+"""Record every attention call of a model without editing its code (docs/architecture.md).
 
 A ``TorchFunctionMode`` sees each ``F.scaled_dot_product_attention`` call (HF ``sdpa``,
 nanoGPT, LLaMA-style, timm), copies q, k, v, attn_mask, is_causal, scale and enable_gqa
@@ -99,7 +99,7 @@ class Calls:
         return cases
 
     def save(self, path: str | Path) -> Path:
-        """Write the design §2 format atomically (attndbg._io)."""
+        """Write the format ``inspect`` reads (docs/architecture.md, "Input format"), atomically."""
         from safetensors.torch import save_file
 
         path = Path(path)

@@ -1,4 +1,4 @@
-"""Where a capture's model comes from, and what it is fed (design §6).
+"""Where a capture's model comes from, and what it is fed (docs/architecture.md, "Capture").
 
 * a Hugging Face model directory (config.json + weights), loaded offline, remote code off;
 * a ``torch.export`` program (``.pt2``);

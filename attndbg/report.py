@@ -59,7 +59,11 @@ class Finding:
     heatmap: Heatmap | None = None  # a small picture of the head the finding is about
 
     def fingerprint(self, file: str) -> str:
-        return f"{file}::{self.case}::{self.code}::{self.head}"
+        """The baseline key: the file relative to its project root, so it does not depend on
+        the folder attndbg runs from or on how the path was typed."""
+        from attndbg._io import project_relative
+
+        return f"{project_relative(file)}::{self.case}::{self.code}::{self.head}"
 
 
 @dataclass

@@ -148,6 +148,18 @@ class Report:
     def counts(self) -> dict[str, int]:
         return count_by_severity(self.findings)
 
+    def __rich__(self) -> Any:
+        """``rich.print(report)`` and Rich-aware notebooks draw the terminal report."""
+        from attndbg.render.rich_report import report_renderable
+
+        return report_renderable(self)
+
+    def _repr_html_(self) -> str:
+        """Jupyter draws the report as the terminal would, in colour."""
+        from attndbg.render.rich_report import recorded
+
+        return recorded(self, colour=True).export_html(inline_styles=True)
+
     def exit_code(self, fail_on: str | None = None) -> int:
         threshold = FAIL_ON_RANK[fail_on or self.fail_on]
         failing = (f for f in self.findings if not f.baselined)

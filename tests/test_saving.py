@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,17 @@ def test_dir_lists_the_lazy_api() -> None:
     names = dir(attndbg)
     assert {"diagnose", "capture", "save", "Report", "Finding", "Severity", "__version__"} <= set(names)
     assert "TYPE_CHECKING" not in names
+
+
+def test_a_report_draws_itself_in_rich_and_notebooks() -> None:
+    from rich.console import Console
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 8, generator=g) for _ in range(3))
+    report = attndbg.diagnose(q, k, v, weights=torch.softmax(q @ k.transpose(-1, -2), -1))  # no 1/sqrt(d)
+    console = Console(width=100, record=True, file=open(os.devnull, "w"), color_system=None)  # noqa: SIM115
+    console.print(report)
+    text = console.export_text()
+    assert "SCL001" in text and "1 case: 1 error" in text
+    html = report._repr_html_()
+    assert html.lstrip().startswith("<!DOCTYPE html>") and "SCL001" in html and "style=" in html

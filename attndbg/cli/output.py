@@ -44,23 +44,9 @@ class ReportOutput:
         return self.format == OutputFormat.rich and self.output is None and self.write_baseline is None
 
 
-def recorded(report: Report, quiet: bool = False, colour: bool = False) -> Console:
-    """The Rich report rendered into a recording console (120 columns), for files."""
-    from attndbg.render.rich_report import render_rich
-
-    with open(os.devnull, "w") as sink:
-        console = Console(
-            record=True,
-            width=120,
-            file=sink,
-            force_terminal=colour or None,
-            color_system="truecolor" if colour else None,
-        )
-        render_rich(report, console, quiet=quiet)
-    return console
-
-
 def _rich_text(report: Report, out: ReportOutput) -> str:
+    from attndbg.render.rich_report import recorded
+
     return recorded(report, quiet=out.quiet).export_text()
 
 
@@ -86,6 +72,8 @@ RENDERERS: dict[OutputFormat, Callable[[Report, ReportOutput], str]] = {
 def finish(report: Report, out: ReportOutput, streamed: bool = False) -> NoReturn:
     """Deliver the report as ``out`` says and exit with its code (0 after --write-baseline)."""
     if out.html is not None or out.svg is not None:
+        from attndbg.render.rich_report import recorded
+
         console = recorded(report, colour=True)
         if out.html is not None:
             emit(console.export_html(clear=False), out.html)

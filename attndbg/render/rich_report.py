@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -255,6 +256,25 @@ def summary_text(report: Report) -> Text:
 def print_case(console: Console, case: CaseReport, quiet: bool = False) -> None:
     """One case; ``crop=False`` so that fix snippets overflow rather than being cut."""
     console.print(case_renderable(case, quiet=quiet), soft_wrap=quiet, crop=False)
+
+
+def recorded(report: Report, quiet: bool = False, colour: bool = False) -> Console:
+    """The report rendered into a recording console (120 columns), for files and notebooks."""
+    with open(os.devnull, "w") as sink:
+        console = Console(
+            record=True,
+            width=120,
+            file=sink,
+            force_terminal=colour or None,
+            color_system="truecolor" if colour else None,
+        )
+        render_rich(report, console, quiet=quiet)
+    return console
+
+
+def report_renderable(report: Report) -> RenderableType:
+    """The whole report as one renderable (``Report.__rich__``)."""
+    return Group(*(case_renderable(case) for case in report.cases), Text(""), summary_text(report))
 
 
 def render_rich(report: Report, console: Console, quiet: bool = False) -> None:

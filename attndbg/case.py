@@ -67,7 +67,7 @@ class Case:
     settings: Settings = field(default_factory=Settings)
     origins: dict[str, str] = field(default_factory=dict)  # setting -> "flag" | "metadata"
     notes: list[str] = field(default_factory=list)
-    tokens: list[str] | None = None  # from metadata "tokens" (a JSON list), for labels
+    tokens: list[list[str]] | None = None  # per batch row, from metadata "tokens", for labels
 
     @property
     def mask_key(self) -> str:
@@ -130,11 +130,16 @@ def settings_from_strings(values: dict[str, str], where: str) -> Settings:
     return Settings(**parsed)
 
 
-def tokens_from_metadata(value: str | None) -> list[str] | None:
+def tokens_from_metadata(value: str | None) -> list[list[str]] | None:
+    """Tokens per batch row: metadata ``tokens`` is a JSON list of rows (lists of strings), or
+    one flat list — the first row's, as older captures wrote it."""
     if not value:
         return None
     try:
         tokens = json.loads(value)
     except ValueError:
         return None
-    return [str(t) for t in tokens] if isinstance(tokens, list) else None
+    if not isinstance(tokens, list) or not tokens:
+        return None
+    rows = tokens if all(isinstance(row, list) for row in tokens) else [tokens]
+    return [[str(t) for t in row] for row in rows]

@@ -14,11 +14,12 @@ from attndbg.context import CaseContext
 from attndbg.report import Heatmap
 
 
-def _labels(ctx: CaseContext, n: int, step: int) -> list[str]:
-    """Token strings when a capture recorded them (metadata ``tokens``), else positions."""
-    tokens = ctx.case.tokens
+def _labels(ctx: CaseContext, batch: int, n: int, step: int) -> list[str]:
+    """This batch row's tokens when a capture recorded them (metadata ``tokens``), else positions."""
+    rows = ctx.case.tokens or []
+    tokens = rows[batch] if batch < len(rows) else None
     if tokens and step == 1 and len(tokens) >= n:
-        return [str(t) for t in tokens[:n]]
+        return tokens[:n]
     return [str(i * step) for i in range(math.ceil(n / step))]
 
 
@@ -91,8 +92,8 @@ def build_heatmap(
         k_len=lk,
         source="saved weights" if ctx.user_weights is not None else "recomputed",
     )
-    heatmap.row_labels = _labels(ctx, lq, row_step)
-    heatmap.col_labels = _labels(ctx, lk, col_step)
+    heatmap.row_labels = _labels(ctx, batch, lq, row_step)
+    heatmap.col_labels = _labels(ctx, batch, lk, col_step)
     return heatmap
 
 

@@ -34,7 +34,7 @@ class CasePlan:
     settings: Settings
     origins: dict[str, str]
     notes: list[str] = field(default_factory=list)
-    tokens: list[str] | None = None
+    tokens: list[list[str]] | None = None
 
 
 def _sniff(path: Path) -> None:

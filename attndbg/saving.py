@@ -30,14 +30,15 @@ def save(
     scores: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
-    tokens: list[str] | None = None,
+    tokens: list[str] | list[list[str]] | None = None,
     **metadata: Any,
 ) -> Path:
     """Save one case: ``attndbg.save("step.safetensors", q=q, k=k, v=v, mask=mask, is_causal=True)``.
 
     ``metadata`` takes the settings ``attndbg inspect`` reads (``is_causal``, ``scale``,
     ``layout``, ``mask_semantics``, ``enable_gqa``, ``dropout_p``, ``source``) as Python values;
-    ``tokens`` labels heatmaps. The folder must exist. Returns the path written.
+    ``tokens`` labels heatmaps: one list per batch row (a flat list is the first row's). The
+    folder must exist. Returns the path written.
     """
     import torch
     from safetensors.torch import save_file
@@ -65,7 +66,8 @@ def save(
     strings = {key: _metadata_string(value) for key, value in metadata.items() if value is not None}
     settings_from_strings(strings, str(path))  # a value inspect could not read fails now, not later
     if tokens is not None:
-        strings["tokens"] = json.dumps([str(t) for t in tokens])
+        rows = tokens if all(isinstance(row, list) for row in tokens) else [tokens]
+        strings["tokens"] = json.dumps([[str(t) for t in row] for row in rows])
     if not path.resolve().parent.is_dir():
         raise UsageError(f"attndbg.save: folder {path.resolve().parent} does not exist")
     return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=strings))

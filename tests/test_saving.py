@@ -30,7 +30,7 @@ def test_views_and_shared_tensors_save_and_inspect_clean(tmp_path: Path) -> None
         assert set(handle.keys()) == {"q", "k", "v", "mask"}
         assert torch.equal(handle.get_tensor("q"), q)
         metadata = handle.metadata()
-    assert metadata["is_causal"] == "false" and json.loads(metadata["tokens"])[0] == "a"
+    assert metadata["is_causal"] == "false" and json.loads(metadata["tokens"]) == [list("abcdefghij")]
     result = run_cli("inspect", str(path), "--format", "json")
     assert result.returncode == 0, result.stdout[-1500:]
     assert json.loads(result.stdout)["summary"]["error"] == 0
@@ -67,3 +67,24 @@ def test_a_report_draws_itself_in_rich_and_notebooks() -> None:
     assert "SCL001" in text and "1 case: 1 error" in text
     html = report._repr_html_()
     assert html.lstrip().startswith("<!DOCTYPE html>") and "SCL001" in html and "style=" in html
+
+
+def test_each_batch_row_is_labelled_with_its_own_tokens(tmp_path: Path) -> None:
+    from attndbg.context import CaseContext
+    from attndbg.heatmap import build_heatmap
+    from attndbg.loader import iter_cases
+
+    q = k = v = torch.randn(2, 1, 4, 8)
+    rows = [["the", "cat", "sat", "."], ["dogs", "bark", "[PAD]", "[PAD]"]]
+    path = attndbg.save(tmp_path / "two.safetensors", q=q, k=k, v=v, tokens=rows)
+    ctx = CaseContext(next(iter_cases([path])))
+    assert build_heatmap(ctx, batch=0).row_labels == rows[0]
+    assert build_heatmap(ctx, batch=1).col_labels == rows[1]
+    # an older capture stored the first row only: other rows get positions, not its words
+    old = tmp_path / "old.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"q": q, "k": k.clone(), "v": v.clone()}, str(old), metadata={"tokens": json.dumps(rows[0])})
+    ctx = CaseContext(next(iter_cases([old])))
+    assert build_heatmap(ctx, batch=0).row_labels == rows[0]
+    assert build_heatmap(ctx, batch=1).row_labels == ["0", "1", "2", "3"]

@@ -59,7 +59,7 @@ class Calls:
     """The calls recorded by :func:`capture`, in call order."""
 
     calls: list[CapturedCall] = field(default_factory=list)
-    tokens: list[str] | None = None  # of the first sequence, when the input came from text
+    tokens: list[list[str]] | None = None  # per batch row, when the input came from text
 
     def __len__(self) -> int:
         return len(self.calls)

@@ -224,7 +224,7 @@ def capture_source(
             f"{source}: the model raised {type(exc).__name__} on the capture input: {first_line(exc)}"
         ) from None
     if text and loaded.tokenizer is not None and "input_ids" in kwargs:
-        calls.tokens = loaded.tokenizer.convert_ids_to_tokens(kwargs["input_ids"][0].tolist())
+        calls.tokens = [loaded.tokenizer.convert_ids_to_tokens(row) for row in kwargs["input_ids"].tolist()]
     if not len(calls):
         raise InputError(
             f"{source}: the model ran but made no attention call attndbg can see "

@@ -99,7 +99,7 @@ def test_png_is_sized_to_its_content_and_pooled_axes_count_positions(tmp_path: P
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, 18, 8, generator=g) for _ in range(3))
     tokens = [f"tok{i}" for i in range(18)]
-    small = build_heatmap(CaseContext(Case("eighteen", "m", {"q": q, "k": k, "v": v}, tokens=tokens)))
+    small = build_heatmap(CaseContext(Case("eighteen", "m", {"q": q, "k": k, "v": v}, tokens=[tokens])))
     width, height = png_size(save_png([small], tmp_path / "one.png"))
     assert width >= 800 and height >= 600  # 18 labelled tokens need room
     q, k, v = (torch.randn(1, 1, 500, 8, generator=g) for _ in range(3))

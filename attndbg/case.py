@@ -69,6 +69,26 @@ class Case:
     notes: list[str] = field(default_factory=list)
     tokens: list[list[str]] | None = None  # per batch row, from metadata "tokens", for labels
 
+    def __post_init__(self) -> None:
+        """Refuse q/k/v that cannot be attention inputs; read storage-only floats as float32."""
+        for role in ("q", "k", "v"):
+            tensor = self.tensors.get(role)
+            if tensor is not None and not tensor.is_floating_point():
+                raise InputError(
+                    f"{self.file}: case {self.name}: {role} is {str(tensor.dtype).removeprefix('torch.')}; "
+                    "q, k and v must be floating point (integers are token ids or quantised values: "
+                    "save them dequantised)"
+                )
+        for role in [r for r in ROLE_ORDER if r in self.tensors]:
+            tensor = self.tensors[role]
+            # float8 (and smaller) types are storage formats without arithmetic kernels
+            if tensor.is_floating_point() and tensor.element_size() == 1:
+                import torch
+
+                self.tensors[role] = tensor.to(torch.float32)
+                dtype = str(tensor.dtype).removeprefix("torch.")
+                self.notes.append(f"{role} is {dtype}, read as float32 (no arithmetic in {dtype})")
+
     @property
     def mask_key(self) -> str:
         return self.keys.get("mask", "mask").rsplit(".", 1)[-1].lower()

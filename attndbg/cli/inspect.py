@@ -128,6 +128,12 @@ def _inspect_files(
     finish(report, out, streamed=out.to_terminal)
 
 
+INVENTED_INPUTS = (
+    "inputs invented by attndbg: the model's own example or seeded random ids/values (seed 0, "
+    "batch 2 × 16); `attndbg capture {source} --text … -o FILE` inspects real ones"
+)
+
+
 def _inspect_models(sources: list[str], run: Options, overrides: Settings, case_glob: str | None) -> Report:
     """`inspect SOURCE`: capture with default inputs, then inspect the calls in memory."""
     import fnmatch
@@ -144,5 +150,6 @@ def _inspect_models(sources: list[str], run: Options, overrides: Settings, case_
                 continue
             captured.file = source
             captured.settings = overrides.merged_over(captured.settings)
+            captured.notes.append(INVENTED_INPUTS.format(source=source))
             cases.append(captured)
     return run_cases(cases, run, inputs=sources)

@@ -119,3 +119,10 @@ def test_png_is_sized_to_its_content_and_pooled_axes_count_positions(tmp_path: P
 def test_a_scale_that_is_not_positive_is_refused(scale: str) -> None:
     result = run_cli("inspect", str(FIXTURES / "clean_basic.safetensors"), "--scale", scale)
     assert result.returncode == 2 and "--scale" in result.stderr and "positive" in result.stderr
+
+
+def test_inspecting_a_model_says_its_inputs_were_invented() -> None:
+    result = run_cli("inspect", "tests/models/factories.py:healthy")
+    assert result.returncode == 0, result.stderr
+    assert "assumed: inputs invented by attndbg" in " ".join(result.stdout.split())
+    assert "--text" in result.stdout

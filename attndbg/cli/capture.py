@@ -67,6 +67,8 @@ def capture(
         calls.save(output)
     console = Console(highlight=False)
     console.print(_calls_table(calls))
+    for note in calls.notes:
+        console.print(f"assumed: {note}", style="dim italic")
     console.print(f"{len(calls)} attention call(s) written to {output}")
     if compare_eager_:
         dtype = str(calls[0].q.dtype).removeprefix("torch.") if len(calls) and calls[0].q is not None else ""

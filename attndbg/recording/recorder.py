@@ -60,6 +60,7 @@ class Calls:
 
     calls: list[CapturedCall] = field(default_factory=list)
     tokens: list[list[str]] | None = None  # per batch row, when the input came from text
+    notes: list[str] = field(default_factory=list)  # what the capture assumed about its input
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -94,7 +95,15 @@ class Calls:
             )
             origins = {k: "capture" for k, v in vars(settings).items() if v is not None}
             cases.append(
-                Case(name=name, file="<capture>", tensors=tensors, settings=settings, origins=origins)
+                Case(
+                    name=name,
+                    file="<capture>",
+                    tensors=tensors,
+                    settings=settings,
+                    origins=origins,
+                    notes=list(self.notes),
+                    tokens=self.tokens,
+                )
             )
         return cases
 

@@ -171,7 +171,10 @@ def make_inputs(
     if text:
         if loaded.tokenizer is None:
             raise UsageError("--text needs a checkpoint with a tokenizer; use --seq-len/--batch")
-        encoded = loaded.tokenizer(list(text), return_tensors="pt", padding=True)
+        limit = token_limit(loaded)
+        encoded = loaded.tokenizer(
+            list(text), return_tensors="pt", padding=True, truncation=limit is not None, max_length=limit
+        )
         return (), {k: v.to(device) for k, v in encoded.items()}
     if loaded.example is not None:
         args, kwargs = loaded.example
@@ -186,6 +189,25 @@ def make_inputs(
         return (ids.to(device),), {}
     width = _input_width(loaded.model)
     return (torch.randn(batch, seq_len, width, generator=generator).to(device),), {}
+
+
+def token_limit(loaded: LoadedModel) -> int | None:
+    """The longest input the checkpoint takes: its tokenizer's limit, else its position table."""
+    limit = getattr(loaded.tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:  # HF uses a huge number for "unknown"
+        return limit
+    positions = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def _truncation_note(loaded: LoadedModel, text: list[str]) -> str | None:
+    limit = token_limit(loaded)
+    if loaded.tokenizer is None or limit is None:
+        return None
+    longest = max(len(ids) for ids in loaded.tokenizer(list(text), verbose=False)["input_ids"])
+    if longest <= limit:
+        return None
+    return f"--text truncated to {limit} tokens, the model's limit (the longest text has {longest})"
 
 
 def _input_width(model: torch.nn.Module) -> int:
@@ -223,6 +245,9 @@ def capture_source(
         raise InputError(
             f"{source}: the model raised {type(exc).__name__} on the capture input: {first_line(exc)}"
         ) from None
+    note = _truncation_note(loaded, text) if text else None
+    if note:
+        calls.notes.append(note)
     if text and loaded.tokenizer is not None and "input_ids" in kwargs:
         calls.tokens = [loaded.tokenizer.convert_ids_to_tokens(row) for row in kwargs["input_ids"].tolist()]
     if not len(calls):

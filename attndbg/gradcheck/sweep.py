@@ -174,7 +174,7 @@ def describe_convention(impl: Implementation) -> str:
     return {
         "sdpa": "SDPA style (query, key, value, attn_mask=None, is_causal=False, scale=None): bool "
         "masks True = attend, float masks added",
-        "seeds": "seeds style (query, key, value, mask=None): mask 1 = attend, 0 = masked",
+        "seeds": "mask style (query, key, value, mask=None): mask 1 = attend, 0 = masked",
         "qkv": "(query, key, value) only: mask and causal scenarios are skipped",
     }[impl.convention] + ("; passes enable_gqa" if impl.gqa else "; K/V heads expanded before the call")
 

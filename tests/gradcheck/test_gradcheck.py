@@ -29,7 +29,7 @@ def test_correct_implementation_passes() -> None:
 def test_seeds_style_signature_is_detected_and_passes() -> None:
     result = run_cli("gradcheck", "--impl", f"{IMPLS}:seeds_style")
     assert result.returncode == 0, result.stdout[-2000:]
-    assert "seeds style (query, key, value, mask=None)" in result.stdout
+    assert "mask style (query, key, value, mask=None)" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,8 @@ def head_weights(ctx: CaseContext, batch: int, head: int, rows: slice) -> tuple[
             else (bias <= MASKED_BIAS).expand_as(weights)
         )
         return torch.nan_to_num(weights), masked
-    if ctx.q is not None and ctx.k is not None:
+    if ctx.has_qkv:
+        assert ctx.q is not None and ctx.k is not None
         q = ctx.q[min(batch, ctx.q.shape[0] - 1), head, rows] * ctx.scale
         logits = q @ ctx.k[min(batch, ctx.k.shape[0] - 1), head].T
     else:

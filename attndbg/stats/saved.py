@@ -106,7 +106,8 @@ def saved_pass(ctx: CaseContext, stats: AttentionStats) -> None:
             rows = slice(start, stop)
             i_idx = torch.arange(start, stop, device=device)
             raw = None
-            if ctx.q is not None and ctx.k is not None:
+            if has_qkv:
+                assert ctx.q is not None and ctx.k is not None
                 raw = torch.matmul(
                     ctx.q[min(b, ctx.q.shape[0] - 1), :, rows],
                     ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2),
@@ -127,7 +128,8 @@ def saved_pass(ctx: CaseContext, stats: AttentionStats) -> None:
                     user_masked[b, :, rows] = (finite_w * (bias <= MASKED_BIAS)).sum(-1)
                 upper = j_idx[None, :] > i_idx[:, None]
                 user_above[b, :, rows] = (finite_w * upper).sum(-1)
-                if out_vs_weights is not None and ctx.v is not None and user_out is not None:
+                if out_vs_weights is not None:  # only with q/k/v and a saved out
+                    assert ctx.v is not None and user_out is not None
                     v = ctx.v[min(b, ctx.v.shape[0] - 1)]
                     o = user_out[min(b, user_out.shape[0] - 1), :, rows]
                     diff = (torch.matmul(finite_w, v) - o).abs()

@@ -82,22 +82,24 @@ class Diagnoses:
 
 
 def diagnose(impl: Implementation, report: SweepReport, device: str, align: str) -> None:
+    """Fill ``report.diagnoses``: the bugs a signature names first, then what the exceptions
+    and the rows with nothing to attend show, then whatever failure is left."""
     found = Diagnoses()
-    _exceptions(report, found)
-    _masked_rows(report, found)
     _fits(impl, report, found, device, align)
     mask_semantics = {"MSK003", "MSK004"} & set(found.by_code)
-    if mask_semantics:  # under a misread mask, what rows with nothing to attend do means nothing
-        found.by_code.pop("MSK001", None)
     if report.mask_perturbation == "fail" and not mask_semantics:
         found.add("MSK002", "error", "masked key/value positions leak: " + report.notes[0])
     elif report.mask_perturbation == "fail":
         for code in mask_semantics:
-            found.by_code[code].evidence += f"; mask perturbation: {report.notes[0]}"
-    elif report.mask_perturbation == "error":
-        found.add("GRD004", "error", "the implementation raised: " + report.notes[0])
+            found.by_code[code].evidence += f"mask perturbation: {report.notes[0]}"
     if report.gradcheck_float64 == "fail":
         found.add("GRD001", "error", f"float64 gradcheck: {report.notes[1]}: the backward is wrong")
+    _exceptions(report, found)
+    if report.mask_perturbation == "error":
+        found.add("GRD004", "error", "the implementation raised: " + report.notes[0])
+    _masked_rows(report, found)
+    if mask_semantics:  # under a misread mask, what rows with nothing to attend do means nothing
+        found.by_code.pop("MSK001", None)
     _unexplained(report, found)
     report.diagnoses = sorted(found.by_code.values(), key=lambda d: -Severity(d.severity).rank)
 

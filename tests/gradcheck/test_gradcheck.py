@@ -23,13 +23,14 @@ def test_correct_implementation_passes() -> None:
     assert {r["verdict"] for r in data["results"]} == {"pass"}
     assert {r["dtype"] for r in data["results"]} == {"float32", "float16", "bfloat16"}
     assert data["mask_perturbation"] == "pass" and data["gradcheck_float64"] == "pass"
-    assert data["convention"].startswith("SDPA style")
+    assert "attn_mask" in data["convention"] and "enable_gqa" in data["convention"]
+    assert any("custom-scale" in note for note in data["passed"])
 
 
 def test_seeds_style_signature_is_detected_and_passes() -> None:
     result = run_cli("gradcheck", "--impl", f"{IMPLS}:seeds_style")
     assert result.returncode == 0, result.stdout[-2000:]
-    assert "seeds style (query, key, value, mask=None)" in result.stdout
+    assert "mask (bool, True = attend)" in result.stdout
 
 
 @pytest.mark.parametrize(

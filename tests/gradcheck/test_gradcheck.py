@@ -110,3 +110,49 @@ def test_bad_implementation_spec_exits_2() -> None:
     assert run_cli("gradcheck", "--impl", "no_such_module_xyz:fn").returncode == 2
     assert run_cli("gradcheck", "--impl", f"{IMPLS}:does_not_exist").returncode == 2
     assert run_cli("gradcheck", "--impl", "not a spec").returncode == 2
+
+
+def test_float32_softmax_is_judged_at_its_precision() -> None:
+    code, data = sweep("float32_softmax")
+    assert code == 0, data["diagnoses"]
+    assert data["precision"] == "float32" and data["gradcheck_float64"] == "pass"
+    assert "judged at float32 precision" in data["notes"][1]
+
+
+def test_mask_style_causal_is_built_with_the_requested_alignment() -> None:
+    code, data = sweep("seeds_style", "--causal-align", "lower-right")
+    assert code == 0, data["diagnoses"]
+    assert "aligned lower-right" in data["convention"]
+
+
+def test_fully_masked_rows_are_named_and_gated_by_fail_on() -> None:
+    from attndbg.gradcheck.sweep import load_implementation
+    from attndbg.gradcheck.sweep import sweep as run_sweep
+
+    impl = load_implementation(f"{IMPLS}:finite_fill")
+    report = run_sweep(impl, "quick")
+    masked = next(d for d in report.diagnoses if d.code == "MSK001")
+    assert masked.severity == "warning" and "uniform" in masked.evidence
+    assert report.exit_code() == 0 and report.exit_code("warning") == 1
+    code, data = sweep("seeds_style")
+    masked = next(d for d in data["diagnoses"] if d["code"] == "MSK001")
+    assert masked["severity"] == "info" and code == 0
+
+
+def test_exception_in_the_function_is_its_failure_for_that_dtype() -> None:
+    code, data = sweep("no_bfloat16", "--quick")
+    assert code == 1
+    raised = next(d for d in data["diagnoses"] if d["code"] == "GRD004")
+    assert raised["dtypes"] == ["bfloat16"] and "bfloat16 is not supported" in raised["evidence"]
+    assert {r["verdict"] for r in data["results"] if r["dtype"] == "float32"} <= {"pass", "skipped"}
+
+
+def test_every_criterion_is_counted_and_warnings_do_not_leak() -> None:
+    result = run_cli("gradcheck", "--impl", f"{IMPLS}:noisy", "--quick", "--format", "json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 0 and "UserWarning" not in result.stderr
+    assert any("deprecated" in note for note in data["notes"])
+    assert sum(data["counts"].values()) == len(data["results"]) + 2
+    text = run_cli("gradcheck", "--impl", f"{IMPLS}:wrong_backward", "--quick").stdout
+    assert text.lstrip().startswith("✗") and "GRD001" in text.splitlines()[1]
+    assert "criteria" in text.splitlines()[-1] and "exit 1" in text.splitlines()[-1]

@@ -134,6 +134,8 @@ def test_fully_masked_rows_are_named_and_gated_by_fail_on() -> None:
     masked = next(d for d in report.diagnoses if d.code == "MSK001")
     assert masked.severity == "warning" and "uniform" in masked.evidence
     assert report.exit_code() == 0 and report.exit_code("warning") == 1
+    spec = f"{IMPLS}:finite_fill"
+    assert run_cli("gradcheck", "--impl", spec, "--quick", "--fail-on", "warning").returncode == 1
     code, data = sweep("seeds_style")
     masked = next(d for d in data["diagnoses"] if d["code"] == "MSK001")
     assert masked["severity"] == "info" and code == 0
@@ -154,5 +156,24 @@ def test_every_criterion_is_counted_and_warnings_do_not_leak() -> None:
     assert any("deprecated" in note for note in data["notes"])
     assert sum(data["counts"].values()) == len(data["results"]) + 2
     text = run_cli("gradcheck", "--impl", f"{IMPLS}:wrong_backward", "--quick").stdout
-    assert text.lstrip().startswith("✗") and "GRD001" in text.splitlines()[1]
-    assert "criteria" in text.splitlines()[-1] and "exit 1" in text.splitlines()[-1]
+    assert text.lstrip().startswith("✗") and "GRD001" in "".join(text.splitlines()[:4])
+    assert "criteria" in text and text.rstrip().endswith("exit 1")
+
+
+def test_output_file_and_formats_as_inspect(tmp_path) -> None:  # noqa: ANN001
+    import jsonschema
+
+    schema = json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
+    spec = f"{IMPLS}:missing_scale"
+    report = tmp_path / "report.txt"
+    result = run_cli("gradcheck", "--impl", spec, "--quick", "-o", str(report))
+    assert result.returncode == 1 and result.stdout == ""
+    assert report.read_text().startswith("✗") and "SCL001" in report.read_text()
+    sarif_file = tmp_path / "report.sarif"
+    result = run_cli("gradcheck", "--impl", spec, "--quick", "--format", "sarif", "-o", str(sarif_file))
+    sarif = json.loads(sarif_file.read_text())
+    jsonschema.validate(sarif, schema)
+    assert result.returncode == 1 and sarif["runs"][0]["results"][0]["ruleId"] == "SCL001"
+    assert sarif["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    fixture = ROOT / "fixtures" / "clean_basic.safetensors"
+    assert run_cli("gradcheck", str(fixture), "--impl", spec, "-o", str(fixture)).returncode == 2

@@ -68,7 +68,9 @@ def gradcheck(
     raise typer.Exit(max(r.exit_code() for r in reports))
 
 
-def _deliver(reports: list[SweepReport], single: bool, output_format: opt.OutputFormat, output: Path | None) -> None:
+def _deliver(
+    reports: list[SweepReport], single: bool, output_format: opt.OutputFormat, output: Path | None
+) -> None:
     """As inspect does: the chosen format to stdout, or to ``-o`` (Rich as plain text)."""
     import os
 

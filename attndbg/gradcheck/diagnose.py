@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -174,40 +175,45 @@ def _masked_rows(report: SweepReport, found: Diagnoses) -> None:
 
 # ---- fitting the float32 failures against variants of the reference -------------------------
 def _fits(impl: Implementation, report: SweepReport, found: Diagnoses, device: str, align: str) -> None:
-    failing = [r for r in report.results if r.verdict == "fail" and r.dtype == "float32"]
-    for result in failing:
+    for result in report.results:
         s = SCENARIOS.get(result.scenario)
-        if s is None:
-            continue
-        c = make_case(s, 0, device, align)
-        causal_only = s.causal and c["keep"] is None
-        try:
-            with torch.no_grad():
-                test = _call(impl, s, c, causal_only)(c["q"], c["k"], c["v"]).double()
-        except Exception:  # noqa: S112 - it ran in the sweep; a flaky second call names nothing
-            continue
-        live = None if c["dead"] is None else ~c["dead"][..., None]
-        handed = c["keep"]  # the keep-mask the function was handed, causal folded in
-        if causal_only and impl.causal_parameter is None:
-            handed = causal_keep(s.lq, s.lk, align, test.device)
-        matches = Matcher(test, live)
-        q, k, v = (c[n].double() for n in "qkv")
-        mask = c["bias"].double() if c["bias"] is not None else c["keep"]
+        if result.verdict == "fail" and result.dtype == "float32" and s is not None:
+            _fit_scenario(impl, s, found, device, align)
 
-        def attention(mask=mask, is_causal=causal_only, scale=s.scale, k=k, v=v, **variant):  # noqa: ANN001, ANN003, ANN202
-            from attndbg.attention import reference_attention
 
-            return reference_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale, align=align, **variant)
+def _fit_scenario(impl: Implementation, s: Scenario, found: Diagnoses, device: str, align: str) -> None:
+    """Compare the function's float32 output on ``s`` with variants of the reference; the
+    first variant that explains it names the bug."""
+    from attndbg.attention import reference_attention
 
-        for fit in (
-            lambda: _fit_scale(s, attention, matches, found),
-            lambda: _fit_softmax_axis(s, attention, matches, found),
-            lambda: _fit_causal(s, c, impl, attention, matches, found, align),
-            lambda: _fit_mask(s, handed, c["bias"], attention, matches, found),
-            lambda: _fit_gqa(s, k, v, attention, matches, found),
-        ):
-            if fit():  # the first signature that explains the outputs names the bug
-                break
+    c = make_case(s, 0, device, align)
+    causal_only = s.causal and c["keep"] is None
+    try:
+        with torch.no_grad():
+            test = _call(impl, s, c, causal_only)(c["q"], c["k"], c["v"]).double()
+    except Exception:  # it ran in the sweep; a second call that fails names nothing
+        return
+    matches = Matcher(test, None if c["dead"] is None else ~c["dead"][..., None])
+    handed = c["keep"]  # the keep-mask the function was handed, causal folded in
+    if causal_only and impl.causal_parameter is None:
+        handed = causal_keep(s.lq, s.lk, align, test.device)
+    q, k, v = (c[n].double() for n in "qkv")
+    mask = c["bias"].double() if c["bias"] is not None else c["keep"]
+
+    def attention(mask=mask, is_causal=causal_only, scale=s.scale, k=k, v=v, **variant):  # noqa: ANN001, ANN003, ANN202
+        return reference_attention(
+            q, k, v, mask=mask, is_causal=is_causal, scale=scale, align=align, **variant
+        )
+
+    for fit in (
+        partial(_fit_scale, s, attention, matches, found),
+        partial(_fit_softmax_axis, s, attention, matches, found),
+        partial(_fit_causal, s, c, impl, attention, matches, found, align),
+        partial(_fit_mask, s, handed, c["bias"], attention, matches, found),
+        partial(_fit_gqa, s, k, v, attention, matches, found),
+    ):
+        if fit():
+            return
 
 
 class Matcher:
@@ -280,7 +286,12 @@ def _name_scale(s: Scenario, name: str, value: float, found: Diagnoses) -> bool:
         )
         return True
     if value == 1.0:
-        found.add("SCL001", "error", "outputs match the reference computed without the 1/√d scale: missing scale", s.name)
+        found.add(
+            "SCL001",
+            "error",
+            "outputs match the reference computed without the 1/√d scale: missing scale",
+            s.name,
+        )
         return True
     found.add(
         "SCL002",
@@ -293,7 +304,9 @@ def _name_scale(s: Scenario, name: str, value: float, found: Diagnoses) -> bool:
 
 def _fit_softmax_axis(s: Scenario, attention: Callable, matches: Matcher, found: Diagnoses) -> bool:
     if matches(attention(softmax_dim=-2)):
-        found.add("SMX002", "error", "outputs match softmax over the query axis: softmax over the wrong dim", s.name)
+        found.add(
+            "SMX002", "error", "outputs match softmax over the query axis: softmax over the wrong dim", s.name
+        )
         return True
     return False
 
@@ -331,14 +344,22 @@ def _fit_causal(
             found.add(
                 "MSK005",
                 "error",
-                f"the causal diagonal is off by one: each query {'sees one future key' if leak else 'misses its own key'}",
+                "the causal diagonal is off by one: each query "
+                + ("sees one future key" if leak else "misses the last key it may see"),
                 s.name,
             )
         return True
     return False
 
 
-def _fit_mask(s: Scenario, keep: torch.Tensor | None, bias: torch.Tensor | None, attention: Callable, matches: Matcher, found: Diagnoses) -> bool:
+def _fit_mask(
+    s: Scenario,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    attention: Callable,
+    matches: Matcher,
+    found: Diagnoses,
+) -> bool:
     """How a mask the function was handed was read: added as 0/1, or inverted."""
     if keep is None:
         return False
@@ -363,7 +384,9 @@ def _fit_mask(s: Scenario, keep: torch.Tensor | None, bias: torch.Tensor | None,
     return False
 
 
-def _fit_gqa(s: Scenario, k: torch.Tensor, v: torch.Tensor, attention: Callable, matches: Matcher, found: Diagnoses) -> bool:
+def _fit_gqa(
+    s: Scenario, k: torch.Tensor, v: torch.Tensor, attention: Callable, matches: Matcher, found: Diagnoses
+) -> bool:
     if not s.hk or s.hk == s.h:
         return False
     reps = s.h // s.hk

@@ -404,7 +404,15 @@ def run_scenario(
             reasons.append(f"{label}: mean error {mean_t:.2e} > 1.5 × lowp's {mean_l:.2e} (bias)")
     verdict = "fail" if reasons else "pass"
     return Result(
-        s.name, dtype_name, verdict, worst_forward, bound_forward, worst_grad, bound_grad, reasons, masked_rows
+        s.name,
+        dtype_name,
+        verdict,
+        worst_forward,
+        bound_forward,
+        worst_grad,
+        bound_grad,
+        reasons,
+        masked_rows,
     )
 
 
@@ -443,7 +451,9 @@ def working_precision(impl: Implementation, device: str) -> tuple[str, str]:
     function gives the same derivative at both steps."""
     c = make_case(Scenario("precision", b=1, lq=6, lk=6), 3, device, "upper-left")
     q, k, v = (c[n].double() for n in "qkv")
-    direction = torch.randn(q.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(device)
+    direction = torch.randn(q.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(
+        device
+    )
     try:
         with torch.no_grad():
 
@@ -507,7 +517,8 @@ def probe_grouped_kv(impl: Implementation, device: str) -> str:
             impl.grouped_kv = True
             return "grouped K/V passed as they are (2 KV heads for 4 query heads): its own GQA code is tested"
     except Exception as exc:
-        return f"K/V heads expanded before the call (grouped K/V raised {type(exc).__name__}: {first_line(exc)[:80]})"
+        raised = f"{type(exc).__name__}: {first_line(exc)[:80]}"
+        return f"K/V heads expanded before the call (grouped K/V raised {raised})"
     return "K/V heads expanded before the call (grouped K/V gave a wrongly shaped output)"
 
 
@@ -573,7 +584,13 @@ def sdpa_backends(device: str) -> list[tuple[str, Implementation]]:
         ):
             with sdpa_kernel([backend]):
                 return F.scaled_dot_product_attention(
-                    query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
+                    query,
+                    key,
+                    value,
+                    attn_mask=attn_mask,
+                    is_causal=is_causal,
+                    scale=scale,
+                    enable_gqa=enable_gqa,
                 )
 
         implementation = implementation_of(f"sdpa[{name.lower()}]", run)

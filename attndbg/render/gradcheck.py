@@ -193,7 +193,10 @@ def sweep_sarif(reports: list[SweepReport]) -> str:
                     }
                 },
                 "invocations": [
-                    {"executionSuccessful": True, "exitCode": max((r.exit_code() for r in reports), default=0)}
+                    {
+                        "executionSuccessful": True,
+                        "exitCode": max((r.exit_code() for r in reports), default=0),
+                    }
                 ],
                 "results": results,
             }

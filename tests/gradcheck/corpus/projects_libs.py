@@ -150,7 +150,8 @@ def xformers_reference(query, key, value, attn_mask=None, is_causal=False):
 CASES = [
     {
         "fn": "fairseq_multihead_attention",
-        "source": "facebookresearch/fairseq fairseq/modules/multihead_attention.py@806855bf660ea748ed7ffb42fe8dcc881ca3aca0",
+        "source": "facebookresearch/fairseq fairseq/modules/multihead_attention.py"
+        "@806855bf660ea748ed7ffb42fe8dcc881ca3aca0",
         "args": [],
         "exit": 1,
         "codes": ["MSK001"],
@@ -160,7 +161,8 @@ CASES = [
     },
     {
         "fn": "timm_attention",
-        "source": "huggingface/pytorch-image-models timm/layers/attention.py@f354b305260bfd7c03b44421eb83f6350216d619",
+        "source": "huggingface/pytorch-image-models "
+        "timm/layers/attention.py@f354b305260bfd7c03b44421eb83f6350216d619",
         "args": [],
         "exit": 1,
         "codes": ["MSK003"],
@@ -192,7 +194,8 @@ CASES = [
     },
     {
         "fn": "burn_multihead_attention",
-        "source": "tracel-ai/burn crates/burn-nn/src/modules/attention/mha.rs@141206769ad9e303b70892616ead55b475944c40",
+        "source": "tracel-ai/burn "
+        "crates/burn-nn/src/modules/attention/mha.rs@141206769ad9e303b70892616ead55b475944c40",
         "args": [],
         "exit": 0,
         "codes": ["MSK001"],

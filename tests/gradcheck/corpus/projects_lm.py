@@ -20,7 +20,9 @@ def nanogpt_attention(query, key, value, is_causal=False):
     with T the query length, masked_fill(== 0, -inf), softmax in the input dtype, scale
     1/sqrt(k.size(-1)). nanoGPT has no padding mask."""
     block_size = 64
-    bias = torch.tril(torch.ones(block_size, block_size, device=query.device)).view(1, 1, block_size, block_size)
+    bias = torch.tril(torch.ones(block_size, block_size, device=query.device)).view(
+        1, 1, block_size, block_size
+    )
     att = (query @ key.transpose(-2, -1)) * (1.0 / math.sqrt(key.size(-1)))
     if is_causal:
         t = query.size(-2)
@@ -92,7 +94,9 @@ def _hf_additive(attn_mask, dtype):
         return None
     min_dtype = torch.finfo(dtype).min
     if attn_mask.dtype == torch.bool:
-        return torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(~attn_mask, min_dtype)
+        return torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(
+            ~attn_mask, min_dtype
+        )
     return attn_mask.to(dtype).clamp(min=min_dtype)
 
 
@@ -219,7 +223,8 @@ CASES = [
     },
     {
         "fn": "x_transformers_attend",
-        "source": "lucidrains/x-transformers x_transformers/attend.py@004dd51c1ba44284cdd24b1b9792c83e0039ac24",
+        "source": "lucidrains/x-transformers "
+        "x_transformers/attend.py@004dd51c1ba44284cdd24b1b9792c83e0039ac24",
         "args": ["--causal-align", "lower-right"],
         "exit": 0,
         "codes": ["GRD005", "MSK001"],
@@ -231,7 +236,8 @@ CASES = [
     },
     {
         "fn": "x_transformers_attend",
-        "source": "lucidrains/x-transformers x_transformers/attend.py@004dd51c1ba44284cdd24b1b9792c83e0039ac24",
+        "source": "lucidrains/x-transformers "
+        "x_transformers/attend.py@004dd51c1ba44284cdd24b1b9792c83e0039ac24",
         "args": [],
         "exit": 1,
         "codes": ["MSK006", "GRD005", "MSK001"],

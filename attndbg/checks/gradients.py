@@ -78,7 +78,9 @@ class GradcheckFailed(Check):
         "float64. On the reference attention it fails only where the function is numerically "
         "discontinuous at this input — logits so large that a 1e-6 nudge flips the softmax — so "
         "the gradients the optimiser sees here are meaningless. For a custom implementation "
-        "(`attndbg gradcheck --impl`) a failure means its backward is wrong. Run on a slice "
+        "(`attndbg gradcheck --impl`) a failure means its backward is wrong; a function that "
+        "computes in float32 inside (softmax(dtype=torch.float32)) is judged with the step and "
+        "tolerance float32 allows, not failed for float32 rounding. Run on a slice "
         "(batch 0, up to 4 heads, 4 query rows, 6 keys), named in the evidence."
     )
     fix = """

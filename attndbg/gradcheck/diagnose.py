@@ -327,7 +327,7 @@ def _fit_causal(
     expected = lk - lq if align == "lower-right" else 0
     other = 0 if align == "lower-right" else lk - lq
     for offset in sorted({other, expected - 1, expected + 1} - {expected}, key=lambda o: o != other):
-        keep = torch.ones(lq, lk, dtype=torch.bool).tril(offset)
+        keep = torch.ones(lq, lk, dtype=torch.bool, device=c["q"].device).tril(offset)
         if not matches(attention(mask=keep, is_causal=False)):
             continue
         if offset == other:

@@ -153,7 +153,9 @@ class Implementation:
 
     @property
     def convention(self) -> str:
-        return {"attn_mask": "sdpa", "mask": "seeds"}.get(self.mask_parameter or "", "qkv")
+        return {"attn_mask": "sdpa", "attention_mask": "sdpa", "mask": "seeds"}.get(
+            self.mask_parameter or "", "qkv"
+        )
 
     def accepts(self, s: Scenario) -> str | None:
         """Why the scenario cannot be run, or None."""
@@ -188,6 +190,14 @@ class Implementation:
                 kwargs["attn_mask"] = bias.to(q.dtype)
             elif keep is not None:
                 kwargs["attn_mask"] = keep
+        elif self.mask_parameter == "attention_mask":
+            if bias is not None:
+                kwargs["attention_mask"] = bias.to(q.dtype)
+            elif keep is not None:
+                hidden = torch.finfo(q.dtype).min
+                kwargs["attention_mask"] = torch.zeros(
+                    keep.shape, dtype=q.dtype, device=q.device
+                ).masked_fill(~keep, hidden)
         elif self.mask_parameter == "mask":
             if bias is not None:
                 keep = bias > MASKED_BIAS if keep is None else keep & (bias > MASKED_BIAS)
@@ -218,7 +228,8 @@ def implementation_of(name: str, fn: Callable) -> Implementation:
         names = set(pyinspect.signature(fn).parameters)
     except (TypeError, ValueError):
         names = set()
-    mask = "attn_mask" if "attn_mask" in names else "mask" if "mask" in names else None
+    # attention_mask is Hugging Face's name: an additive float mask, 0 or finfo(dtype).min
+    mask = next((n for n in ("attn_mask", "attention_mask", "mask") if n in names), None)
     return Implementation(
         name,
         fn,
@@ -232,6 +243,7 @@ def implementation_of(name: str, fn: Callable) -> Implementation:
 def describe_convention(impl: Implementation) -> str:
     masks = {
         "attn_mask": "attn_mask (bool True = attend, float added)",
+        "attention_mask": "attention_mask (additive float: 0, or finfo(dtype).min where masked)",
         "mask": "mask (bool, True = attend)",
     }
     taken = [masks[impl.mask_parameter]] if impl.mask_parameter else []

@@ -146,3 +146,11 @@ def noisy(query, key, value):
 
     warnings.warn("this attention is deprecated", UserWarning, stacklevel=2)
     return F.scaled_dot_product_attention(query, key, value)
+
+
+def hf_style(query, key, value, attention_mask=None):
+    """Hugging Face's eager convention: an additive float mask, softmax in float32."""
+    scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(query.size(-1))
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype), value)

@@ -177,3 +177,11 @@ def test_output_file_and_formats_as_inspect(tmp_path) -> None:  # noqa: ANN001
     assert sarif["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
     fixture = ROOT / "fixtures" / "clean_basic.safetensors"
     assert run_cli("gradcheck", str(fixture), "--impl", spec, "-o", str(fixture)).returncode == 2
+
+
+def test_hugging_face_attention_mask_gets_an_additive_mask() -> None:
+    code, data = sweep("hf_style", "--quick")
+    assert code == 0, data["diagnoses"]
+    assert "attention_mask (additive float" in data["convention"]
+    masked = next(d for d in data["diagnoses"] if d["code"] == "MSK001")
+    assert masked["severity"] == "warning"  # finfo.min: a uniform average, as Hugging Face gives

@@ -29,7 +29,7 @@ from attndbg.gradcheck.sweep import (
     Result,
     Scenario,
     SweepReport,
-    _call,
+    call_with,
     make_case,
 )
 from attndbg.report import Severity
@@ -190,7 +190,7 @@ def _fit_scenario(impl: Implementation, s: Scenario, found: Diagnoses, device: s
     causal_only = s.causal and c["keep"] is None
     try:
         with torch.no_grad():
-            test = _call(impl, s, c, causal_only)(c["q"], c["k"], c["v"]).double()
+            test = call_with(impl, s, c, causal_only)(c["q"], c["k"], c["v"]).double()
     except Exception:  # it ran in the sweep; a second call that fails names nothing
         return
     matches = Matcher(test, None if c["dead"] is None else ~c["dead"][..., None])

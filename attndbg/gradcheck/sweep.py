@@ -330,7 +330,8 @@ def _errors(test: torch.Tensor, golden: torch.Tensor) -> tuple[float, float]:
     return float(diff.max()), float(diff.mean())
 
 
-def _call(impl: Implementation, s: Scenario, c: dict, causal_only: bool) -> Callable:
+def call_with(impl: Implementation, s: Scenario, c: dict, causal_only: bool) -> Callable:
+    """The implementation as a function of (q, k, v), with the scenario's mask, causal flag, scale."""
     return lambda q, k, v: impl(q, k, v, keep=c["keep"], bias=c["bias"], causal=causal_only, scale=s.scale)
 
 
@@ -369,7 +370,7 @@ def run_scenario(
     causal_only = s.causal and c["keep"] is None  # a mask, when present, already holds causality
     golden_dtype = torch.float64 if dtype == torch.float32 else torch.float32
     try:
-        test = _grads(_call(impl, s, c, causal_only), c, dtype)
+        test = _grads(call_with(impl, s, c, causal_only), c, dtype)
         if test[0].shape != (s.b, s.h, s.lq, s.dv or s.d):
             raise ValueError(f"output shape {tuple(test[0].shape)}, expected {(s.b, s.h, s.lq, s.dv or s.d)}")
     except Exception as exc:  # the implementation's own failure is a result, not a crash
@@ -438,7 +439,7 @@ def mask_perturbation(impl: Implementation, device: str, align: str) -> tuple[st
         return "skipped", "the implementation takes no mask"
     s = Scenario("perturbation", mask="bool-padding")
     c = make_case(s, 1, device, align)
-    fn = _call(impl, s, c, False)
+    fn = call_with(impl, s, c, False)
     try:
         base = _grads(fn, c, torch.float32)
         masked_keys = ~c["keep"][:, 0, 0]  # (B, Lk)

@@ -210,6 +210,7 @@ def _fit_scenario(impl: Implementation, s: Scenario, found: Diagnoses, device: s
         partial(_fit_softmax_axis, s, attention, matches, found),
         partial(_fit_causal, s, c, impl, attention, matches, found, align),
         partial(_fit_mask, s, handed, c["bias"], attention, matches, found),
+        partial(_fit_mask_after_softmax, s, handed, (q, k, v), matches, found),
         partial(_fit_gqa, s, k, v, attention, matches, found),
     ):
         if fit():
@@ -378,6 +379,30 @@ def _fit_mask(
             "error",
             "outputs match the mask read inverted: True/1 taken as 'masked' (key_padding_mask's "
             "convention) where it means 'attend'",
+            s.name,
+        )
+        return True
+    return False
+
+
+def _fit_mask_after_softmax(
+    s: Scenario, keep: torch.Tensor | None, qkv: tuple[torch.Tensor, ...], matches: Matcher, found: Diagnoses
+) -> bool:
+    """Weights multiplied by the mask after the softmax, not renormalised: rows no longer sum to 1."""
+    if keep is None:
+        return False
+    from attndbg.attention import expand_kv_heads
+
+    q, k, v = qkv
+    k, v = expand_kv_heads(k, q.shape[-3]), expand_kv_heads(v, q.shape[-3])
+    scale = s.scale if s.scale is not None else q.shape[-1] ** -0.5
+    weights = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1) * keep
+    if matches(weights @ v):
+        found.add(
+            "SMX001",
+            "error",
+            "the mask is applied by multiplying the weights after the softmax, without renormalising: "
+            "rows with masked keys sum to less than 1 — mask the scores before the softmax",
             s.name,
         )
         return True

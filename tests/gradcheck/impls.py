@@ -154,3 +154,30 @@ def hf_style(query, key, value, attention_mask=None):
     if attention_mask is not None:
         scores = scores + attention_mask
     return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype), value)
+
+
+def scale_twice(query, key, value, attn_mask=None, is_causal=False):
+    """q is pre-scaled by 1/sqrt(d) and the scores are divided by sqrt(d) again."""
+    return _math(query / math.sqrt(query.size(-1)), key, value, attn_mask, is_causal)
+
+
+def causal_off_by_one(query, key, value, is_causal=False):
+    """Its own causal mask keeps one key too many (tril(1))."""
+    scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(query.size(-1))
+    if is_causal:
+        lq, lk = scores.shape[-2:]
+        scores = scores.masked_fill(~torch.ones(lq, lk, dtype=torch.bool).tril(1), float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), value)
+
+
+def mask_after_softmax(query, key, value, mask=None):
+    """Multiplies the weights by the mask after the softmax and does not renormalise."""
+    weights = torch.softmax(torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(query.size(-1)), dim=-1)
+    if mask is not None:
+        weights = weights * mask
+    return torch.matmul(weights, value)
+
+
+def ignores_scale(query, key, value, scale=None):
+    """Takes a scale and drops it."""
+    return F.scaled_dot_product_attention(query, key, value)

@@ -42,6 +42,10 @@ def test_seeds_style_signature_is_detected_and_passes() -> None:
         ("lower_right_causal", "MSK006", "causal q_len<k_len"),
         ("leaky_mask", "MSK002", None),
         ("wrong_backward", "GRD001", "basic"),
+        ("scale_twice", "SCL002", "basic"),
+        ("causal_off_by_one", "MSK005", "causal q_len<k_len"),
+        ("mask_after_softmax", "SMX001", "padding-bool"),
+        ("ignores_scale", "SCL002", "custom-scale"),
     ],
 )
 def test_buggy_implementation_fails_with_the_right_diagnosis(name: str, code: str, where: str | None) -> None:

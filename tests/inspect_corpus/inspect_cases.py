@@ -120,7 +120,8 @@ def with_sharp_head(q: torch.Tensor, k: torch.Tensor, logit: float, shift: int =
     positions = positions / positions.norm(dim=-1, keepdim=True)
     amplitude = math.sqrt(logit) * d**0.25
     k[:, head] = positions * amplitude
-    q[:, head] = torch.roll(positions, -shift, dims=0) * amplitude + 0.05 * torch.randn(b, length, d, generator=g)
+    noise = 0.05 * torch.randn(b, length, d, generator=g)
+    q[:, head] = torch.roll(positions, -shift, dims=0) * amplitude + noise
     return q, k
 
 
@@ -354,7 +355,8 @@ def _() -> Built:
 def _() -> Built:
     q, k, v = qkv(27, b=3, h=1, lq=20, d=48)
     out = F.scaled_dot_product_attention(q, k, v)
-    tensors = {n: t[:, 0].transpose(0, 1).contiguous() for n, t in {"q": q, "k": k, "v": v, "out": out}.items()}
+    named = {"q": q, "k": k, "v": v, "out": out}
+    tensors = {n: t[:, 0].transpose(0, 1).contiguous() for n, t in named.items()}
     return tensors, {"layout": "sbd"}
 
 
@@ -413,9 +415,10 @@ def _() -> Built:
 @case("hf_left_padded_prefill_unmasked_rows", "clean", note="HF sdpa: fully masked pad rows unmasked")
 def _() -> Built:
     q, k, v = qkv(34, b=2, lq=20)
-    keep = padding_keep([20, 13], 20, left=True).bool()[:, None, None, :] & torch.ones(
-        20, 20, dtype=torch.bool
-    ).tril()
+    keep = (
+        padding_keep([20, 13], 20, left=True).bool()[:, None, None, :]
+        & torch.ones(20, 20, dtype=torch.bool).tril()
+    )
     dead = ~keep.any(-1, keepdim=True)
     keep = keep | dead  # transformers' _unmask_unattended: pad rows attend everywhere
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
@@ -731,10 +734,11 @@ def _() -> Built:
 
 # ---- real MiniLM, captured from padded batches -----------------------------------------------------
 
-WORDS = (
-    "the model reads every token of the sentence and attention mixes their values while padding "
-    "keeps short inputs aligned with long ones in one batch of text for the encoder layers"
-).split()
+WORDS = [
+    *("the", "model", "reads", "every", "token", "of", "the", "sentence", "and", "attention"),
+    *("mixes", "their", "values", "while", "padding", "keeps", "short", "inputs", "aligned"),
+    *("with", "long", "ones", "in", "one", "batch", "of", "text", "for", "the", "encoder", "layers"),
+]
 
 
 def text_of(n_words: int, seed: int) -> str:

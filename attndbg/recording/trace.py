@@ -40,7 +40,9 @@ class LayoutOp:
     after: torch.Size
 
     def apply(self, tensor: torch.Tensor) -> torch.Tensor:
-        return getattr(tensor, self.method)(*self.args, **self.kwargs)
+        # replayed on expanded (non-contiguous) masks, where view() may refuse what reshape() does
+        method = "reshape" if self.method == "view" else self.method
+        return getattr(tensor, method)(*self.args, **self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -361,7 +363,8 @@ def finish(trace: ScoreTrace, scores: torch.Tensor, weights: torch.Tensor) -> Ca
         mask=mask,
         mask_semantics=semantics,
         is_causal=is_causal,
-        scale=trace.scale,
+        # multiplying by 1.0 scales nothing: the same case as no scale step at all
+        scale=None if trace.scale is not None and math.isclose(trace.scale, 1.0) else trace.scale,
         lead=four,
         locations=dict(trace.locations),
         notes=list(trace.notes),

@@ -59,7 +59,8 @@ class Textbook(Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = (p(x).view(b, n, HEADS, HEAD_DIM).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        q, k, v = (p(x).view(b, n, HEADS, HEAD_DIM).transpose(1, 2) for p in projections)
         d_k = q.size(-1)
         mask = _causal(n)
         scores = torch.matmul(q, k.transpose(-2, -1))  # <qk>
@@ -77,7 +78,8 @@ class NanoGPT(Block):
         super().__init__(bug)
         self.c_attn = nn.Linear(D_MODEL, 3 * D_MODEL)
         self.attn_dropout = nn.Dropout(0.1)
-        self.register_buffer("bias", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size))
+        causal = torch.tril(torch.ones(block_size, block_size))
+        self.register_buffer("bias", causal.view(1, 1, block_size, block_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
@@ -102,7 +104,8 @@ class MinGPT(Block):
     def __init__(self, bug: str | None, block_size: int = 64) -> None:
         super().__init__(bug)
         self.key, self.query, self.value = (nn.Linear(D_MODEL, D_MODEL) for _ in range(3))
-        self.register_buffer("mask", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size))
+        causal = torch.tril(torch.ones(block_size, block_size))
+        self.register_buffer("mask", causal.view(1, 1, block_size, block_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
@@ -143,7 +146,8 @@ class Annotated(Block):
         nbatches, n, _ = x.shape
         mask = _padding(nbatches, n).unsqueeze(-2).unsqueeze(1)  # (batch, 1, 1, keys)
         query, key, value = (
-            lin(t).view(nbatches, -1, HEADS, HEAD_DIM).transpose(1, 2) for lin, t in zip(self.linears, (x, x, x))
+            lin(t).view(nbatches, -1, HEADS, HEAD_DIM).transpose(1, 2)
+            for lin, t in zip(self.linears, (x, x, x))
         )
         out, _ = annotated_attention(query, key, value, mask, self.dropout, self.bug)
         out = out.transpose(1, 2).contiguous().view(nbatches, -1, D_MODEL)
@@ -249,7 +253,8 @@ class Llama(Block):
         scaling = self.scaling if self.scaled else 1.0
         attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling  # <qk> <scale>
         attn_weights = attn_weights + causal_mask[:, :, :, : key_states.shape[-2]]  # <mask>
-        attn_weights = F.softmax(attn_weights, dim=self.softmax_dim, dtype=torch.float32).to(query.dtype)  # <softmax>
+        dim = self.softmax_dim
+        attn_weights = F.softmax(attn_weights, dim=dim, dtype=torch.float32).to(query.dtype)  # <softmax>
         attn_weights = F.dropout(attn_weights, p=0.0, training=self.training)
         attn_output = torch.matmul(attn_weights, value_states)
         attn_output = attn_output.transpose(1, 2).contiguous()
@@ -303,7 +308,8 @@ class Fairseq(Block):
         src_len = k.size(1)
         attn_weights = torch.bmm(q, k.transpose(1, 2))  # <qk>
         attn_weights = attn_weights.view(bsz, HEADS, tgt_len, src_len)
-        attn_weights = attn_weights.masked_fill(key_padding_mask.unsqueeze(1).unsqueeze(2), float("-inf"))  # <mask>
+        padded = key_padding_mask.unsqueeze(1).unsqueeze(2)
+        attn_weights = attn_weights.masked_fill(padded, float("-inf"))  # <mask>
         attn_weights = attn_weights.view(bsz * HEADS, tgt_len, src_len)
         attn_probs = F.softmax(attn_weights.float(), dim=self.softmax_dim).type_as(attn_weights)  # <softmax>
         attn = torch.bmm(attn_probs, v)
@@ -336,9 +342,11 @@ class Bloom(Block):
         alibi = (alibi_slopes(HEADS)[:, None] * positions[None, :]).repeat(b, 1)[:, None, :]
         attention_mask = ~_causal(n) if not self.inverted else _causal(n)
         alpha = self.inv_norm_factor if self.scaled else 1.0
-        matmul_result = alibi.baddbmm(batch1=query_layer, batch2=key_layer, beta=self.beta, alpha=alpha)  # <qk> <scale>
+        q, k, beta = query_layer, key_layer, self.beta
+        matmul_result = alibi.baddbmm(batch1=q, batch2=k, beta=beta, alpha=alpha)  # <qk> <scale>
         attention_scores = matmul_result.view(b, HEADS, n, n)
-        attn_weights = torch.masked_fill(attention_scores, attention_mask, torch.finfo(attention_scores.dtype).min)  # <mask>
+        fill = torch.finfo(attention_scores.dtype).min
+        attn_weights = torch.masked_fill(attention_scores, attention_mask, fill)  # <mask>
         attention_probs = F.softmax(attn_weights, dim=self.softmax_dim, dtype=torch.float32)  # <softmax>
         attention_probs_reshaped = attention_probs.view(b * HEADS, n, n)
         context_layer = torch.bmm(attention_probs_reshaped, value_layer)

@@ -108,9 +108,8 @@ def product_with_bias(rec: _Recorder, func: Callable, args: tuple, kwargs: dict)
         scale = alpha if alpha != 1 else None
         started = rec.start(a, b.transpose(-2, -1), result, (rec.traces.get(a), rec.traces.get(b)), scale)
         if started is not None and beta != 0 and isinstance(bias, torch.Tensor):
-            rec.traces.set(
-                result, tr.masked(started, "additive", bias * beta, result.shape, started.locations["qk"])
-            )
+            # a bias (ALiBi), not the user's mask step: no mask location from here
+            rec.traces.set(result, tr.masked(started, "additive", bias * beta, result.shape, None))
     return result
 
 
@@ -173,7 +172,7 @@ def scale(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     if factor is not None and dividing:
         factor = None if factor == 0 or kwargs.get("rounding_mode") else 1.0 / factor
     record = rec.traces.get(tensor)
-    if factor is None:
+    if factor is None or isinstance(record, tr.Broken):
         rec.broken(record, result, func)
     elif isinstance(record, tr.ScoreTrace):
         rec.traces.set(result, tr.scaled(record, factor, rec.here()))

@@ -234,7 +234,7 @@ class _Recorder(TorchFunctionMode):
         if isinstance(result, torch.Tensor):
             for arg in args:
                 record = self.traces.get(arg)
-                if isinstance(record, trace.ScoreTrace):
+                if isinstance(record, (trace.ScoreTrace, trace.Broken)):
                     self.broken(record, result, func)
                     break
         return result
@@ -253,7 +253,9 @@ class _Recorder(TorchFunctionMode):
 
     def broken(self, record: object, result: object, func: object) -> None:
         """A traced score tensor went through ``func``, which the tracer does not follow."""
-        if isinstance(record, trace.ScoreTrace) and isinstance(result, torch.Tensor):
+        if isinstance(record, trace.Broken) and isinstance(result, torch.Tensor):
+            self.traces.set(result, record)  # the first reason stays the reason
+        elif isinstance(record, trace.ScoreTrace) and isinstance(result, torch.Tensor):
             name = getattr(func, "__name__", str(func))
             where = self.here()
             at = f" at {where.file}:{where.line}" if where else ""

@@ -163,6 +163,8 @@ def start(
     q, q_factor = undo_prescale(q, prescales[0])
     k, k_factor = undo_prescale(k, prescales[1])
     locations: dict[str, Location | None] = {"qk": location}
+    if scale is not None:  # baddbmm's alpha: scaled in the product itself
+        locations["scale"] = location
     if q_factor != 1.0 or k_factor != 1.0:
         scale = (1.0 if scale is None else scale) * q_factor * k_factor
         locations["scale"] = next(r.location for r in prescales if isinstance(r, PreScale))
@@ -190,7 +192,8 @@ def masked(
         )
     part = MaskPart(kind, values, shape, len(trace.layout), fill, trace.applied_scale)
     locations = dict(trace.locations)
-    locations.setdefault("mask", location)
+    if locations.get("mask") is None:
+        locations["mask"] = location
     return trace.step(masks=(*trace.masks, part), locations=locations)
 
 

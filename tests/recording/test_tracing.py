@@ -1,0 +1,161 @@
+"""Hand-written attention traced end to end: q/k/v recovered, findings at the user's line.
+
+The models are re-implementations of public projects' attention (tests/models/handwritten.py);
+each line the tracer must point at carries a ``# <step>`` marker.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+from models.handwritten import MASKED, PROJECTS, build, example_input
+
+import attndbg
+from attndbg.recording.recorder import Calls
+
+
+def _capture(model: nn.Module) -> tuple[Calls, torch.Tensor]:
+    x = example_input(model)
+    with torch.no_grad():
+        expected = model(x)
+        with attndbg.capture(model) as calls:
+            got = model(x)
+    # recording does not change what the model computes (NaN included, for the broken variants)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    return calls, x
+
+
+def _marker(call, step: str) -> str:  # noqa: ANN001
+    location = call.locations[step]
+    assert location is not None and location.file.endswith("handwritten.py")
+    return location.code
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_unchanged_code_is_traced_and_clean(project: str) -> None:
+    calls, x = _capture(build(project))
+    assert calls.names() == ["blocks.0", "blocks.1"]
+    for call in calls:
+        assert call.kind == "traced", call.notes
+        assert call.notes == []
+        assert {"q", "k", "v", "scores", "weights", "out"} <= set(call.tensors())
+        b, h, lq, d = call.q.shape
+        # d2l folds the heads into the batch and its scores never show them: (batch·heads, 1)
+        assert (b, h) == ((x.shape[0] * 4, 1) if project == "d2l" else (x.shape[0], 4))
+        assert lq == x.shape[1] and d == 8
+        assert call.k.shape == call.v.shape == call.q.shape
+        assert call.weights.shape == call.scores.shape == (b, h, lq, lq)
+        assert math.isclose(call.scale, 8**-0.5, rel_tol=1e-6)
+        # the recorded out is what the recorded weights do to the recorded v
+        torch.testing.assert_close(call.weights.float() @ call.v.float(), call.out.float(), atol=1e-5, rtol=1e-4)
+        for step in ("qk", "scale", "softmax"):
+            assert f"<{step}>" in _marker(call, step)
+        if project in MASKED:
+            assert "<mask>" in _marker(call, "mask")
+    report = attndbg.diagnose(calls)
+    assert report.counts()["error"] == 0 and report.counts()["warning"] == 0, [
+        (f.code, f.message) for f in report.findings
+    ]
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_missing_scale_is_scl001_proven_by_the_hypotheses(project: str) -> None:
+    calls, _ = _capture(build(project, "no-scale"))
+    assert all(call.kind == "traced" and call.scale is None for call in calls)
+    step = "scale" if "scale" in calls[0].locations else "qk"  # a "* 1.0" step sits on the QK line
+    assert "<qk>" in _marker(calls[0], step)
+    report = attndbg.diagnose(calls)
+    scl = [f for f in report.findings if f.code == "SCL001"]
+    assert len(scl) == 2 and all(f.severity.value == "error" for f in scl)
+    assert all(f.evidence["matches"] == "no scale" for f in scl)
+
+
+@pytest.mark.parametrize("project", MASKED)
+def test_inverted_mask_is_msk004(project: str) -> None:
+    calls, _ = _capture(build(project, "inverted-mask"))
+    assert all(call.kind == "traced" and call.mask is not None for call in calls)
+    assert "<mask>" in _marker(calls[0], "mask")
+    assert "MSK004" in attndbg.diagnose(calls).codes()
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_softmax_over_queries_is_smx002(project: str) -> None:
+    calls, _ = _capture(build(project, "softmax-dim-2"))
+    assert all(call.kind == "traced" for call in calls)
+    assert "<softmax>" in _marker(calls[0], "softmax")
+    assert "SMX002" in attndbg.diagnose(calls).codes()
+
+
+class SoftCapped(nn.Module):
+    """Gemma 2 style logit soft-capping: tanh is not a step the tracer follows."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        scores = 50.0 * torch.tanh(scores / 50.0)
+        return scores.softmax(-1) @ v
+
+
+def test_a_chain_the_tracer_cannot_follow_keeps_scores_and_weights_and_says_why() -> None:
+    q, k, v = (torch.randn(2, 4, 10, 8) for _ in range(3))
+    with attndbg.capture(SoftCapped()) as calls:
+        SoftCapped()(q, k, v)
+        torch.nn.functional.linear(q, k).softmax(-1)  # a product the table does not list
+    capped, linear = calls
+    assert capped.kind == "eager" and capped.q is None and capped.weights is not None
+    assert "tanh" in capped.notes[0] and "test_tracing.py:" in capped.notes[0]
+    assert linear.kind == "eager" and "matmul" in linear.notes[0]
+    assert calls.cases()[0].notes == capped.notes
+
+
+def test_weights_that_never_reach_a_pv_product_are_said_so() -> None:
+    q, k = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
+    with attndbg.capture() as calls:
+        (q @ k.transpose(-2, -1) * 0.5).softmax(-1).sum()
+    (call,) = calls
+    assert call.kind == "traced" and call.v is None and "v/out not recorded" in call.notes[0]
+
+
+def test_log_softmax_is_recorded_as_such() -> None:
+    q, k, v = (torch.randn(1, 2, 6, 4) for _ in range(3))
+    with attndbg.capture() as calls:
+        torch.log_softmax(q @ k.transpose(-2, -1) * 0.5, dim=-1).exp() @ v
+    (call,) = calls
+    assert call.softmax == "log_softmax"
+    torch.testing.assert_close(call.weights.sum(-1), torch.ones(1, 2, 6))
+
+
+def test_recording_keeps_no_tensor_alive() -> None:
+    model = build("nanogpt")
+    x = example_input(model)
+    seen: list[weakref.ref] = []
+
+    def remember(_module, _inputs, output):  # noqa: ANN001
+        seen.append(weakref.ref(output))
+
+    model.blocks[0].c_attn.register_forward_hook(remember)
+    with torch.no_grad(), attndbg.capture(model) as calls:
+        model(x)
+    assert len(calls) == 2
+    assert seen and seen[0]() is None  # the qkv activations died with the forward
+
+
+def test_saved_capture_keeps_locations_and_notes(tmp_path) -> None:  # noqa: ANN001
+    from safetensors import safe_open
+
+    calls, _ = _capture(build("bert", "no-scale"))
+    path = calls.save(tmp_path / "bert.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        keys = set(handle.keys())
+    assert {f"blocks.0.{role}" for role in ("q", "k", "v", "mask", "scores", "weights", "out")} <= keys
+    assert metadata["blocks.0.captured_from"] == "traced"
+    import json
+
+    locations = json.loads(metadata["blocks.0.locations"])
+    assert set(locations) == {"qk", "mask", "softmax", "pv"}
+    assert locations["qk"]["file"].endswith("tests/models/handwritten.py")
+    assert "<qk>" in locations["qk"]["code"] and locations["qk"]["function"] == "forward"

@@ -51,7 +51,8 @@ def test_unchanged_code_is_traced_and_clean(project: str) -> None:
         assert call.weights.shape == call.scores.shape == (b, h, lq, lq)
         assert math.isclose(call.scale, 8**-0.5, rel_tol=1e-6)
         # the recorded out is what the recorded weights do to the recorded v
-        torch.testing.assert_close(call.weights.float() @ call.v.float(), call.out.float(), atol=1e-5, rtol=1e-4)
+        recomputed = call.weights.float() @ call.v.float()
+        torch.testing.assert_close(recomputed, call.out.float(), atol=1e-5, rtol=1e-4)
         for step in ("qk", "scale", "softmax"):
             assert f"<{step}>" in _marker(call, step)
         if project in MASKED:

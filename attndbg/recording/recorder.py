@@ -119,6 +119,7 @@ class Calls:
                     settings=settings,
                     origins=origins,
                     notes=list(call.notes),
+                    locations=call.location_metadata(),
                 )
             )
         return cases

@@ -179,3 +179,26 @@ def test_real_minilm_eager_is_traced_in_every_layer_and_clean() -> None:
         assert call.locations["qk"].file.endswith("modeling_bert.py")
     report = attndbg.diagnose(calls)
     assert report.exit_code() == 0 and report.counts()["warning"] == 0, report.codes()
+
+
+def test_loaded_capture_carries_locations_and_notes_into_the_case(tmp_path) -> None:  # noqa: ANN001
+    from attndbg.loader import iter_cases
+
+    calls, _ = _capture(build("timm", "no-scale"))
+    path = calls.save(tmp_path / "timm.safetensors")
+    case = next(iter(iter_cases([path])))
+    assert case.locations["qk"]["code"].endswith("# <qk>") and case.locations["qk"]["line"] > 0
+    assert "scale" not in case.locations
+    assert any("no scale step" in note for note in case.notes)
+
+
+@pytest.mark.parametrize("value", ["not json", "[1, 2]", '{"qk": {"file": 3, "line": "x"}}', '{"qk": 5}'])
+def test_malformed_location_metadata_is_ignored(tmp_path, value: str) -> None:  # noqa: ANN001
+    from safetensors.torch import save_file
+
+    from attndbg.loader import iter_cases
+
+    path = tmp_path / "odd.safetensors"
+    save_file({"c.weights": torch.full((1, 1, 2, 2), 0.5)}, str(path), metadata={"c.locations": value})
+    (case,) = iter_cases([path])
+    assert case.locations == {}

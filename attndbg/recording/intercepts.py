@@ -109,7 +109,8 @@ def product_with_bias(rec: _Recorder, func: Callable, args: tuple, kwargs: dict)
         started = rec.start(a, b.transpose(-2, -1), result, (rec.traces.get(a), rec.traces.get(b)), scale)
         if started is not None and beta != 0 and isinstance(bias, torch.Tensor):
             # a bias (ALiBi), not the user's mask step: no mask location from here
-            rec.traces.set(result, tr.masked(started, "additive", bias * beta, result.shape, None))
+            bias = bias if beta == 1 else bias * beta
+            rec.traces.set(result, tr.masked(started, "additive", bias, result.shape, None))
     return result
 
 
@@ -190,7 +191,8 @@ def add(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     alpha = kwargs.get("alpha", 1)
     trace_a, trace_b = rec.traces.get(a), rec.traces.get(b)
     if isinstance(trace_a, tr.ScoreTrace) and isinstance(b, torch.Tensor) and not _is_chain(trace_b):
-        rec.traces.set(result, tr.masked(trace_a, "additive", b * alpha, result.shape, rec.here()))
+        bias = b if alpha == 1 else b * alpha
+        rec.traces.set(result, tr.masked(trace_a, "additive", bias, result.shape, rec.here()))
     elif (
         isinstance(trace_b, tr.ScoreTrace)
         and isinstance(a, torch.Tensor)

@@ -30,12 +30,19 @@ class Location:
         return f"{self.file}:{self.line}  {self.code}"
 
 
+_shown: dict[tuple[str, str], str] = {}
+
+
 def _shown_path(filename: str) -> str:
-    path = Path(filename)
-    try:
-        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except (ValueError, OSError):
-        return filename
+    cwd = os.getcwd()
+    shown = _shown.get((filename, cwd))
+    if shown is None:
+        try:
+            shown = Path(filename).resolve().relative_to(Path(cwd).resolve()).as_posix()
+        except (ValueError, OSError):
+            shown = filename
+        _shown[(filename, cwd)] = shown
+    return shown
 
 
 _resolved: dict[str, bool] = {}

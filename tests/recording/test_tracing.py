@@ -202,3 +202,11 @@ def test_malformed_location_metadata_is_ignored(tmp_path, value: str) -> None:  
     save_file({"c.weights": torch.full((1, 1, 2, 2), 0.5)}, str(path), metadata={"c.locations": value})
     (case,) = iter_cases([path])
     assert case.locations == {}
+
+
+def test_dropout_on_the_weights_is_recorded_in_training() -> None:
+    model = build("nanogpt").train()
+    with torch.no_grad(), attndbg.capture(model) as calls:
+        model(example_input(model))
+    assert [call.dropout_p for call in calls] == [0.1, 0.1]
+    assert all(call.v is not None for call in calls)  # dropout sits between softmax and PV

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from models.handwritten import MASKED, PROJECTS, build, example_input
 
 import attndbg
@@ -210,3 +211,54 @@ def test_dropout_on_the_weights_is_recorded_in_training() -> None:
         model(example_input(model))
     assert [call.dropout_p for call in calls] == [0.1, 0.1]
     assert all(call.v is not None for call in calls)  # dropout sits between softmax and PV
+
+
+def _decode_step(q, k, v):  # noqa: ANN001, ANN202 - one new token against a cache of keys
+    scores = q[:, :, -1:] @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def _single_sequence(q, k, v):  # noqa: ANN001, ANN202 - 2-D, no batch, no heads
+    q, k, v = q[0, 0], k[0, 0], v[0, 0]
+    return (q @ k.T * q.shape[-1] ** -0.5).softmax(-1) @ v
+
+
+def _gpt2_where(q, k, v):  # noqa: ANN001, ANN202 - HF GPT-2 eager: 0-d divisor, torch.where keep mask
+    n = q.shape[-2]
+    scores = torch.matmul(q, k.transpose(-1, -2)) / torch.full([], q.shape[-1] ** 0.5)
+    keep = torch.ones(n, n, dtype=torch.bool).tril()
+    scores = torch.where(keep, scores, torch.full([], torch.finfo(scores.dtype).min))
+    return torch.matmul(F.softmax(scores, dim=-1).type(v.dtype), v)
+
+
+def _half_precision(q, k, v):  # noqa: ANN001, ANN202 - float16 scores, float32 softmax
+    q, k, v = q.half(), k.half(), v.half()
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k).mul_(q.shape[-1] ** -0.5)
+    return torch.einsum("bhqk,bhkd->bhqd", scores.float().softmax(-1).half(), v)
+
+
+def _in_place_steps(q, k, v):  # noqa: ANN001, ANN202 - /=, masked_fill_, scale applied after a bias
+    n = q.shape[-2]
+    scores = q @ k.transpose(-2, -1)
+    scores += torch.linspace(0, 1, n)  # a bias before the scale is scaled with the logits
+    scores /= math.sqrt(q.shape[-1])
+    scores.masked_fill_(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+@pytest.mark.parametrize(
+    "attention", [_decode_step, _single_sequence, _gpt2_where, _half_precision, _in_place_steps]
+)
+def test_other_spellings_are_traced_and_clean(attention) -> None:  # noqa: ANN001
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 12, 16, generator=generator) * 1.5 for _ in range(3))
+    with attndbg.capture() as calls:
+        attention(q, k, v)
+    (call,) = calls
+    assert call.kind == "traced" and call.notes == [], call.notes
+    assert call.q.dim() == 4 and call.out is not None
+    assert math.isclose(call.scale, 16**-0.5, rel_tol=1e-3)
+    report = attndbg.diagnose(calls)
+    assert report.counts()["error"] == 0 and report.counts()["warning"] == 0, [
+        (f.code, f.message) for f in report.findings
+    ]

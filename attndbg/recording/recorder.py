@@ -438,6 +438,22 @@ class _Recorder(TorchFunctionMode):
         call.out = _copy(out.reshape(*lead, *out.shape[-2:]))
         call.locations["pv"] = self.here()
         call.notes = [n for n in call.notes if n != NO_PV_PRODUCT]
+        group = _shared_heads(call.k, call.v)
+        if group > 1:  # repeat_kv before the products: record what SDPA with enable_gqa sees
+            call.k, call.v, call.enable_gqa = call.k[:, ::group].clone(), call.v[:, ::group].clone(), True
+
+
+def _shared_heads(k: torch.Tensor, v: torch.Tensor) -> int:
+    """The largest number of consecutive query heads that read identical k and v heads (the
+    grouped-query layout ``repeat_kv`` / ``repeat_interleave`` produces), else 1."""
+    heads = k.shape[1]
+    for group in range(heads, 1, -1):
+        if heads % group:
+            continue
+        grouped = [t.reshape(t.shape[0], heads // group, group, *t.shape[2:]) for t in (k, v)]
+        if all(bool((t == t[:, :, :1]).all()) for t in grouped):
+            return group
+    return 1
 
 
 def _mha_mask(attn_mask, key_padding_mask, batch, heads, lq, lk):  # noqa: ANN001, ANN202

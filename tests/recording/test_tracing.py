@@ -49,11 +49,14 @@ def test_unchanged_code_is_traced_and_clean(project: str) -> None:
         # d2l folds the heads into the batch and its scores never show them: (batch·heads, 1)
         assert (b, h) == ((x.shape[0] * 4, 1) if project == "d2l" else (x.shape[0], 4))
         assert lq == x.shape[1] and d == 8
-        assert call.k.shape == call.v.shape == call.q.shape
+        if project == "llama":  # repeat_kv undone: two key/value heads shared by four query heads
+            assert call.enable_gqa and call.k.shape == call.v.shape == (b, 2, lq, d)
+        else:
+            assert not call.enable_gqa and call.k.shape == call.v.shape == call.q.shape
         assert call.weights.shape == call.scores.shape == (b, h, lq, lq)
         assert math.isclose(call.scale, 8**-0.5, rel_tol=1e-6)
         # the recorded out is what the recorded weights do to the recorded v
-        recomputed = call.weights.float() @ call.v.float()
+        recomputed = call.weights.float() @ call.v.float().repeat_interleave(h // call.v.shape[1], dim=1)
         torch.testing.assert_close(recomputed, call.out.float(), atol=1e-5, rtol=1e-4)
         for step in ("qk", "scale", "softmax"):
             assert f"<{step}>" in _marker(call, step)

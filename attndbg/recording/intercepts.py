@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from attndbg.recording import trace as tr
 
 if TYPE_CHECKING:
-    from attndbg.recording.recorder import _Recorder
+    from attndbg.recording.recorder import Recorder
 
-Handler = Callable[["_Recorder", Callable, tuple, dict], Any]
+Handler = Callable[["Recorder", Callable, tuple, dict], Any]
 INTERCEPTS: dict[Any, Handler] = {}
 
 
@@ -64,7 +64,7 @@ def _is_activation(tensor: Any) -> bool:
 
 
 @intercept("F.scaled_dot_product_attention")
-def sdpa(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     rec.record_sdpa(dict(zip(names, args)) | kwargs)
     return func(*args, **kwargs)
@@ -73,10 +73,37 @@ def sdpa(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
 INTERCEPTS[torch.ops.aten.scaled_dot_product_attention.default] = sdpa
 
 
-@intercept("F.multi_head_attention_forward")
-def multi_head_attention(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
-    from attndbg.recording.recorder import MHA_ARGUMENTS
+MHA_ARGUMENTS = (
+    "query",
+    "key",
+    "value",
+    "embed_dim_to_check",
+    "num_heads",
+    "in_proj_weight",
+    "in_proj_bias",
+    "bias_k",
+    "bias_v",
+    "add_zero_attn",
+    "dropout_p",
+    "out_proj_weight",
+    "out_proj_bias",
+    "training",
+    "key_padding_mask",
+    "need_weights",
+    "attn_mask",
+    "use_separate_proj_weight",
+    "q_proj_weight",
+    "k_proj_weight",
+    "v_proj_weight",
+    "static_k",
+    "static_v",
+    "average_attn_weights",
+    "is_causal",
+)
 
+
+@intercept("F.multi_head_attention_forward")
+def multi_head_attention(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     rec.record_mha(dict(zip(MHA_ARGUMENTS, args)) | kwargs)
     return func(*args, **kwargs)
 
@@ -85,7 +112,7 @@ def multi_head_attention(rec: _Recorder, func: Callable, args: tuple, kwargs: di
 
 
 @intercept("torch.matmul", "Tensor.matmul", "Tensor.__matmul__", "torch.bmm", "Tensor.bmm")
-def product(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def product(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     a = _argument(args, kwargs, 0, "input")
     b = _argument(args, kwargs, 1, "other", "mat2")
     result = func(*args, **kwargs)
@@ -97,7 +124,7 @@ def product(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
 
 
 @intercept("torch.baddbmm", "Tensor.baddbmm")
-def product_with_bias(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def product_with_bias(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     """``beta·input + alpha·(batch1 @ batch2)``: alpha is the scale, input an additive bias."""
     bias = _argument(args, kwargs, 0, "input")
     a = _argument(args, kwargs, 1, "batch1")
@@ -126,7 +153,7 @@ def _einsum_roles(equation: str) -> tuple[list[str], list[str], list[str]] | Non
 
 
 @intercept("torch.einsum")
-def einsum(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def einsum(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     """``'…id,…jd->…ij'`` is a QK product (x-transformers); ``'…ij,…jd->…id'`` after a
     traced softmax is the PV product."""
     result = func(*args, **kwargs)
@@ -160,7 +187,7 @@ def einsum(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     "torch.mul", "Tensor.mul", "Tensor.mul_", "Tensor.__mul__", "Tensor.__rmul__", "Tensor.__imul__",
     "torch.div", "Tensor.div", "Tensor.div_", "Tensor.__truediv__", "Tensor.__itruediv__",
 )  # fmt: skip
-def scale(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def scale(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     tensor, other = _argument(args, kwargs, 0, "input"), _argument(args, kwargs, 1, "other")
     dividing = "div" in func.__name__
     swapped = not isinstance(rec.traces.get(tensor), tr.ScoreTrace) and isinstance(
@@ -184,7 +211,7 @@ def scale(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
 
 
 @intercept("torch.add", "Tensor.add", "Tensor.add_", "Tensor.__add__", "Tensor.__radd__", "Tensor.__iadd__")
-def add(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def add(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     """Adding a tensor to the scores: an additive mask or bias (ALiBi, T5, HF's causal mask)."""
     a, b = _argument(args, kwargs, 0, "input"), _argument(args, kwargs, 1, "other")
     result = func(*args, **kwargs)
@@ -211,7 +238,7 @@ def _is_chain(record: Any) -> bool:
 
 
 @intercept("torch.masked_fill", "Tensor.masked_fill", "Tensor.masked_fill_")
-def masked_fill(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def masked_fill(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     tensor = _argument(args, kwargs, 0, "input")
     condition = _argument(args, kwargs, 1, "mask")
     fill = tr.scalar_value(_argument(args, kwargs, 2, "value"))
@@ -221,7 +248,7 @@ def masked_fill(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> An
 
 
 @intercept("Tensor.__setitem__")
-def set_item(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def set_item(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     """``scores[~mask] = -1e6`` (d2l's masked softmax): a drop mask, in place."""
     tensor, index, value = args[0], args[1], args[2]
     func(*args, **kwargs)
@@ -234,7 +261,7 @@ def set_item(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
 
 
 @intercept("torch.where")
-def where(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def where(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     """``torch.where(keep, scores, -inf)`` keeps where True; ``where(drop, -inf, scores)`` drops."""
     result = func(*args, **kwargs)
     if len(args) != 3:
@@ -251,7 +278,7 @@ def where(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     *(f"Tensor.{name}" for name in tr.LAYOUT_METHODS),
     "torch.reshape", "torch.permute", "torch.transpose", "torch.flatten", "torch.unflatten",
 )  # fmt: skip
-def layout(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def layout(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     result = func(*args, **kwargs)
     tensor, rest = args[0], args[1:]
     record = rec.traces.get(tensor)
@@ -264,8 +291,7 @@ def layout(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         rec.traces.set(result, tr.relaid(record, op))
     elif isinstance(record, tr.WeightsTrace):
         op = tr.LayoutOp(func.__name__, tuple(rest), dict(kwargs), tensor.shape, result.shape)
-        kept = op.method not in ("permute", "transpose") or tr._keeps_last_two(op)
-        rec.traces.set(result, tr.WeightsTrace(record.call, record.reordered or not kept))
+        rec.traces.set(result, tr.WeightsTrace(record.call, record.reordered or not op.keeps_last_two))
     else:
         rec.traces.set(result, record)
     return result
@@ -275,7 +301,7 @@ def layout(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     "Tensor.float", "Tensor.half", "Tensor.bfloat16", "Tensor.double",
     "Tensor.to", "Tensor.type_as", "Tensor.type",
 )  # fmt: skip
-def cast(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def cast(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     result = func(*args, **kwargs)
     record = rec.traces.get(args[0])
     if record is not None and isinstance(result, torch.Tensor):
@@ -289,7 +315,7 @@ def cast(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
 @intercept(
     "torch.softmax", "F.softmax", "Tensor.softmax", "torch.log_softmax", "F.log_softmax", "Tensor.log_softmax"
 )
-def softmax(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def softmax(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     scores = _argument(args, kwargs, 0, "input")
     dim = _argument(args, kwargs, 1, "dim")
     result = func(*args, **kwargs)
@@ -299,7 +325,7 @@ def softmax(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
 
 
 @intercept("F.dropout", "torch.dropout", "Tensor.dropout")
-def dropout(rec: _Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+def dropout(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     tensor = _argument(args, kwargs, 0, "input")
     p = float(_argument(args, kwargs, 1, "p", default=0.5))
     training = bool(_argument(args, kwargs, 2, "training", "train", default=True))

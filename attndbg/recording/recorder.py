@@ -171,33 +171,6 @@ class Calls:
         return path
 
 
-MHA_ARGUMENTS = (
-    "query",
-    "key",
-    "value",
-    "embed_dim_to_check",
-    "num_heads",
-    "in_proj_weight",
-    "in_proj_bias",
-    "bias_k",
-    "bias_v",
-    "add_zero_attn",
-    "dropout_p",
-    "out_proj_weight",
-    "out_proj_bias",
-    "training",
-    "key_padding_mask",
-    "need_weights",
-    "attn_mask",
-    "use_separate_proj_weight",
-    "q_proj_weight",
-    "k_proj_weight",
-    "v_proj_weight",
-    "static_k",
-    "static_v",
-    "average_attn_weights",
-    "is_causal",
-)
 NO_QK_PRODUCT = (
     "q/k/v not recorded: the softmax input does not come from a matmul, @, bmm, baddbmm or "
     "einsum seen while recording"
@@ -215,7 +188,7 @@ def _four_d(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *t.shape[-3:]) if t.dim() > 4 else t
 
 
-class _Recorder(TorchFunctionMode):
+class Recorder(TorchFunctionMode):
     """Sees SDPA (also as the aten op inside torch.export programs), the functional core of
     nn.MultiheadAttention (which hides its SDPA call), and hand-written attention: the chain
     from a QK product through scale, masks and softmax to the PV product (see
@@ -509,7 +482,7 @@ def capture(
             handles.append(module.register_forward_pre_hook(push))
             handles.append(module.register_forward_hook(pop))
     try:
-        with _Recorder(calls, stack, layers, max_calls):
+        with Recorder(calls, stack, layers, max_calls):
             yield calls
     finally:
         for handle in handles:

@@ -50,6 +50,21 @@ class LayoutOp:
         method = "reshape" if self.method == "view" else self.method
         return getattr(tensor, method)(*self.args, **self.kwargs)
 
+    @property
+    def keeps_last_two(self) -> bool:
+        """Whether the (query, key) axes stay the last two, in order."""
+        if self.method == "contiguous":
+            return True
+        rank = len(self.before)
+        if self.method == "permute":
+            packed = len(self.args) == 1 and isinstance(self.args[0], (tuple, list))
+            dims = tuple(_normalise_dim(int(d), rank) for d in (self.args[0] if packed else self.args))
+            return dims[-2:] == (rank - 2, rank - 1)
+        if self.method == "transpose":
+            dims = [_normalise_dim(int(d), rank) for d in (*self.args, *self.kwargs.values())][:2]
+            return all(d < rank - 2 for d in dims) or dims[0] == dims[1]
+        return self.before[-2:] == self.after[-2:]
+
 
 @dataclass(frozen=True)
 class MaskPart:
@@ -231,20 +246,6 @@ def _normalise_dim(dim: int, rank: int) -> int:
     return dim + rank if dim < 0 else dim
 
 
-def _keeps_last_two(op: LayoutOp) -> bool:
-    if op.method == "contiguous":
-        return True
-    rank = len(op.before)
-    if op.method == "permute":
-        dims = op.args[0] if len(op.args) == 1 and isinstance(op.args[0], (tuple, list)) else op.args
-        dims = tuple(_normalise_dim(int(d), rank) for d in dims)
-        return dims[-2:] == (rank - 2, rank - 1)
-    if op.method == "transpose":
-        dims = [_normalise_dim(int(d), rank) for d in (*op.args, *op.kwargs.values())][:2]
-        return all(d < rank - 2 for d in dims) or dims[0] == dims[1]
-    return op.before[-2:] == op.after[-2:]
-
-
 def bring_to_scores(operand: torch.Tensor, layout: tuple[LayoutOp, ...], lead: torch.Size) -> torch.Tensor:
     """q or k ((..., L, D), broadcast to the product's leading dims ``lead``) laid out like the
     final scores: the scores' layout operations replayed on the leading dimensions."""
@@ -254,7 +255,7 @@ def bring_to_scores(operand: torch.Tensor, layout: tuple[LayoutOp, ...], lead: t
         final = layout[-1].after if layout else None
         return operand if final is None else operand.reshape(*final[:-2], *operand.shape[-2:])
     for op in layout:
-        if not _keeps_last_two(op):
+        if not op.keeps_last_two:
             raise Untraceable(
                 f"the scores were rearranged by {op.method}{tuple(op.args)} across the query/key "
                 "axes, which attndbg cannot undo on q and k"

@@ -1,9 +1,12 @@
-"""Record every attention call of a model without editing its code (design §6).
+"""Record every attention call of a model without editing its code.
 
 A ``TorchFunctionMode`` sees each ``F.scaled_dot_product_attention`` call (HF ``sdpa``,
 nanoGPT, LLaMA-style, timm), copies q, k, v, attn_mask, is_causal, scale and enable_gqa
 with the name of the innermost module that was running, and lets the call proceed
-unchanged. Module names come from forward pre/post hooks.
+unchanged. Module names come from forward pre/post hooks. Hand-written attention is traced
+from its QK product to its PV product (:mod:`attndbg.recording.trace`); which operations the
+mode looks at is one table (:mod:`attndbg.recording.intercepts`). Every call keeps the user's
+source line of each step (:mod:`attndbg.recording.location`).
 
     with attndbg.capture(model) as calls:
         model(**inputs)
@@ -125,7 +128,8 @@ class Calls:
         return cases
 
     def save(self, path: str | Path) -> Path:
-        """Write the design §2 format atomically: a temporary file in the same folder, then rename."""
+        """Write the capture as a safetensors file of cases (``NAME.q``, ``NAME.weights``, … and
+        ``NAME.*`` metadata) atomically: a temporary file in the same folder, then a rename."""
         from safetensors.torch import save_file
 
         path = Path(path)

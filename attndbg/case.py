@@ -165,3 +165,21 @@ def locations_from_metadata(value: str | None) -> dict[str, dict[str, Any]]:
         and isinstance(where.get("line"), int)
         and not isinstance(where.get("line"), bool)
     }
+
+
+# Which recorded step a finding of each stage is about; the first one recorded wins, then the
+# call itself (an SDPA line, or the QK product of hand-written attention).
+STEPS_FOR_STAGE: dict[str, tuple[str, ...]] = {
+    "scaling": ("scale", "qk"),
+    "mask": ("mask",),
+    "softmax": ("softmax",),
+}
+CALL_STEPS = ("call", "qk", "softmax")
+
+
+def step_location(locations: dict[str, dict[str, Any]], stage: str) -> dict[str, Any] | None:
+    """The user's source line a finding of ``stage`` points at, from a case's recorded steps."""
+    for step in (*STEPS_FOR_STAGE.get(str(stage), ()), *CALL_STEPS):
+        if step in locations:
+            return locations[step]
+    return None

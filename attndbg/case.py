@@ -179,7 +179,7 @@ CALL_STEPS = ("call", "qk", "softmax")
 
 def step_location(locations: dict[str, dict[str, Any]], stage: str) -> dict[str, Any] | None:
     """The user's source line a finding of ``stage`` points at, from a case's recorded steps."""
-    for step in (*STEPS_FOR_STAGE.get(str(stage), ()), *CALL_STEPS):
+    for step in (*STEPS_FOR_STAGE.get(getattr(stage, "value", stage), ()), *CALL_STEPS):
         if step in locations:
             return locations[step]
     return None

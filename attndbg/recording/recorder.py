@@ -19,8 +19,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from attndbg._io import atomic_write
 from attndbg.case import Case, Settings
 from attndbg.recording import trace
 from attndbg.recording.intercepts import INTERCEPTS
@@ -129,7 +128,7 @@ class Calls:
 
     def save(self, path: str | Path) -> Path:
         """Write the capture as a safetensors file of cases (``NAME.q``, ``NAME.weights``, … and
-        ``NAME.*`` metadata) atomically: a temporary file in the same folder, then a rename."""
+        ``NAME.*`` metadata) atomically (:func:`attndbg._io.atomic_write`)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -161,18 +160,7 @@ class Calls:
         if self.tokens:
             metadata["tokens"] = json.dumps(self.tokens)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, temporary, metadata=metadata)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
 
 NO_QK_PRODUCT = (

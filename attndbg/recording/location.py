@@ -5,29 +5,15 @@ from __future__ import annotations
 import linecache
 import os
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 import attndbg
+from attndbg.report import Location
 
 # Frames from these folders are machinery, not the user's attention code.
 _SKIPPED_ROOTS = tuple(str(Path(package.__file__).resolve().parent) + os.sep for package in (torch, attndbg))
-
-
-@dataclass(frozen=True)
-class Location:
-    file: str  # relative to the current directory when below it
-    line: int
-    function: str
-    code: str
-
-    def to_dict(self) -> dict[str, str | int]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}  {self.code}"
 
 
 _shown: dict[tuple[str, str], str] = {}

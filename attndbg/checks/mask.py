@@ -292,8 +292,14 @@ causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the dia
             )
             return
         rows_identical = lq == 1 or bool((keep == keep[..., :1, :]).all())
-        if rows_identical and h == 1 and ctx.mask_semantics in (MaskSemantics.KEEP, MaskSemantics.DROP):
+        if rows_identical and h == 1 and ctx.mask_semantics is not None:
             profile = _padding_profile(keep[:, 0, 0, :])
+            cause = (
+                "a 0/1 attention mask turned into a bias the wrong way round (mask · min "
+                "instead of (1 − mask) · min)"
+                if ctx.mask_semantics == MaskSemantics.ADDITIVE
+                else "True = pad given where True = attend"
+            )
             if (
                 profile
                 and profile["kept_suffix"]
@@ -302,7 +308,7 @@ causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the dia
                 yield Hit(
                     f"read as {ctx.mask_semantics}, the padding mask keeps a suffix of each row "
                     f"({profile['kept_fraction']:.0%} of keys kept, {profile['rows_fully_masked']} "
-                    "samples fully masked): it looks like True = pad given where True = attend",
+                    f"samples fully masked): it looks like {cause}",
                     {**profile, "semantics": ctx.mask_semantics, "decided_from": "mask structure"},
                     severity=Severity.WARNING,
                 )

@@ -382,6 +382,35 @@ class XTransformers(Block):
         return self.to_out(out.transpose(1, 2).reshape(b, n, D_MODEL))
 
 
+# huggingface/transformers, models/gemma2/modeling_gemma2.py, eager_attention_forward: the
+# logits are soft-capped with tanh before the causal mask (finfo.min) is added. tanh is not a
+# step the tracer follows: the call falls back to scores and weights, and says why.
+class Gemma2(Block):
+    SOFTCAP = 50.0
+
+    def __init__(self, bug: str | None) -> None:
+        super().__init__(bug)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(D_MODEL, D_MODEL) for _ in range(4))
+        self.scaling = HEAD_DIM**-0.5
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        b, n, _ = hidden_states.shape
+        query, key_states, value_states = (
+            p(hidden_states).view(b, n, HEADS, HEAD_DIM).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        causal_mask = torch.full((n, n), torch.finfo(hidden_states.dtype).min).triu(1)
+        attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * self.scaling
+        attn_weights = attn_weights / self.SOFTCAP
+        attn_weights = torch.tanh(attn_weights)  # <softcap>
+        attn_weights = attn_weights * self.SOFTCAP
+        attn_weights = attn_weights + causal_mask
+        attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+        attn_output = torch.matmul(attn_weights, value_states).transpose(1, 2).reshape(b, n, D_MODEL)
+        return self.o_proj(attn_output)
+
+
+FALLBACKS: dict[str, type[Block]] = {"gemma2": Gemma2}
 PROJECTS: dict[str, type[Block]] = {
     "textbook": Textbook,
     "nanogpt": NanoGPT,
@@ -419,7 +448,7 @@ def build(project: str, bug: str | None = None, seed: int = 0) -> Stack:
     """A seeded two-block model; projections are widened so that attention is not uniform at
     initialisation (a trained model's logits spread; PyTorch's default init barely does)."""
     torch.manual_seed(seed)
-    model = Stack(PROJECTS[project], bug).eval()
+    model = Stack({**PROJECTS, **FALLBACKS}[project], bug).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if parameter.dim() == 2 and "embed" not in name:
@@ -432,3 +461,8 @@ def example_input(model: Stack, batch: int = 2, length: int = 16) -> torch.Tenso
     if model.embed is not None:
         return torch.randint(0, model.embed.num_embeddings, (batch, length), generator=generator)
     return torch.randn(batch, length, D_MODEL, generator=generator)
+
+
+def gemma2_softcap() -> Stack:
+    """``tests/models/handwritten.py:gemma2_softcap`` for the CLI: a chain that falls back."""
+    return build("gemma2")

@@ -7,6 +7,7 @@ each line the tracer must point at carries a ``# <step>`` marker.
 from __future__ import annotations
 
 import gc
+import json
 import math
 
 import pytest
@@ -265,3 +266,29 @@ def test_other_spellings_are_traced_and_clean(attention) -> None:  # noqa: ANN00
     assert report.counts()["error"] == 0 and report.counts()["warning"] == 0, [
         (f.code, f.message) for f in report.findings
     ]
+
+
+def test_a_soft_capped_model_falls_back_and_the_report_reads_its_scores_right(tmp_path) -> None:  # noqa: ANN001
+    from conftest import ROOT, run_cli
+
+    out = tmp_path / "gemma2.safetensors"
+    factory = f"{ROOT / 'tests' / 'models' / 'handwritten.py'}:gemma2_softcap"
+    captured = run_cli("capture", factory, "-o", str(out))
+    assert captured.returncode == 0, captured.stderr
+    text = " ".join(captured.stdout.split())
+    assert "blocks.0 eager — 2×4×16×16 —" in text  # no q/k/v, the weights in their own column
+    assert "2 call(s): q/k/v not recorded: the scores go through tanh at" in text
+    assert "handwritten.py" in text
+    data = json.loads(run_cli("inspect", str(out), "--format", "json").stdout)
+    case = data["cases"][0]
+    assert any("tanh" in guess for guess in case["guesses"])
+    # the causal fill (finfo.min) in the saved scores is a masked key, not a logit of 3.4e38
+    assert 0 < max(head["max_logit"] for head in case["heads"]) < 100
+    from attndbg.context import CaseContext
+    from attndbg.heatmap import build_heatmap
+    from attndbg.loader import iter_cases
+
+    heatmap = build_heatmap(CaseContext(next(iter(iter_cases([out])))))
+    masked = torch.tensor(heatmap.masked)
+    future = torch.ones_like(masked).triu(1)
+    assert masked[future].all() and not masked[~future].any()  # the future, hatched

@@ -1,0 +1,203 @@
+"""The architecture zoo: tiny random-init Hugging Face models, one config per architecture.
+
+Each entry is what a user would train at full size, shrunk to 2 layers and small widths so the
+whole table runs in seconds. Widths go through each config's own argument names (GPT-2's
+``n_embd``, T5's ``d_model`` …) because not every config maps ``hidden_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+VOCAB = 128
+TEXT = dict(vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+# The common LLaMA-family spelling of "2 layers, 4 query heads over 2 key/value heads".
+LLAMA_LIKE = dict(
+    TEXT,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+BERT_LIKE = dict(
+    TEXT, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, type_vocab_size=2
+)
+BART_LIKE = dict(
+    TEXT,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    decoder_start_token_id=2,
+)
+GPT_LIKE = dict(
+    vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=2
+)
+VISION = dict(
+    image_size=32,
+    patch_size=8,
+    num_channels=3,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+)
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str  # the model_type
+    family: str  # "decoder" | "encoder" | "encoder-decoder" | "vision" | "audio" | "text-vision"
+    config: dict[str, Any] = field(default_factory=dict)
+    implementations: tuple[str, ...] = ("sdpa", "eager")
+    sliding_window: int | None = None  # set: the config restricts attention to this many keys
+
+    @property
+    def has_decoder(self) -> bool:
+        """An encoder-decoder (text or speech): cross-attention, and a decoder cache."""
+        return self.family == "encoder-decoder" or self.name == "whisper"
+
+    @property
+    def has_cache(self) -> bool:
+        return self.family == "decoder" or self.has_decoder
+
+
+ZOO: list[Arch] = [
+    # decoder-only
+    Arch("gpt2", "decoder", GPT_LIKE),
+    Arch("llama", "decoder", LLAMA_LIKE),
+    Arch("mistral", "decoder", dict(LLAMA_LIKE, sliding_window=6), sliding_window=6),
+    Arch("qwen2", "decoder", LLAMA_LIKE),
+    Arch("qwen3", "decoder", dict(LLAMA_LIKE, head_dim=8)),
+    Arch("phi", "decoder", dict(LLAMA_LIKE, num_key_value_heads=4)),
+    Arch("phi3", "decoder", dict(LLAMA_LIKE, pad_token_id=0)),
+    Arch("gemma", "decoder", dict(LLAMA_LIKE, head_dim=8)),
+    Arch(
+        "gemma2",
+        "decoder",
+        dict(LLAMA_LIKE, head_dim=8, sliding_window=6, attn_logit_softcapping=None),
+        implementations=("eager",),
+        sliding_window=6,
+    ),
+    Arch("gpt_neox", "decoder", dict(LLAMA_LIKE)),
+    Arch(
+        "opt",
+        "decoder",
+        dict(
+            TEXT,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+        ),
+    ),
+    Arch("falcon", "decoder", dict(TEXT, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)),
+    Arch("bloom", "decoder", dict(TEXT, hidden_size=32, n_layer=2, n_head=4), implementations=("eager",)),
+    Arch("gptj", "decoder", dict(GPT_LIKE, rotary_dim=4)),
+    Arch("starcoder2", "decoder", dict(LLAMA_LIKE, sliding_window=None)),
+    Arch("gpt_bigcode", "decoder", GPT_LIKE),
+    Arch("olmo2", "decoder", LLAMA_LIKE),
+    Arch("stablelm", "decoder", LLAMA_LIKE),
+    # encoder-only
+    Arch("bert", "encoder", BERT_LIKE),
+    Arch("roberta", "encoder", dict(BERT_LIKE, max_position_embeddings=66, pad_token_id=1)),
+    Arch("xlm-roberta", "encoder", dict(BERT_LIKE, max_position_embeddings=66, pad_token_id=1)),
+    Arch("distilbert", "encoder", dict(TEXT, dim=32, hidden_dim=64, n_layers=2, n_heads=4)),
+    Arch("electra", "encoder", dict(BERT_LIKE, embedding_size=32)),
+    Arch("albert", "encoder", dict(BERT_LIKE, embedding_size=16)),
+    Arch(
+        "deberta-v2",
+        "encoder",
+        dict(BERT_LIKE, relative_attention=True, position_buckets=16, max_relative_positions=32),
+        implementations=("eager",),
+    ),
+    Arch("mpnet", "encoder", dict(BERT_LIKE, max_position_embeddings=66), implementations=("eager",)),
+    Arch(
+        "modernbert",
+        "encoder",
+        dict(BERT_LIKE, local_attention=8, global_attn_every_n_layers=2, cls_token_id=0, sep_token_id=2),
+        sliding_window=4,
+    ),
+    # encoder-decoder
+    Arch(
+        "t5",
+        "encoder-decoder",
+        dict(
+            vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
+        ),
+    ),
+    Arch("bart", "encoder-decoder", BART_LIKE),
+    Arch(
+        "marian", "encoder-decoder", dict(BART_LIKE, pad_token_id=VOCAB - 1, decoder_start_token_id=VOCAB - 1)
+    ),
+    Arch("pegasus", "encoder-decoder", dict(BART_LIKE, pad_token_id=0, decoder_start_token_id=0)),
+    Arch("m2m_100", "encoder-decoder", BART_LIKE),
+    # vision
+    Arch("vit", "vision", VISION),
+    Arch("deit", "vision", VISION),
+    Arch("beit", "vision", dict(VISION, use_relative_position_bias=True)),
+    Arch("dinov2", "vision", dict(VISION, mlp_ratio=2)),
+    Arch(
+        "swin",
+        "vision",
+        dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4),
+    ),
+    Arch(
+        "clip",
+        "text-vision",
+        dict(
+            text_config=dict(BERT_LIKE, max_position_embeddings=64),
+            vision_config=VISION,
+            projection_dim=16,
+        ),
+    ),
+    Arch(
+        "siglip",
+        "text-vision",
+        dict(text_config=dict(BERT_LIKE, max_position_embeddings=64), vision_config=VISION),
+    ),
+    # audio
+    Arch(
+        "whisper",
+        "audio",
+        dict(
+            BART_LIKE,
+            num_mel_bins=16,
+            max_source_positions=16,
+            max_target_positions=32,
+            pad_token_id=VOCAB - 1,
+            bos_token_id=VOCAB - 2,
+            eos_token_id=VOCAB - 2,
+            decoder_start_token_id=VOCAB - 3,
+            suppress_tokens=None,
+            begin_suppress_tokens=None,
+        ),
+    ),
+    Arch(
+        "wav2vec2",
+        "audio",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            conv_dim=(16, 16),
+            conv_stride=(5, 4),
+            conv_kernel=(10, 8),
+            num_conv_pos_embeddings=8,
+            num_conv_pos_embedding_groups=4,
+            vocab_size=VOCAB,
+        ),
+    ),
+]
+
+BY_NAME = {arch.name: arch for arch in ZOO}

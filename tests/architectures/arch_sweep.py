@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import transformers
-from zoo import Arch
+from arch_zoo import Arch
 
 import attndbg
 from attndbg.recording.recorder import Calls
@@ -30,6 +31,46 @@ QK_PROJECTIONS = {
     "q_proj", "k_proj", "query", "key", "q", "k", "q_lin", "k_lin", "c_attn", "query_key_value",
     "qkv", "qkv_proj", "Wqkv", "in_proj", "to_q", "to_k", "q_attn",
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KnownFalseAlarm:
+    """A finding on correct library code that is a catalogue calibration problem, reported
+    to the check owners (/work/signals/archs-false-alarms.md). Listed so the sweep stays
+    strict about everything else; delete an entry once its check is fixed."""
+
+    code: str
+    applies: Callable[[Arch, str, str], bool]
+    why: str
+
+
+KNOWN_FALSE_ALARMS = [
+    KnownFalseAlarm(
+        "MSK001",
+        lambda arch, impl, scenario: (
+            impl == "sdpa"
+            and scenario == "padded"
+            and (arch.family == "decoder" or arch.name == "modernbert")
+        ),
+        "the fully masked rows are padding queries (left padding; a local window over padding)",
+    ),
+    KnownFalseAlarm(
+        "SHP004",
+        lambda arch, impl, scenario: arch.name == "falcon" and impl == "sdpa",
+        "multi-query attention: SDPA broadcasts the single K/V head, the call does not raise",
+    ),
+    KnownFalseAlarm(
+        "SCL001",
+        lambda arch, impl, scenario: arch.name in ("t5", "whisper") and impl == "sdpa",
+        "scale=1.0 by design (T5 folds 1/sqrt(d) into its query init, Whisper pre-scales q): "
+        "the logit-spread statistic cannot tell that from a missing scale",
+    ),
+]
+
+
+def known_false_alarms(arch: Arch, implementation: str, scenario: str) -> dict[str, str]:
+    """{code: why} of the known false alarms that apply to this run."""
+    return {a.code: a.why for a in KNOWN_FALSE_ALARMS if a.applies(arch, implementation, scenario)}
 
 
 def scenarios(arch: Arch) -> list[str]:

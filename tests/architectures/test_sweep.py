@@ -8,55 +8,19 @@ Run with ATTNDBG_SWEEP_TABLE=table.md to write the table of calls, findings and 
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+from pathlib import Path
 
 import pytest
 
 transformers = pytest.importorskip("transformers")
 
 import torch  # noqa: E402
-from conftest import ROWS  # noqa: E402
-from sweep import Outcome, run, scenarios  # noqa: E402
-from zoo import ZOO, Arch  # noqa: E402
+from arch_sweep import Outcome, known_false_alarms, run, scenarios  # noqa: E402
+from arch_zoo import ZOO, Arch  # noqa: E402
 
 from attndbg.attention import reference_attention  # noqa: E402
 from attndbg.report import Severity  # noqa: E402
-
-
-@dataclass(frozen=True)
-class KnownFalseAlarm:
-    """A finding on correct library code that is a catalogue calibration problem, reported
-    to the check owners (/work/signals/archs-false-alarms.md). Listed so the sweep stays
-    strict about everything else; delete an entry once its check is fixed."""
-
-    code: str
-    applies: Callable[[Arch, str, str], bool]
-    why: str
-
-
-KNOWN_FALSE_ALARMS = [
-    KnownFalseAlarm(
-        "MSK001",
-        lambda arch, impl, scenario: (
-            impl == "sdpa"
-            and scenario == "padded"
-            and (arch.family == "decoder" or arch.name == "modernbert")
-        ),
-        "the fully masked rows are padding queries (left padding; a local window over padding)",
-    ),
-    KnownFalseAlarm(
-        "SHP004",
-        lambda arch, impl, scenario: arch.name == "falcon" and impl == "sdpa",
-        "multi-query attention: SDPA broadcasts the single K/V head, the call does not raise",
-    ),
-    KnownFalseAlarm(
-        "SCL001",
-        lambda arch, impl, scenario: arch.name == "t5" and impl == "sdpa",
-        "T5 never scales q·k by design (1/sqrt(d) is folded into its query init)",
-    ),
-]
 
 SWEEP = [
     pytest.param(arch, implementation, scenario, id=f"{arch.name}-{implementation}-{scenario}")
@@ -64,6 +28,26 @@ SWEEP = [
     for implementation in arch.implementations
     for scenario in scenarios(arch)
 ]
+
+
+@pytest.fixture(scope="module")
+def table() -> list[dict]:
+    """Rows of the sweep's table; written to $ATTNDBG_SWEEP_TABLE (markdown) when it is set."""
+    rows: list[dict] = []
+    yield rows
+    target = os.environ.get("ATTNDBG_SWEEP_TABLE")
+    if not target or not rows:
+        return
+    lines = [
+        "| architecture | implementation | scenario | calls (kinds) | findings | time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['architecture']} | {row['implementation']} | {row['scenario']} | "
+            f"{row['calls']} ({row['kinds']}) | {row['findings'] or 'none'} | {row['seconds']:.2f} s |"
+        )
+    Path(target).write_text("\n".join(lines) + "\n")
 
 
 def _alarms(outcome: Outcome) -> list:
@@ -75,12 +59,11 @@ def _alarms(outcome: Outcome) -> list:
 
 
 @pytest.mark.parametrize(("arch", "implementation", "scenario"), SWEEP)
-def test_sweep(arch: Arch, implementation: str, scenario: str) -> None:
+def test_sweep(arch: Arch, implementation: str, scenario: str, table: list[dict]) -> None:
     outcome = run(arch, implementation, scenario)
     alarms = _alarms(outcome) if outcome.report else []
-    ROWS.append(
+    table.append(
         {
-            "order": ZOO.index(arch),
             "architecture": arch.name,
             "implementation": implementation,
             "scenario": scenario,
@@ -99,7 +82,7 @@ def test_sweep(arch: Arch, implementation: str, scenario: str) -> None:
             assert call.scores is not None and call.weights is not None
         else:  # SDPA and nn.MultiheadAttention expose q, k and v
             assert call.q is not None and call.k is not None and call.v is not None
-    known = {a.code: a.why for a in KNOWN_FALSE_ALARMS if a.applies(arch, implementation, scenario)}
+    known = known_false_alarms(arch, implementation, scenario)
     unexpected = [f"{f.code} {f.case}: {f.message}" for f in alarms if f.code not in known]
     assert not unexpected, "\n".join(unexpected)
 

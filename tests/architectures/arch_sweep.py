@@ -184,12 +184,12 @@ def run(arch: Arch, implementation: str, scenario: str) -> Outcome:
     return Outcome(calls, list(dict.fromkeys(ran)), time.perf_counter() - start, report)
 
 
-def _cache_argument(model: torch.nn.Module) -> str:
+def cache_argument(model: torch.nn.Module) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache``; take whichever forward accepts."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _cache_of(output) -> object:  # noqa: ANN001
+def cache_of(output) -> object:  # noqa: ANN001
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
 
@@ -197,7 +197,7 @@ def _cache_of(output) -> object:  # noqa: ANN001
 def _forward(arch: Arch, model, scenario: str, generator: torch.Generator):  # noqa: ANN001, ANN202
     """(prepare, recorded): prepare runs unrecorded (a prefill) and returns the state that the
     recorded call continues from."""
-    cache = _cache_argument(model)
+    cache = cache_argument(model)
     if scenario == "images":
         size = arch.config["image_size"]
         pixels = torch.randn(2, arch.config.get("num_channels", 3), size, size, generator=generator)
@@ -235,7 +235,7 @@ def _forward(arch: Arch, model, scenario: str, generator: torch.Generator):  # n
                 attention_mask=encoder_inputs.get("attention_mask"),
                 decoder_input_ids=decoder_ids[:, split:],
                 use_cache=True,
-                **{cache: _cache_of(state)},
+                **{cache: cache_of(state)},
             )
 
         return prefill, step
@@ -251,7 +251,7 @@ def _forward(arch: Arch, model, scenario: str, generator: torch.Generator):  # n
     split = ids.shape[1] - 1 if scenario == "decode" else 8
 
     def first():  # noqa: ANN202
-        return _cache_of(model(input_ids=ids[:, :split], attention_mask=mask[:, :split], use_cache=True))
+        return cache_of(model(input_ids=ids[:, :split], attention_mask=mask[:, :split], use_cache=True))
 
     def second(state):  # noqa: ANN001, ANN202
         return model(input_ids=ids[:, split:], attention_mask=mask, use_cache=True, **{cache: state})

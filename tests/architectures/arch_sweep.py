@@ -61,9 +61,14 @@ KNOWN_FALSE_ALARMS = [
     ),
     KnownFalseAlarm(
         "SCL001",
-        lambda arch, impl, scenario: arch.name in ("t5", "whisper") and impl == "sdpa",
+        lambda arch, impl, scenario: arch.scale == "1" and impl == "sdpa",
         "scale=1.0 by design (T5 folds 1/sqrt(d) into its query init, Whisper pre-scales q): "
         "the logit-spread statistic cannot tell that from a missing scale",
+    ),
+    KnownFalseAlarm(
+        "SCL002",
+        lambda arch, impl, scenario: arch.scale == "1/d" and impl == "sdpa",
+        "μP models (Granite 3) scale by 1/d on purpose: the config says so",
     ),
 ]
 
@@ -200,7 +205,8 @@ def _forward(arch: Arch, model, scenario: str, generator: torch.Generator):  # n
     cache = cache_argument(model)
     if scenario == "images":
         size = arch.config["image_size"]
-        pixels = torch.randn(2, arch.config.get("num_channels", 3), size, size, generator=generator)
+        height, width = (size, size) if isinstance(size, int) else size
+        pixels = torch.randn(2, arch.config.get("num_channels", 3), height, width, generator=generator)
         return (lambda: None), (lambda _: model(pixel_values=pixels))
     if arch.family == "text-vision":
         ids, mask = padded_ids(arch, "right", generator)

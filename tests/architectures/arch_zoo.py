@@ -41,6 +41,21 @@ BART_LIKE = dict(
 GPT_LIKE = dict(
     vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=2
 )
+T5_LIKE = dict(
+    vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
+)
+WAV2VEC2_LIKE = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_dim=(16, 16),
+    conv_stride=(5, 4),
+    conv_kernel=(10, 8),
+    num_conv_pos_embeddings=8,
+    num_conv_pos_embedding_groups=4,
+    vocab_size=VOCAB,
+)
 VISION = dict(
     image_size=32,
     patch_size=8,
@@ -59,6 +74,10 @@ class Arch:
     config: dict[str, Any] = field(default_factory=dict)
     implementations: tuple[str, ...] = ("sdpa", "eager")
     sliding_window: int | None = None  # set: the config restricts attention to this many keys
+    # The scale the library passes on purpose: "1" when q is pre-scaled (Whisper, ESM) or
+    # 1/sqrt(d) is folded into the query init (the T5 family), "1/d" under μP (Granite).
+    scale: str = "1/sqrt(d)"
+    not_captured: str | None = None  # why capture cannot see this architecture's attention yet
 
     @property
     def has_decoder(self) -> bool:
@@ -107,6 +126,58 @@ ZOO: list[Arch] = [
     Arch("gpt_bigcode", "decoder", GPT_LIKE),
     Arch("olmo2", "decoder", LLAMA_LIKE),
     Arch("stablelm", "decoder", LLAMA_LIKE),
+    Arch("mixtral", "decoder", dict(LLAMA_LIKE, num_local_experts=2, num_experts_per_tok=1)),
+    Arch(
+        "qwen2_moe",
+        "decoder",
+        dict(
+            LLAMA_LIKE,
+            num_experts=2,
+            num_experts_per_tok=1,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+        ),
+    ),
+    Arch(
+        "gemma3_text",
+        "decoder",
+        dict(LLAMA_LIKE, head_dim=8, query_pre_attn_scalar=8, sliding_window=6),
+        sliding_window=6,
+    ),
+    Arch("cohere", "decoder", LLAMA_LIKE),
+    # Granite 3 checkpoints use μP: attention_multiplier = 1/head_dim (1/128 for head_dim 128)
+    Arch("granite", "decoder", dict(LLAMA_LIKE, attention_multiplier=1 / 8), scale="1/d"),
+    Arch("olmo", "decoder", LLAMA_LIKE),
+    Arch("persimmon", "decoder", dict(LLAMA_LIKE, num_key_value_heads=4)),
+    Arch(
+        "gpt_neo",
+        "decoder",
+        dict(
+            TEXT,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=4,
+            attention_types=[[["global", "local"], 1]],
+            window_size=6,
+        ),
+        implementations=("eager",),
+        sliding_window=6,
+    ),
+    Arch("codegen", "decoder", dict(GPT_LIKE, rotary_dim=4)),
+    Arch(
+        "mpt",
+        "decoder",
+        dict(TEXT, d_model=32, n_heads=4, n_layers=2, expansion_ratio=2),
+        implementations=("eager",),
+    ),
+    Arch(
+        "xglm",
+        "decoder",
+        dict(TEXT, d_model=32, num_layers=2, attention_heads=4, ffn_dim=64),
+        implementations=("eager",),
+        not_captured="(batch·heads, q, k) bmm layout with a 3-D softmax",
+    ),
+    Arch("biogpt", "decoder", BERT_LIKE),
     # encoder-only
     Arch("bert", "encoder", BERT_LIKE),
     Arch("roberta", "encoder", dict(BERT_LIKE, max_position_embeddings=66, pad_token_id=1)),
@@ -120,6 +191,17 @@ ZOO: list[Arch] = [
         dict(BERT_LIKE, relative_attention=True, position_buckets=16, max_relative_positions=32),
         implementations=("eager",),
     ),
+    Arch("camembert", "encoder", dict(BERT_LIKE, max_position_embeddings=66, pad_token_id=1)),
+    Arch("roformer", "encoder", dict(BERT_LIKE, embedding_size=32), implementations=("eager",)),
+    Arch("megatron-bert", "encoder", BERT_LIKE, implementations=("eager",)),
+    Arch("ernie", "encoder", BERT_LIKE),
+    Arch("data2vec-text", "encoder", dict(BERT_LIKE, max_position_embeddings=66, pad_token_id=1)),
+    Arch(
+        "esm",
+        "encoder",
+        dict(BERT_LIKE, pad_token_id=1, mask_token_id=2, position_embedding_type="rotary"),
+        scale="1",
+    ),
     Arch("mpnet", "encoder", dict(BERT_LIKE, max_position_embeddings=66), implementations=("eager",)),
     Arch(
         "modernbert",
@@ -128,24 +210,27 @@ ZOO: list[Arch] = [
         sliding_window=4,
     ),
     # encoder-decoder
-    Arch(
-        "t5",
-        "encoder-decoder",
-        dict(
-            vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
-        ),
-    ),
+    Arch("t5", "encoder-decoder", T5_LIKE, scale="1"),
     Arch("bart", "encoder-decoder", BART_LIKE),
     Arch(
         "marian", "encoder-decoder", dict(BART_LIKE, pad_token_id=VOCAB - 1, decoder_start_token_id=VOCAB - 1)
     ),
     Arch("pegasus", "encoder-decoder", dict(BART_LIKE, pad_token_id=0, decoder_start_token_id=0)),
     Arch("m2m_100", "encoder-decoder", BART_LIKE),
+    Arch("mbart", "encoder-decoder", BART_LIKE),
+    Arch("blenderbot", "encoder-decoder", BART_LIKE),
+    Arch("plbart", "encoder-decoder", BART_LIKE),
+    Arch("mt5", "encoder-decoder", T5_LIKE, scale="1"),
+    Arch("umt5", "encoder-decoder", T5_LIKE, scale="1"),
     # vision
     Arch("vit", "vision", VISION),
     Arch("deit", "vision", VISION),
     Arch("beit", "vision", dict(VISION, use_relative_position_bias=True)),
     Arch("dinov2", "vision", dict(VISION, mlp_ratio=2)),
+    Arch("vit_msn", "vision", VISION),
+    Arch("data2vec-vision", "vision", VISION),
+    Arch("yolos", "vision", dict(VISION, image_size=[32, 32], num_detection_tokens=4)),
+    Arch("vit_mae", "vision", dict(VISION, mask_ratio=0.0)),
     Arch(
         "swin",
         "vision",
@@ -181,23 +266,11 @@ ZOO: list[Arch] = [
             suppress_tokens=None,
             begin_suppress_tokens=None,
         ),
+        scale="1",
     ),
-    Arch(
-        "wav2vec2",
-        "audio",
-        dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            conv_dim=(16, 16),
-            conv_stride=(5, 4),
-            conv_kernel=(10, 8),
-            num_conv_pos_embeddings=8,
-            num_conv_pos_embedding_groups=4,
-            vocab_size=VOCAB,
-        ),
-    ),
+    *(Arch(name, "audio", WAV2VEC2_LIKE) for name in ("hubert", "data2vec-audio", "unispeech", "sew")),
+    Arch("wavlm", "audio", WAV2VEC2_LIKE, implementations=("eager",)),
+    Arch("wav2vec2", "audio", WAV2VEC2_LIKE),
 ]
 
 BY_NAME = {arch.name: arch for arch in ZOO}

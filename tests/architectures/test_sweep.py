@@ -22,8 +22,25 @@ from arch_zoo import ZOO, Arch  # noqa: E402
 from attndbg.attention import reference_attention  # noqa: E402
 from attndbg.report import Severity  # noqa: E402
 
+
+def _not_captured(arch: Arch) -> list:
+    """Architectures whose attention capture cannot see yet: expected to fail the sweep's
+    "every attention module recorded" assertion, and to pass once capture learns the layout."""
+    if arch.not_captured is None:
+        return []
+    return [
+        pytest.mark.xfail(reason=f"not captured: {arch.not_captured}", raises=AssertionError, strict=False)
+    ]
+
+
 SWEEP = [
-    pytest.param(arch, implementation, scenario, id=f"{arch.name}-{implementation}-{scenario}")
+    pytest.param(
+        arch,
+        implementation,
+        scenario,
+        id=f"{arch.name}-{implementation}-{scenario}",
+        marks=_not_captured(arch),
+    )
     for arch in ZOO
     for implementation in arch.implementations
     for scenario in scenarios(arch)

@@ -73,7 +73,9 @@ class Arch:
     family: str  # "decoder" | "encoder" | "encoder-decoder" | "vision" | "audio" | "text-vision"
     config: dict[str, Any] = field(default_factory=dict)
     implementations: tuple[str, ...] = ("sdpa", "eager")
-    sliding_window: int | None = None  # set: the config restricts attention to this many keys
+    # set: the last query of a full-length sequence may attend to exactly this many keys (its own
+    # and those just before it) in at least one layer
+    sliding_window: int | None = None
     # The scale the library passes on purpose: "1" when q is pre-scaled (Whisper, ESM) or
     # 1/sqrt(d) is folded into the query init (the T5 family), "1/d" under μP (Granite).
     scale: str = "1/sqrt(d)"
@@ -207,7 +209,7 @@ ZOO: list[Arch] = [
         "modernbert",
         "encoder",
         dict(BERT_LIKE, local_attention=8, global_attn_every_n_layers=2, cls_token_id=0, sep_token_id=2),
-        sliding_window=4,
+        sliding_window=5,  # 4 keys either side: the last row keeps itself and the 4 before it
     ),
     # encoder-decoder
     Arch("t5", "encoder-decoder", T5_LIKE, scale="1"),

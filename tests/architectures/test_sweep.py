@@ -16,7 +16,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 import torch  # noqa: E402
-from arch_sweep import Outcome, known_false_alarms, run, scenarios  # noqa: E402
+from arch_sweep import LENGTHS, Outcome, known_false_alarms, run, scenarios  # noqa: E402
 from arch_zoo import ZOO, Arch  # noqa: E402
 
 from attndbg.attention import reference_attention  # noqa: E402
@@ -104,19 +104,20 @@ def test_sweep(arch: Arch, implementation: str, scenario: str, table: list[dict]
     assert not unexpected, "\n".join(unexpected)
 
 
-def _keep(mask: torch.Tensor) -> torch.Tensor:
-    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+BOTH = [
+    pytest.param(arch, scenario, id=f"{arch.name}-{scenario}")
+    for arch in ZOO
+    if {"sdpa", "eager"} <= set(arch.implementations)
+    for scenario in scenarios(arch)
+]
 
 
-@pytest.mark.parametrize(
-    "arch",
-    [pytest.param(a, id=a.name) for a in ZOO if {"sdpa", "eager"} <= set(a.implementations)],
-)
-def test_sdpa_capture_reproduces_eager_weights(arch: Arch) -> None:
+@pytest.mark.parametrize(("arch", "scenario"), BOTH)
+def test_sdpa_capture_reproduces_eager_weights(arch: Arch, scenario: str) -> None:
     """What capture records from an SDPA call (q, k, v, mask, causal flag, scale, GQA) must be
     what PyTorch computes: the weights recomputed from it equal the eager implementation's
-    weights on every query row that has a key to attend to."""
-    scenario = scenarios(arch)[0]
+    weights on every query row that has a key to attend to — with padding, caches, chunks and
+    windows, whatever the library hands SDPA."""
     fast, slow = run(arch, "sdpa", scenario), run(arch, "eager", scenario)
     sdpa_calls = [c for c in fast.calls if c.kind == "sdpa"]
     eager_calls = [c for c in slow.calls if c.kind == "eager"]
@@ -132,7 +133,42 @@ def test_sdpa_capture_reproduces_eager_weights(arch: Arch) -> None:
             scale=call.scale,
             return_weights=True,
         )
-        expected = eager.weights.float().expand_as(weights)
+        expected = eager.weights.float()
+        if weights.shape != expected.shape:
+            # one-token decode with GQA: the library packs the query heads of each K/V head
+            # into SDPA's query axis, (B, H, 1, L) -> (B, Hkv, H/Hkv, L)
+            expected = expected.reshape(weights.shape)
         live = weights.sum(-1, keepdim=True) > 0.5  # rows SDPA gives a distribution (not zeros)
         difference = ((weights - expected).abs() * live).max()
         assert float(difference) < 1e-4, (call.module, float(difference))
+
+
+WINDOWED = [
+    pytest.param(arch, implementation, id=f"{arch.name}-{implementation}")
+    for arch in ZOO
+    if arch.sliding_window
+    for implementation in arch.implementations
+]
+
+
+@pytest.mark.parametrize(("arch", "implementation"), WINDOWED)
+def test_sliding_window_is_in_the_recorded_call(arch: Arch, implementation: str) -> None:
+    """A sliding-window config reaches attention as a banded mask (SDPA) or banded weights
+    (eager): in some layer the last query of the full-length sequence (batch row 0) keeps
+    exactly the window's keys."""
+    outcome = run(arch, implementation, "padded")
+    length = max(LENGTHS)
+    kept = []
+    for call in outcome.calls:
+        if call.kind == "eager":
+            row = call.weights[0, :, -1] > 0
+        elif call.mask is not None:
+            row = _keep(call.mask)[0, :, -1]
+        else:
+            row = torch.ones(1, call.k.shape[2], dtype=torch.bool)
+        kept.append(row.any(0).nonzero().flatten().tolist())
+    assert list(range(length - arch.sliding_window, length)) in kept, kept
+
+
+def _keep(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2

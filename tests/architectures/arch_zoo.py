@@ -120,6 +120,7 @@ ZOO: list[Arch] = [
             num_attention_heads=4,
             word_embed_proj_dim=32,
         ),
+        scale="1",  # q is multiplied by 1/sqrt(d) before the call
     ),
     Arch("falcon", "decoder", dict(TEXT, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)),
     Arch("bloom", "decoder", dict(TEXT, hidden_size=32, n_layer=2, n_head=4), implementations=("eager",)),
@@ -164,6 +165,7 @@ ZOO: list[Arch] = [
         ),
         implementations=("eager",),
         sliding_window=6,
+        scale="1",  # GPT-Neo never scales q·k
     ),
     Arch("codegen", "decoder", dict(GPT_LIKE, rotary_dim=4)),
     Arch(

@@ -82,7 +82,7 @@ def scenarios(arch: Arch) -> list[str]:
     if arch.family == "vision":
         return ["images"]
     if arch.family == "audio":
-        return ["audio", "decode", "chunked"] if arch.has_decoder else ["audio"]
+        return ["audio", "decode", "chunked"] if arch.has_cache else ["audio"]
     if arch.family == "text-vision":
         return ["padded"]
     return ["padded", "decode", "chunked"] if arch.has_cache else ["padded"]

@@ -80,6 +80,8 @@ class Arch:
     # 1/sqrt(d) is folded into the query init (the T5 family), "1/d" under μP (Granite).
     scale: str = "1/sqrt(d)"
     not_captured: str | None = None  # why capture cannot see this architecture's attention yet
+    # why the library's own cache cannot run the decode/chunked scenarios (none: it can)
+    no_cache: str | None = None
 
     @property
     def has_decoder(self) -> bool:
@@ -88,7 +90,7 @@ class Arch:
 
     @property
     def has_cache(self) -> bool:
-        return self.family == "decoder" or self.has_decoder
+        return (self.family == "decoder" or self.has_decoder) and self.no_cache is None
 
 
 ZOO: list[Arch] = [
@@ -109,6 +111,12 @@ ZOO: list[Arch] = [
         sliding_window=6,
     ),
     Arch("gpt_neox", "decoder", dict(LLAMA_LIKE)),
+    Arch(
+        "ctrl",
+        "decoder",
+        dict(TEXT, n_embd=32, n_layer=2, n_head=4, dff=64, n_positions=64),
+        implementations=("eager",),
+    ),
     Arch(
         "opt",
         "decoder",
@@ -206,6 +214,32 @@ ZOO: list[Arch] = [
         dict(BERT_LIKE, pad_token_id=1, mask_token_id=2, position_embedding_type="rotary"),
         scale="1",
     ),
+    Arch(
+        "longformer",
+        "encoder",
+        dict(BERT_LIKE, max_position_embeddings=66, attention_window=4, pad_token_id=1),
+        implementations=("eager",),
+    ),
+    Arch("big_bird", "encoder", dict(BERT_LIKE, attention_type="original_full"), implementations=("eager",)),
+    Arch(
+        "reformer",
+        "encoder",
+        dict(
+            TEXT,
+            hidden_size=32,
+            num_attention_heads=4,
+            attention_head_size=8,
+            feed_forward_size=64,
+            attn_layers=["local", "lsh"],
+            axial_pos_embds=False,
+            local_attn_chunk_length=4,
+            lsh_attn_chunk_length=4,
+            num_buckets=2,
+            is_decoder=False,
+        ),
+        implementations=("eager",),
+        not_captured="chunked local/LSH attention normalises with exp(x - logsumexp(x)), no softmax call",
+    ),
     Arch("mpnet", "encoder", dict(BERT_LIKE, max_position_embeddings=66), implementations=("eager",)),
     Arch(
         "modernbert",
@@ -214,6 +248,63 @@ ZOO: list[Arch] = [
         sliding_window=5,  # 4 keys either side: the last row keeps itself and the 4 before it
     ),
     # encoder-decoder
+    Arch(
+        "fsmt",
+        "encoder-decoder",
+        dict(
+            src_vocab_size=VOCAB,
+            tgt_vocab_size=VOCAB,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            langs=["en", "de"],
+        ),
+        implementations=("eager",),
+        not_captured="(batch·heads, q, k) bmm layout with a 3-D softmax",
+        no_cache="FSMTModel.forward requires input_ids even when encoder_outputs are given",
+    ),
+    Arch(
+        "led",
+        "encoder-decoder",
+        dict(
+            BART_LIKE,
+            attention_window=4,
+            max_encoder_position_embeddings=64,
+            max_decoder_position_embeddings=64,
+        ),
+        implementations=("eager",),
+        not_captured="the decoder's (batch·heads, q, k) bmm layout with a 3-D softmax",
+    ),
+    Arch(
+        "longt5",
+        "encoder-decoder",
+        dict(T5_LIKE, local_radius=3, encoder_attention_type="local"),
+        implementations=("eager",),
+        scale="1",
+        not_captured="local attention in blocks: a 5-D softmax over (batch, blocks, heads, block, 3·block)",
+    ),
+    Arch(
+        "prophetnet",
+        "encoder-decoder",
+        dict(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            num_encoder_attention_heads=4,
+            num_decoder_attention_heads=4,
+            ngram=2,
+            max_position_embeddings=64,
+        ),
+        implementations=("eager",),
+        no_cache="use_cache is only supported for decoder_input_ids of length 1 (no cached prefill)",
+    ),
     Arch("t5", "encoder-decoder", T5_LIKE, scale="1"),
     Arch("bart", "encoder-decoder", BART_LIKE),
     Arch(
@@ -232,6 +323,42 @@ ZOO: list[Arch] = [
     Arch("beit", "vision", dict(VISION, use_relative_position_bias=True)),
     Arch("dinov2", "vision", dict(VISION, mlp_ratio=2)),
     Arch("vit_msn", "vision", VISION),
+    Arch(
+        "swinv2",
+        "vision",
+        dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4),
+        implementations=("eager",),
+    ),
+    Arch(
+        "segformer",
+        "vision",
+        dict(
+            image_size=32,
+            num_channels=3,
+            num_encoder_blocks=2,
+            depths=[1, 1],
+            sr_ratios=[2, 1],
+            hidden_sizes=[16, 32],
+            num_attention_heads=[1, 2],
+            patch_sizes=[7, 3],
+            strides=[4, 2],
+            mlp_ratios=[2, 2],
+        ),
+    ),
+    Arch(
+        "levit",
+        "vision",
+        dict(
+            image_size=32,
+            hidden_sizes=[32, 48],
+            num_attention_heads=[2, 3],
+            depths=[1, 1],
+            key_dim=[8, 8],
+            patch_size=16,
+            down_ops=[["Subsample", 8, 2, 4, 2, 2]],
+        ),
+        implementations=("eager",),
+    ),
     Arch("data2vec-vision", "vision", VISION),
     Arch("yolos", "vision", dict(VISION, image_size=[32, 32], num_detection_tokens=4)),
     Arch("vit_mae", "vision", dict(VISION, mask_ratio=0.0)),

@@ -83,6 +83,12 @@ def test_a_model_that_rejects_its_input_is_the_models_error(tmp_path: Path) -> N
     assert not (tmp_path / "out.safetensors").exists()
 
 
+def test_a_checkpoint_that_cannot_load_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    with pytest.raises(InputError, match="cannot load the checkpoint"):
+        capture_source(str(tmp_path))
+
+
 class _Rejects(torch.nn.Module):
     """A model whose own check fails with an exception type libraries use for bad input."""
 

@@ -15,6 +15,7 @@ from attndbg.case import (
     SETTING_KEYS,
     Case,
     Settings,
+    locations_from_metadata,
     settings_from_strings,
     tokens_from_metadata,
 )
@@ -35,6 +36,7 @@ class CasePlan:
     origins: dict[str, str]
     notes: list[str] = field(default_factory=list)
     tokens: list[list[str]] | None = None
+    locations: dict[str, dict] = field(default_factory=dict)
 
 
 def _sniff(path: Path) -> None:
@@ -160,8 +162,10 @@ def plan_file(
             elif getattr(from_meta, key) is not None:
                 origins[key] = "metadata"
         notes = [f"ignored tensor {key!r} (not a known role)" for key in ignored.get(name, [])]
+        notes += [line for line in metadata.get(f"{name}.notes", "").splitlines() if line.strip()]
         tokens = tokens_from_metadata(metadata.get(f"{name}.tokens") or metadata.get("tokens"))
-        plans.append(CasePlan(name, path, roles, settings, origins, notes, tokens))
+        locations = locations_from_metadata(metadata.get(f"{name}.locations"))
+        plans.append(CasePlan(name, path, roles, settings, origins, notes, tokens, locations))
     return plans
 
 
@@ -182,6 +186,7 @@ def load_case(plan: CasePlan) -> Case:
         origins=dict(plan.origins),
         notes=list(plan.notes),
         tokens=plan.tokens,
+        locations=dict(plan.locations),
     )
 
 

@@ -178,6 +178,7 @@ def finding_block(finding: Finding, show_fix: bool = True, indent: int = 0) -> R
     parts: list[RenderableType] = [
         Padding(head, (0, 0, 0, indent)),
         Padding(Text(finding.message), (0, 0, 0, body)),
+        *([Padding(Text(str(finding.location), style="cyan"), (0, 0, 0, body))] if finding.location else []),
     ]
     if finding.evidence:
         parts.append(Padding(Text("evidence: " + _evidence(finding.evidence), style="dim"), (0, 0, 0, body)))

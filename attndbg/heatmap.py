@@ -55,9 +55,9 @@ def head_weights(ctx: CaseContext, batch: int, head: int, rows: slice) -> tuple[
         q = ctx.q[min(batch, ctx.q.shape[0] - 1), head, rows] * ctx.scale
         logits = q @ ctx.k[min(batch, ctx.k.shape[0] - 1), head].T
     else:
-        s = ctx.user_scores
-        assert s is not None  # a case without q/k/v has saved scores (or weights, handled above)
-        logits = s[min(batch, s.shape[0] - 1), min(head, s.shape[1] - 1), rows].float()
+        scores = ctx.user_scores
+        assert scores is not None  # a case without q/k/v has saved scores (or weights, handled above)
+        logits = scores[min(batch, scores.shape[0] - 1), min(head, scores.shape[1] - 1), rows].float()
     masked = torch.zeros_like(logits, dtype=torch.bool)
     if bias is not None:
         logits = logits + bias

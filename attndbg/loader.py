@@ -9,6 +9,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from attndbg.case import (
     ALIAS_TO_ROLE,
@@ -36,7 +37,7 @@ class CasePlan:
     origins: dict[str, str]
     notes: list[str] = field(default_factory=list)
     tokens: list[list[str]] | None = None
-    locations: dict[str, dict] = field(default_factory=dict)
+    locations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _sniff(path: Path) -> None:

@@ -12,6 +12,7 @@ from attndbg.cli.output import ReportOutput, emit, finish, progress
 from attndbg.cli.paths import check_output, import_from_cwd
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
     from rich.table import Table
 
     from attndbg.gradcheck.sweep import SweepReport
@@ -49,8 +50,8 @@ def gradcheck(
         from attndbg.loader import iter_cases
 
         options = Options(device=device, grad=True, select=["GRD"], fail_on=threshold)
-        report = run_cases(iter_cases([path]), options, inputs=[str(path)])
-        finish(report, ReportOutput(output_format, output))
+        gradients = run_cases(iter_cases([path]), options, inputs=[str(path)])
+        finish(gradients, ReportOutput(output_format, output))
     from attndbg.gradcheck.diagnose import diagnose
     from attndbg.gradcheck.files import file_cases
     from attndbg.gradcheck.sweep import load_implementation, sdpa_backends, sweep
@@ -86,7 +87,7 @@ def _deliver(
     if output_format == opt.OutputFormat.sarif:
         emit(sweep_sarif(reports), output)
         return
-    parts = [part for report in reports for part in (sweep_renderable(report), "")]
+    parts: list[RenderableType] = [part for report in reports for part in (sweep_renderable(report), "")]
     if not single:
         parts.append(_backend_table(reports))
     if output is None:

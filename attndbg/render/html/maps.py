@@ -1,0 +1,109 @@
+"""The attention maps an HTML report embeds: every head of every embedded batch row, max-pooled
+by the core (``attndbg.heatmap.build_heatmap``) to a size that keeps the file bounded, packed as
+base64 so that a browser can decode them without a library.
+
+Weights travel as little-endian float16 (about 3 significant digits, enough for a tooltip and a
+log scale down to 1e-7); masked cells as a bitmap, stored once per batch row when every head
+shares it (masks broadcast over heads almost always).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from attndbg.case import Case
+
+# About 2.7 bytes of HTML per cell: 1.5 M cells keep a report of a large model near 4 MB.
+REPORT_CELL_BUDGET = 1_500_000
+MAX_SIDE = 96  # cells per axis of one map: finer than that is no longer readable on a screen
+MIN_SIDE = 8
+MAX_BATCHES = 8
+
+
+@dataclass
+class CaseMaps:
+    """Pooled weights of every head of the first ``len(weights)`` batch rows of one case."""
+
+    case: str
+    file: str
+    batch_size: int  # batch rows in the case; only the first len(weights) are embedded
+    heads: int
+    q_len: int
+    k_len: int
+    row_step: int  # query rows per cell
+    col_step: int  # keys per cell
+    rows: int
+    cols: int
+    source: str  # "saved weights" | "recomputed"
+    labels: list[dict[str, list[str]]] = field(default_factory=list)  # per batch: rows, cols
+    weights: list[list[str]] = field(default_factory=list)  # [batch][head]: base64 float16
+    masked: list[list[str]] = field(default_factory=list)  # [batch][head] or [batch][shared]: bits
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def side_for(maps: int, cell_budget: int) -> int:
+    """Cells per axis so that ``maps`` square maps fit in ``cell_budget`` cells."""
+    side = math.isqrt(max(cell_budget // max(maps, 1), 1))
+    return max(MIN_SIDE, min(MAX_SIDE, side))
+
+
+def collect_maps(
+    case: Case,
+    *,
+    device: str = "cpu",
+    cell_budget: int = REPORT_CELL_BUDGET,
+    max_batches: int = MAX_BATCHES,
+) -> CaseMaps | None:
+    """The maps of one case, or None when it has nothing to draw (no q/k/v, weights or scores,
+    or shapes that leave attention undefined)."""
+    import numpy as np
+
+    from attndbg.context import CaseContext, ShapeProblem
+    from attndbg.heatmap import build_heatmap
+
+    ctx = CaseContext(case, device=device)
+    try:
+        if not (ctx.has_qkv or ctx.has("weights") or ctx.has("scores")):
+            return None
+        sizes = ctx.sizes
+        batches = min(sizes["B"], max_batches)
+        heads = sizes["Hq"]
+        if 0 in (batches, heads, sizes["Lq"], sizes["Lk"]):
+            return None
+        side = side_for(batches * heads, cell_budget)
+        maps = [[build_heatmap(ctx, b, h, max_rows=side, max_cols=side) for h in range(heads)] for b in range(batches)]
+    except (ShapeProblem, RuntimeError, IndexError, ValueError):
+        return None  # the diagnosis names the shape problem; there is no map to draw
+    first = maps[0][0]
+    rows, cols = first.shape
+    result = CaseMaps(
+        case=case.name,
+        file=str(case.file),
+        batch_size=sizes["B"],
+        heads=heads,
+        q_len=first.q_len,
+        k_len=first.k_len,
+        row_step=first.row_step,
+        col_step=first.col_step,
+        rows=rows,
+        cols=cols,
+        source=first.source,
+    )
+    for per_head in maps:
+        result.labels.append({"rows": per_head[0].row_labels, "cols": per_head[0].col_labels})
+        result.weights.append(
+            [_pack(np.asarray(m.weights, dtype="<f2").reshape(rows, cols).tobytes()) for m in per_head]
+        )
+        bitmaps = [_pack(np.packbits(np.asarray(m.masked, dtype=bool).reshape(-1)).tobytes()) for m in per_head]
+        result.masked.append(bitmaps[:1] if len(set(bitmaps)) == 1 else bitmaps)
+    return result
+
+
+def _pack(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")

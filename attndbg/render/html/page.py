@@ -81,13 +81,26 @@ def _message(finding: Finding) -> str:
     return finding.message.removeprefix(f"case {finding.case}: ")
 
 
+def named_heads(finding: Finding) -> list[int]:
+    """The heads a finding is about: its ``head``, and the ``heads`` its evidence lists (a pattern
+    check names one finding for every head it caught)."""
+    listed = finding.evidence.get("heads") if isinstance(finding.evidence, dict) else None
+    heads = [finding.head] if finding.head is not None else []
+    if isinstance(listed, list):
+        heads += [h for h in listed if isinstance(h, int) and not isinstance(h, bool)]
+    return list(dict.fromkeys(heads))
+
+
 def _finding_html(finding: Finding, case_index: int) -> str:
     severity = finding.severity.value
-    target = f"case={case_index}" + (f"&head={finding.head}" if finding.head is not None else "")
-    where = f"{escape(finding.case)}" + (f" · head {finding.head}" if finding.head is not None else "")
+    heads = named_heads(finding)
+    target = f"case={case_index}" + (f"&head={heads[0]}" if heads else "")
+    where = escape(finding.case) + (
+        f" · head{'s' if len(heads) > 1 else ''} {', '.join(map(str, heads))}" if heads else ""
+    )
     parts = [
         f'<article class="finding sev-{severity}" data-case="{case_index}"'
-        f' data-head="{"" if finding.head is None else finding.head}" data-code="{escape(finding.code)}">',
+        f' data-heads="{" ".join(map(str, heads))}" data-code="{escape(finding.code)}">',
         '<header><span class="badge">' + escape(severity) + "</span> "
         f"<code>{escape(finding.code)}</code> {escape(finding.name)}"
         + (' <span class="muted">(baseline)</span>' if finding.baselined else "")
@@ -157,7 +170,7 @@ def _case_section(case: CaseReport, index: int) -> str:
         for s in case.stages
     )
     guesses = "".join(f'<li class="assumed">assumed: {escape(g)}</li>' for g in case.guesses)
-    source = f' · source {escape(case.source)}' if case.source else ""
+    source = f" · source {escape(case.source)}" if case.source else ""
     return (
         f'<section class="case" id="case-{index}"><h3>{escape(case.name)}</h3>'
         f'<p class="muted">{escape(case.file)}{source} · {escape(tally)}</p>'
@@ -187,9 +200,7 @@ def _summary(report: Report) -> str:
 def _maps_by_case(report: Report, maps: Sequence[CaseMaps]) -> list[dict[str, Any] | None]:
     """The maps aligned with ``report.cases`` (by file and case name), None where a case has none."""
     by_key = {(m.file, m.case): m for m in maps}
-    return [
-        by_key[(c.file, c.name)].to_dict() if (c.file, c.name) in by_key else None for c in report.cases
-    ]
+    return [by_key[(c.file, c.name)].to_dict() if (c.file, c.name) in by_key else None for c in report.cases]
 
 
 def render_html(report: Report, maps: Sequence[CaseMaps] = (), *, title: str = "attndbg report") -> str:

@@ -61,11 +61,17 @@
   // ---- findings by head ---------------------------------------------------------------------
   const byHead = CASES.map(() => new Map());
   const caseLevel = CASES.map(() => []);
+  // the heads a finding names: its head, and the heads its evidence lists (as page.named_heads)
+  const namedHeads = (f) => [...new Set([f.head, ...(Array.isArray(f.evidence && f.evidence.heads) ? f.evidence.heads : [])]
+    .filter((h) => Number.isInteger(h)))];
   CASES.forEach((c, ci) => {
     for (const f of c.findings) {
-      if (f.head === null || f.head === undefined) { caseLevel[ci].push(f); continue; }
-      if (!byHead[ci].has(f.head)) byHead[ci].set(f.head, []);
-      byHead[ci].get(f.head).push(f);
+      const heads = namedHeads(f);
+      if (!heads.length) caseLevel[ci].push(f);
+      for (const h of heads) {
+        if (!byHead[ci].has(h)) byHead[ci].set(h, []);
+        byHead[ci].get(h).push(f);
+      }
     }
   });
   const worst = (list) => list.reduce((r, f) => Math.max(r, RANK[f.severity] || 0), 0);
@@ -122,6 +128,12 @@
       if (caseLevel[ci].length) th.classList.add("sev-" + SEVERITY[worst(caseLevel[ci])]);
       tr.appendChild(th);
       cells[ci] = [];
+      if (!headCount(ci)) {
+        const td = tr.insertCell();
+        td.colSpan = Math.max(width, 1);
+        td.className = "muted";
+        td.textContent = "no head statistics: " + (c.stages.find((s) => s.status === "skipped")?.reason || "nothing to compute them from");
+      }
       for (let h = 0; h < width; h++) {
         const td = tr.insertCell();
         if (h >= headCount(ci)) continue;
@@ -202,22 +214,36 @@
     if (exponent === 31) return fraction ? NaN : sign * Infinity;
     return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
   }
-  const decoded = new Map();
+  // every map of a case is one zlib stream of float16: inflated once, when a head of it opens
+  const inflated = new Map();
+  const ready = new Map();
+  function caseWeights(ci) {
+    if (!inflated.has(ci)) {
+      inflated.set(ci, (async () => {
+        const stream = new Blob([bytes(MAPS[ci].weights)]).stream().pipeThrough(new DecompressionStream("deflate"));
+        const raw = new Uint8Array(await new Response(stream).arrayBuffer());
+        const view = new DataView(raw.buffer);
+        const out = new Float32Array(raw.length / 2);
+        for (let i = 0; i < out.length; i++) out[i] = half(view.getUint16(2 * i, true));
+        ready.set(ci, out);
+        return out;
+      })());
+    }
+    return inflated.get(ci);
+  }
+  const maskCache = new Map();
   function mapData(ci, b, h) {
-    const key = `${ci}/${b}/${h}`;
-    if (!decoded.has(key)) {
-      const m = MAPS[ci];
-      const raw = bytes(m.weights[b][h]);
-      const view = new DataView(raw.buffer);
-      const n = m.rows * m.cols;
-      const weights = new Float32Array(n);
-      for (let i = 0; i < n; i++) weights[i] = half(view.getUint16(2 * i, true));
-      const bits = bytes(m.masked[b][m.masked[b].length > 1 ? h : 0]);
+    const m = MAPS[ci], n = m.rows * m.cols;
+    const weights = ready.get(ci).subarray((b * m.heads + h) * n, (b * m.heads + h + 1) * n);
+    const which = m.masked[b].length > 1 ? h : 0;
+    const key = `${ci}/${b}/${which}`;
+    if (!maskCache.has(key)) {
+      const bits = bytes(m.masked[b][which]);
       const masked = new Uint8Array(n);
       for (let i = 0; i < n; i++) masked[i] = (bits[i >> 3] >> (7 - (i & 7))) & 1;
-      decoded.set(key, { weights, masked });
+      maskCache.set(key, masked);
     }
-    return decoded.get(key);
+    return { weights, masked: maskCache.get(key) };
   }
 
   // ---- one head ---------------------------------------------------------------------------------
@@ -226,7 +252,7 @@
     const m = MAPS[ci];
     state.caseIndex = ci;
     state.head = Math.min(Math.max(h || 0, 0), headCount(ci) - 1);
-    state.batch = m ? Math.min(Math.max(batch || 0, 0), m.weights.length - 1) : 0;
+    state.batch = m ? Math.min(Math.max(batch || 0, 0), m.batches - 1) : 0;
     state.cursor = null;
     cells.flat().forEach((b) => b && b.classList.remove("selected"));
     const cell = cells[ci] && cells[ci][state.head];
@@ -234,13 +260,13 @@
     const select = $("#batch");
     select.innerHTML = "";
     if (m) {
-      m.weights.forEach((_, b) => {
+      m.labels.forEach((_, b) => {
         const tokens = (m.labels[b] && m.row_step === 1 ? m.labels[b].rows : []).slice(0, 6).join(" ");
         select.add(new Option(`batch ${b}${tokens ? ": " + tokens + " …" : ""}`, b));
       });
       select.value = state.batch;
     }
-    select.disabled = !m || m.weights.length < 2;
+    select.disabled = !m || m.batches < 2;
     $("#detail").hidden = false;
     renderDetail();
     writeHash();
@@ -258,14 +284,20 @@
       canvas.hidden = false;
       const pooled = m.row_step > 1 || m.col_step > 1;
       const pooling = pooled ? `max-pooled: ${m.row_step} query rows × ${m.col_step} keys per cell` : "1 cell = 1 weight";
-      const more = m.batch_size > m.weights.length ? ` · batch rows 0–${m.weights.length - 1} of ${m.batch_size} embedded` : "";
+      const more = m.batch_size > m.batches ? ` · batch rows 0–${m.batches - 1} of ${m.batch_size} embedded` : "";
       $("#detail-note").textContent = `${m.q_len} queries × ${m.k_len} keys · ${pooling} · weights ${m.source}${more}`;
-      draw();
+      if (ready.has(ci)) draw();
+      else {
+        const wanted = ci;
+        caseWeights(ci).then(() => { if (state.caseIndex === wanted) draw(); }, (error) => {
+          $("#detail-note").textContent = `This browser could not inflate the embedded maps (${error}); a browser with DecompressionStream (Chromium 80+, Firefox 113+, Safari 16.4+) can.`;
+        });
+      }
     }
     const box = $("#detail-findings");
     box.innerHTML = "";
     const mine = [...document.querySelectorAll("#findings article.finding")].filter(
-      (a) => Number(a.dataset.case) === ci && (a.dataset.head === "" || Number(a.dataset.head) === h));
+      (a) => Number(a.dataset.case) === ci && (a.dataset.heads === "" || a.dataset.heads.split(" ").map(Number).includes(h)));
     if (mine.length) {
       const title = document.createElement("h3");
       title.textContent = `Findings about this head or its case (${mine.length})`;
@@ -297,7 +329,7 @@
     ctx.font = font;
     const widest = (list) => Math.min(130, Math.max(16, ...list.map((s) => ctx.measureText(shorten(s)).width)));
     const available = Math.max(240, $("#canvas-wrap").clientWidth || 900);
-    const left = widest(labels.rows) + 10, top = widest(labels.cols) + 10;
+    const left = Math.max(widest(labels.rows) + 10, 64), top = widest(labels.cols) + 24;
     const cell = Math.max(3, Math.min(28, Math.floor((available - left - 12) / m.cols), Math.floor(1400 / m.rows)));
     const width = left + m.cols * cell + 12, height = top + m.rows * cell + 12;
     const dpr = window.devicePixelRatio || 1;
@@ -305,7 +337,7 @@
     canvas.height = Math.round(height * dpr);
     canvas.style.width = width + "px";
     canvas.style.height = height + "px";
-    Object.assign(canvas.dataset, { left, top, cell, rows: m.rows, cols: m.cols });
+    Object.assign(canvas.dataset, { left, top, cell, rows: m.rows, cols: m.cols, view: `${ci}/${state.batch}/${state.head}/${state.scale}` });
     geometry = { left, top, cell };
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.fillStyle = "#fff";
@@ -351,7 +383,7 @@
     }
     ctx.fillStyle = "#666";
     ctx.textAlign = "left";
-    ctx.fillText("keys →", 4, 10);
+    ctx.fillText("keys →", left, 10);
     ctx.fillText("queries ↓", 4, top - 6);
     if (state.cursor) {
       const [i, j] = state.cursor;
@@ -408,6 +440,7 @@
     canvas.addEventListener("mouseleave", () => { $("#tooltip").hidden = true; });
     canvas.addEventListener("keydown", (event) => {
       const m = MAPS[state.caseIndex];
+      if (!m || !ready.has(state.caseIndex)) return;
       const moves = { ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0] };
       if (!m || !(event.key in moves)) return;
       event.preventDefault();
@@ -444,7 +477,7 @@
   if (location.hash) readHash();
   else {
     // open the head the worst finding names, else the first head: the page never starts empty
-    const named = CASES.flatMap((c, ci) => c.findings.filter((f) => f.head !== null && f.head !== undefined).map((f) => [RANK[f.severity] || 0, ci, f.head]));
+    const named = CASES.flatMap((c, ci) => c.findings.filter((f) => namedHeads(f).length).map((f) => [RANK[f.severity] || 0, ci, namedHeads(f)[0]]));
     named.sort((a, b) => b[0] - a[0]);
     const [, ci, h] = named[0] || [0, MAPS.findIndex(Boolean), 0];
     if (ci >= 0 && CASES.length) openHead(ci, h, 0);

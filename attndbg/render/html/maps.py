@@ -106,11 +106,23 @@ def collect_maps(
     with np.errstate(over="ignore"):  # saved weights may hold huge values: float16 makes them inf
         stacked = np.asarray([[m.weights for m in per_head] for per_head in maps], dtype="<f2")
     result.weights = _pack(zlib.compress(stacked.tobytes(), 9))
-    for per_head in maps:
-        result.labels.append({"rows": per_head[0].row_labels, "cols": per_head[0].col_labels})
+    for b, per_head in enumerate(maps):
+        first = per_head[0]
+        rows_labels, cols_labels = first.row_labels, first.col_labels
+        if b > 0 and _first_row_tokens_only(case):
+            rows_labels = [str(i * first.row_step) for i in range(rows)]
+            cols_labels = [str(j * first.col_step) for j in range(cols)]
+        result.labels.append({"rows": rows_labels, "cols": cols_labels})
         bitmaps = [_pack(np.packbits(np.asarray(m.masked, dtype=bool)).tobytes()) for m in per_head]
         result.masked.append(bitmaps[:1] if len(set(bitmaps)) == 1 else bitmaps)
     return result
+
+
+def _first_row_tokens_only(case: Case) -> bool:
+    """A capture from text records the tokens of its first sequence (a flat list): other batch
+    rows hold other sentences, so their maps are labelled by position, not with those tokens."""
+    tokens = case.tokens
+    return bool(tokens) and all(isinstance(t, str) for t in tokens)
 
 
 def _pack(raw: bytes) -> str:

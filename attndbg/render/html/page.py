@@ -203,14 +203,24 @@ def _maps_by_case(report: Report, maps: Sequence[CaseMaps]) -> list[dict[str, An
     return [by_key[(c.file, c.name)].to_dict() if (c.file, c.name) in by_key else None for c in report.cases]
 
 
-def render_html(report: Report, maps: Sequence[CaseMaps] = (), *, title: str = "attndbg report") -> str:
-    """One self-contained HTML document of ``report``, with the heatmaps of ``maps``."""
+def render_html(
+    report: Report,
+    maps: Sequence[CaseMaps] = (),
+    *,
+    title: str = "attndbg report",
+    open_head: tuple[int, int, int] | None = None,
+) -> str:
+    """One self-contained HTML document of ``report``, with the heatmaps of ``maps``.
+
+    ``open_head`` = (case index, head, batch row) is the head shown first (by default the head
+    the most severe finding names); an address such as ``report.html#case=3&head=5`` wins."""
     from attndbg import __version__
 
     cases = "".join(_case_section(case, i) for i, case in enumerate(report.cases))
     return _static("page.html").format_map(
         {
             "title": escape(title),
+            "open": "/".join(map(str, open_head)) if open_head else "",
             "csp": _CSP,
             "version": escape(__version__),
             "style": _static("report.css") + _code_styles(),

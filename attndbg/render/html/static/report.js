@@ -475,7 +475,10 @@
   colourGrid();
   wireCanvas();
   if (location.hash) readHash();
-  else {
+  else if (document.body.dataset.open) {
+    const [ci, h, b] = document.body.dataset.open.split("/").map(Number);
+    openHead(ci, h, b);
+  } else {
     // open the head the worst finding names, else the first head: the page never starts empty
     const named = CASES.flatMap((c, ci) => c.findings.filter((f) => namedHeads(f).length).map((f) => [RANK[f.severity] || 0, ci, namedHeads(f)[0]]));
     named.sort((a, b) => b[0] - a[0]);

@@ -53,7 +53,7 @@
   function number(v) {
     if (typeof v !== "number") return String(v);
     if (!Number.isFinite(v)) return String(v);
-    if (v === 0) return "0";
+    if (Number.isInteger(v)) return String(v);
     const a = Math.abs(v);
     return a >= 1e5 || a < 1e-3 ? v.toExponential(2) : a >= 100 ? v.toFixed(1) : v.toFixed(4);
   }
@@ -294,6 +294,10 @@
         });
       }
     }
+    const row = c.heads.find((x) => x.head === h);
+    $("#detail-stats").textContent = row
+      ? "averaged over the batch: " + STATS.filter((s) => typeof row[s.key] === "number").map((s) => `${s.label} ${number(row[s.key])}`).join(" · ")
+      : "";
     const box = $("#detail-findings");
     box.innerHTML = "";
     const mine = [...document.querySelectorAll("#findings article.finding")].filter(

@@ -19,6 +19,7 @@
     { key: "max_logit", label: "max |logit|" },
     { key: "diagonal_mass", label: "diagonal mass", range: [0, 1] },
     { key: "previous_mass", label: "previous-token mass", range: [0, 1] },
+    { key: "next_mass", label: "next-token mass", range: [0, 1] },
     { key: "max_weight", label: "max weight", range: [0, 1] },
     { key: "findings", label: "findings (worst severity)", range: [0, 3] },
   ];

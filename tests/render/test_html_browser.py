@@ -275,3 +275,18 @@ def test_minilm_report_in_chromium(browser: object, tmp_path: Path) -> None:
     last = opened.canvas_image(keep_dir / "minilm-batch2.png")
     assert np.ptp(opened.cell_pixels(last, 1, 20)[0]) > 40  # a colour: this row is not padded
     assert opened.problems == []
+
+
+def test_pages_with_nothing_to_draw_load_cleanly(browser: object, tmp_path: Path) -> None:
+    from attndbg.report import Report
+
+    empty = tmp_path / "empty.html"
+    empty.write_text(render_html(Report(inputs=["nothing.safetensors"])))
+    opened = Opened(browser, empty)
+    assert opened.page.locator("button.cell").count() == 0
+    assert opened.page.locator("#detail").is_hidden()
+    blocked = write_report(tmp_path / "blocked.html", ROOT / "fixtures" / "SHP001_rank5.safetensors")
+    opened_blocked = Opened(browser, blocked)
+    assert "no head statistics" in opened_blocked.page.inner_text("#grid-wrap")
+    assert "SHP001" in opened_blocked.page.inner_text("#findings")
+    assert opened.problems == [] and opened_blocked.problems == []

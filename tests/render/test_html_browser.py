@@ -143,7 +143,12 @@ def test_bug_fixture_report_in_chromium(browser: object, tmp_path: Path) -> None
         assert ("sev-info" in classes) == (head in sink_heads)
     assert "sev-warning" in page.locator("th.case-name").first.get_attribute("class")
 
-    # the page opens on the head the worst finding names; click another one
+    # a finding links to its head
+    page.locator('#findings article[data-code="PAT004"] a.goto').click()
+    opened.view(1, min(sink_heads), 0)
+    assert "PAT004" in page.inner_text("#detail-findings")
+
+    # click a head in the grid
     page.locator('button.cell[data-case="0"][data-head="2"]').click()
     opened.view(0, 2, 0)
     ctx = CaseContext(next(iter_cases([masked])))

@@ -296,9 +296,11 @@
       }
     }
     const row = c.heads.find((x) => x.head === h);
-    $("#detail-stats").textContent = row
-      ? "averaged over the batch: " + STATS.filter((s) => typeof row[s.key] === "number").map((s) => `${s.label} ${number(row[s.key])}`).join(" · ")
+    const stats = $("#detail-stats");
+    stats.textContent = row
+      ? "averaged over the batch: " + STATS.filter((s) => typeof row[s.key] === "number").map((s) => `${s.label} ${number(row[s.key])}`).join(" · ") + " · "
       : "";
+    stats.append(Object.assign(document.createElement("a"), { href: `#case-${ci}`, textContent: "settings and assumptions of this case" }));
     const box = $("#detail-findings");
     box.innerHTML = "";
     const mine = [...document.querySelectorAll("#findings article.finding")].filter(

@@ -262,7 +262,9 @@
     select.innerHTML = "";
     if (m) {
       m.labels.forEach((_, b) => {
-        const tokens = (m.labels[b] && m.row_step === 1 ? m.labels[b].rows : []).slice(0, 6).join(" ");
+        const rows = m.labels[b] && m.row_step === 1 ? m.labels[b].rows : [];
+        const words = rows.some((label, i) => label !== String(i)); // tokens, not positions
+        const tokens = words ? rows.slice(0, 6).join(" ") : "";
         select.add(new Option(`batch ${b}${tokens ? ": " + tokens + " …" : ""}`, b));
       });
       select.value = state.batch;

@@ -14,6 +14,7 @@ from attndbg.errors import UsageError
 if TYPE_CHECKING:
     from attndbg.case import Settings
     from attndbg.engine import Options
+    from attndbg.render.html import CaseMaps
     from attndbg.report import Report
 
 
@@ -65,15 +66,18 @@ def inspect(
         thresholds=project.thresholds,
         baseline=_read_baseline(baseline),
     )
-    if output is not None and output.resolve() in {p.resolve() for p in paths}:
-        raise UsageError(f"-o {output}: refusing to overwrite an input file")
+    inputs = {p.resolve() for p in paths}
+    for flag, target in (("-o", output), ("--html", html), ("--svg", svg)):
+        if target is not None and target.resolve() in inputs:
+            raise UsageError(f"{flag} {target}: refusing to overwrite an input file")
     out = ReportOutput(output_format, output, quiet, timings, write_baseline, html, svg)
 
     from attndbg.recording.sources import is_model_source
 
     model_sources = [str(p) for p in paths if is_model_source(str(p))]
     if model_sources:
-        finish(_inspect_models(model_sources, run, overrides, case), out)
+        report, maps = _inspect_models(model_sources, run, overrides, case, draw=html is not None)
+        finish(report, out, maps=maps)
     _inspect_files(paths, case, run, overrides, out)
 
 
@@ -104,19 +108,30 @@ def _inspect_files(
         def on_case(case_report):  # noqa: ANN001 - a small callback
             console.print(case_renderable(case_report, quiet=out.quiet), soft_wrap=out.quiet)
 
+    maps: list[CaseMaps] = []
     with progress(len(plans)) as advance:
 
         def cases():  # noqa: ANN202 - a generator of Case
             for plan in plans:
                 advance(f"{plan.file.name}::{plan.name}")
-                yield load_case(plan)
+                loaded = load_case(plan)
+                if out.html is not None:  # the heatmaps of the interactive report, while loaded
+                    from attndbg.render.html import REPORT_CELL_BUDGET, collect_maps
+
+                    budget = REPORT_CELL_BUDGET // len(plans)
+                    drawn = collect_maps(loaded, device=run.device, cell_budget=budget)
+                    maps.extend([drawn] if drawn is not None else [])
+                yield loaded
 
         report = run_cases(cases(), run, inputs=[str(p) for p in paths], on_case=on_case)
-    finish(report, out, streamed=out.to_terminal)
+    finish(report, out, streamed=out.to_terminal, maps=maps)
 
 
-def _inspect_models(sources: list[str], run: Options, overrides: Settings, case_glob: str | None) -> Report:
-    """`inspect SOURCE`: capture with default inputs, then inspect the calls in memory."""
+def _inspect_models(
+    sources: list[str], run: Options, overrides: Settings, case_glob: str | None, draw: bool = False
+) -> tuple[Report, list[CaseMaps]]:
+    """`inspect SOURCE`: capture with default inputs, then inspect the calls in memory; with
+    ``draw``, also the heatmaps of the interactive report."""
     import fnmatch
 
     from attndbg.engine import run_cases
@@ -132,4 +147,9 @@ def _inspect_models(sources: list[str], run: Options, overrides: Settings, case_
             captured.file = source
             captured.settings = overrides.merged_over(captured.settings)
             cases.append(captured)
-    return run_cases(cases, run, inputs=sources)
+    maps: list[CaseMaps] = []
+    if draw:
+        from attndbg.render.html import collect_all
+
+        maps = collect_all(cases, device=run.device)
+    return run_cases(cases, run, inputs=sources), maps

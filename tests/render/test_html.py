@@ -137,3 +137,47 @@ def test_every_fixture_kind_renders(name: str) -> None:
     for entry in data:
         if entry is not None:
             assert decode_weights(entry).shape[1] == entry["heads"]
+
+
+def test_inspect_and_show_write_the_interactive_report(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    report = tmp_path / "report.html"
+    plain = run_cli("inspect", str(fx("PAT004_attention_sink")), str(fx("MSK003_float_01_mask")), "-q")
+    result = run_cli(
+        "inspect",
+        str(fx("PAT004_attention_sink")),
+        str(fx("MSK003_float_01_mask")),
+        "-q",
+        "--html",
+        str(report),
+    )
+    assert result.returncode == plain.returncode == 1  # MSK003 is an error: --html changes nothing
+    assert f"report written to {report}" in " ".join(result.stderr.split())
+    html = report.read_text()
+    data = embedded(html, "attndbg-report")
+    assert [c["name"] for c in data["cases"]] == ["PAT004_attention_sink", "MSK003_float_01_mask"]
+    maps = embedded(html, "attndbg-maps")
+    assert [m["case"] for m in maps] == ["PAT004_attention_sink", "MSK003_float_01_mask"]
+
+    layer = tmp_path / "show.html"
+    shown = run_cli("show", str(fx("clean_multi_case")), "--head", "1", "--batch", "1", "--html", str(layer))
+    assert shown.returncode == 0, shown.stderr
+    page = layer.read_text()
+    assert 'data-open="0/1/1"' in page and len(embedded(page, "attndbg-maps")) >= 2
+
+
+def test_html_refuses_inputs_and_two_files(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    source = tmp_path / "in.safetensors"
+    source.write_bytes(fx("clean_basic").read_bytes())
+    for command in (["inspect", str(source)], ["show", str(source)]):
+        result = run_cli(*command, "--html", str(source))
+        assert result.returncode == 2 and "refusing to overwrite an input file" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert source.read_bytes() == fx("clean_basic").read_bytes()
+    two = run_cli("show", str(fx("clean_basic")), str(fx("clean_basic")), "--html", str(tmp_path / "d.html"))
+    assert two.returncode == 2 and "--html draws one file" in two.stderr
+    missing = run_cli("inspect", str(fx("clean_basic")), "--html", str(tmp_path / "no" / "r.html"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1

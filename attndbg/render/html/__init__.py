@@ -4,7 +4,7 @@
 ``render_html(report, maps)`` writes the page from plain data (no torch).
 """
 
-from attndbg.render.html.maps import CaseMaps, collect_maps
+from attndbg.render.html.maps import REPORT_CELL_BUDGET, CaseMaps, collect_all, collect_maps
 from attndbg.render.html.page import render_html
 
-__all__ = ["CaseMaps", "collect_maps", "render_html"]
+__all__ = ["REPORT_CELL_BUDGET", "CaseMaps", "collect_all", "collect_maps", "render_html"]

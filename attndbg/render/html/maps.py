@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -116,6 +117,12 @@ def collect_maps(
         bitmaps = [_pack(np.packbits(np.asarray(m.masked, dtype=bool)).tobytes()) for m in per_head]
         result.masked.append(bitmaps[:1] if len(set(bitmaps)) == 1 else bitmaps)
     return result
+
+
+def collect_all(cases: Sequence[Case], *, device: str = "cpu") -> list[CaseMaps]:
+    """The maps of every case that has one, sharing the report's cell budget."""
+    budget = REPORT_CELL_BUDGET // max(1, len(cases))
+    return [m for case in cases if (m := collect_maps(case, device=device, cell_budget=budget)) is not None]
 
 
 def _first_row_tokens_only(case: Case) -> bool:

@@ -143,7 +143,6 @@ def test_inspect_and_show_write_the_interactive_report(tmp_path: Path) -> None:
     from conftest import run_cli
 
     report = tmp_path / "report.html"
-    plain = run_cli("inspect", str(fx("PAT004_attention_sink")), str(fx("MSK003_float_01_mask")), "-q")
     result = run_cli(
         "inspect",
         str(fx("PAT004_attention_sink")),
@@ -152,7 +151,7 @@ def test_inspect_and_show_write_the_interactive_report(tmp_path: Path) -> None:
         "--html",
         str(report),
     )
-    assert result.returncode == plain.returncode == 1  # MSK003 is an error: --html changes nothing
+    assert result.returncode == 1  # MSK003 is an error: --html changes no exit code
     assert f"report written to {report}" in " ".join(result.stderr.split())
     html = report.read_text()
     data = embedded(html, "attndbg-report")
@@ -179,5 +178,3 @@ def test_html_refuses_inputs_and_two_files(tmp_path: Path) -> None:
     assert source.read_bytes() == fx("clean_basic").read_bytes()
     two = run_cli("show", str(fx("clean_basic")), str(fx("clean_basic")), "--html", str(tmp_path / "d.html"))
     assert two.returncode == 2 and "--html draws one file" in two.stderr
-    missing = run_cli("inspect", str(fx("clean_basic")), "--html", str(tmp_path / "no" / "r.html"))
-    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1

@@ -229,7 +229,9 @@ def test_minilm_report_in_chromium(browser: object, tmp_path: Path) -> None:
     texts = [arg for text in TEXTS for arg in ("--text", text)]
     result = run_cli("capture", str(package.get_model_path()), "-o", str(capture), *texts)
     assert result.returncode == 0, result.stderr[-2000:]
-    path = write_report(tmp_path / "minilm.html", capture)
+    path = tmp_path / "minilm.html"
+    inspected = run_cli("inspect", str(capture), "--html", str(path), "-q")
+    assert inspected.returncode == 0, inspected.stderr[-2000:]
     data = json.loads(re.search(r'id="attndbg-report">(.*?)</script>', path.read_text(), re.S).group(1))
     opened = Opened(browser, path)
     page = opened.page

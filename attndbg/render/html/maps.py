@@ -129,7 +129,7 @@ def _first_row_tokens_only(case: Case) -> bool:
     """A capture from text records the tokens of its first sequence (a flat list): other batch
     rows hold other sentences, so their maps are labelled by position, not with those tokens."""
     tokens = case.tokens
-    return bool(tokens) and all(isinstance(t, str) for t in tokens)
+    return tokens is not None and len(tokens) > 0 and all(isinstance(t, str) for t in tokens)
 
 
 def _pack(raw: bytes) -> str:

@@ -27,7 +27,8 @@ _CSP = (
 
 
 def _static(name: str) -> str:
-    return resources.files("attndbg.render.html").joinpath("static", name).read_text(encoding="utf-8")
+    static = resources.files("attndbg.render.html").joinpath("static")
+    return static.joinpath(name).read_text(encoding="utf-8")
 
 
 def _json_script(element_id: str, data: Any) -> str:

@@ -5,6 +5,7 @@ hostile names inert."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import zlib
@@ -127,6 +128,16 @@ def test_named_heads_and_source_locations() -> None:
     html = render_html(report, [])
     assert "model.py:42" in html and "<code>forward</code>" in html
     assert re.search(r"attn.*?=.*?q.*?@.*?k", html)
+
+    @dataclasses.dataclass
+    class Place:  # the shape of report.Location that traced captures attach
+        file: str
+        line: int
+        function: str = ""
+        code: str = ""
+
+    sink.location = Place("train.py", 7, "step", "out = attention(x)")
+    assert "train.py:7" in render_html(report, [])
 
 
 @pytest.mark.parametrize("name", ["clean_basic", "MSK005_weights_leak", "SMX003_log_probabilities"])

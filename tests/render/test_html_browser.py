@@ -204,6 +204,11 @@ def test_keyboard_moves_through_the_grid(browser: object, tmp_path: Path) -> Non
     assert page.evaluate("location.hash").startswith("#case=1&head=1&batch=0")
     page.select_option("#stat", "sink_mass")
     assert "sink mass" in page.locator("button.cell").first.get_attribute("aria-label")
+    assert "range of this report" not in page.inner_text("#legend")  # masses: a fixed 0–1 scale
+    before = page.locator("button.cell").first.evaluate("e => e.style.background")
+    page.check("#stretch")
+    assert "range of this report" in page.inner_text("#legend")
+    assert page.locator("button.cell").first.evaluate("e => e.style.background") != before
     assert opened.problems == []
 
 

@@ -25,7 +25,7 @@
   ];
   const RANK = { info: 1, warning: 2, error: 3 };
   const SEVERITY = ["none", "info", "warning", "error"];
-  const state = { stat: "entropy_ratio", palette: "viridis", caseIndex: null, head: null, batch: 0, scale: "linear", cursor: null };
+  const state = { stretch: false, stat: "entropy_ratio", palette: "viridis", caseIndex: null, head: null, batch: 0, scale: "linear", cursor: null };
 
   // ---- colours ------------------------------------------------------------------------------
   const luts = {};
@@ -93,7 +93,7 @@
   }
   function statRange(key) {
     const spec = STATS.find((s) => s.key === key);
-    if (spec.range) return spec.range;
+    if (spec.range && !(state.stretch && key !== "findings")) return spec.range;
     let lo = Infinity, hi = -Infinity;
     CASES.forEach((c, ci) => { for (let h = 0; h < headCount(ci); h++) { const v = statValue(ci, h, key); if (v !== null && Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); } } });
     return lo <= hi ? [lo, hi > lo ? hi : lo + 1] : [0, 1];
@@ -147,7 +147,11 @@
         button.dataset.head = h;
         const sev = worst(byHead[ci].get(h) || []);
         if (sev) button.classList.add("sev-" + SEVERITY[sev]);
-        button.addEventListener("click", () => openHead(ci, h));
+        button.addEventListener("click", () => {
+          openHead(ci, h);
+          // a tall grid hides the map below it: bring the map into view
+          if ($("#detail").getBoundingClientRect().top > window.innerHeight * 0.8) $("#detail").scrollIntoView({ block: "start" });
+        });
         button.addEventListener("focus", () => { $("#grid-status").textContent = describeHead(ci, h); });
         button.addEventListener("mouseenter", () => { $("#grid-status").textContent = describeHead(ci, h); });
         td.appendChild(button);
@@ -173,7 +177,8 @@
     }));
     const ends = state.stat === "findings" ? ["none", "error"] : [number(lo), number(hi)];
     $("#legend").innerHTML = "";
-    $("#legend").append(ends[0], Object.assign(document.createElement("span"), { className: "bar" }), ends[1] + (spec.range ? "" : " (range of this report)"));
+    const fixed = spec.range && !(state.stretch && state.stat !== "findings");
+    $("#legend").append(ends[0], Object.assign(document.createElement("span"), { className: "bar" }), ends[1] + (fixed ? "" : " (range of this report)"));
     $("#legend .bar").style.background = gradient();
   }
   function onGridKey(event) {
@@ -476,6 +481,7 @@
   }
 
   statSelect.addEventListener("change", () => { state.stat = statSelect.value; colourGrid(); });
+  $("#stretch").addEventListener("change", (e) => { state.stretch = e.target.checked; colourGrid(); });
   $("#palette").addEventListener("change", (e) => { state.palette = e.target.value; colourGrid(); if (state.caseIndex !== null) renderDetail(); });
   $("#batch").addEventListener("change", (e) => { state.batch = Number(e.target.value); state.cursor = null; renderDetail(); writeHash(); });
   $("#scale").addEventListener("change", (e) => { state.scale = e.target.value; if (state.caseIndex !== null) { renderDetail(); writeHash(); } });

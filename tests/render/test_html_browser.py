@@ -43,15 +43,20 @@ def browser() -> Iterator[object]:
     executable = chromium_executable()
     if executable is None:
         pytest.skip("no Chromium executable (Debian: apt-get install chromium; or set ATTNDBG_CHROMIUM)")
-    with sync_api.sync_playwright() as playwright:
-        try:
-            # as root (containers, CI) Chromium refuses to start inside its sandbox
-            args = ["--no-sandbox"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
-            launched = playwright.chromium.launch(executable_path=executable, args=args)
-        except sync_api.Error as exc:
-            pytest.skip(f"Chromium at {executable} did not start: {str(exc).splitlines()[0]}")
-        yield launched
-        launched.close()
+    try:
+        playwright = sync_api.sync_playwright().start()
+    except Exception as exc:  # playwright's bundled driver missing or broken
+        pytest.skip(f"playwright could not start: {type(exc).__name__}: {str(exc)[:200]}")
+    try:
+        # as root (containers, CI) Chromium refuses to start inside its sandbox
+        args = ["--no-sandbox"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+        launched = playwright.chromium.launch(executable_path=executable, args=args)
+    except sync_api.Error as exc:
+        playwright.stop()
+        pytest.skip(f"Chromium at {executable} did not start: {str(exc).splitlines()[0]}")
+    yield launched
+    launched.close()
+    playwright.stop()
 
 
 class Opened:

@@ -205,6 +205,13 @@ def test_keyboard_moves_through_the_grid(browser: object, tmp_path: Path) -> Non
     page.keyboard.press("Enter")
     opened.view(1, 1, 0)
     assert "head 1" in page.inner_text("#detail-title")
+    # the map is reachable by keyboard too: arrow keys move a cursor and show the tooltip
+    page.focus("#heatmap")
+    page.keyboard.press("ArrowDown")
+    assert page.inner_text("#tooltip").startswith("query 0 → key 0")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowRight")
+    assert page.inner_text("#tooltip").startswith("query 1 → key 1")
     # the address names the head, so that a link opens it
     assert page.evaluate("location.hash").startswith("#case=1&head=1&batch=0")
     page.select_option("#stat", "sink_mass")

@@ -458,9 +458,11 @@
       const moves = { ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0] };
       if (!m || !(event.key in moves)) return;
       event.preventDefault();
-      const [i0, j0] = state.cursor || [0, -moves[event.key][1] > 0 ? 1 : 0];
-      const i = Math.min(Math.max(i0 + moves[event.key][0], 0), m.rows - 1);
-      const j = Math.min(Math.max(j0 + moves[event.key][1], 0), m.cols - 1);
+      // the first key press puts the cursor on the first cell, the next ones move it
+      const [di, dj] = state.cursor ? moves[event.key] : [0, 0];
+      const [i0, j0] = state.cursor || [0, 0];
+      const i = Math.min(Math.max(i0 + di, 0), m.rows - 1);
+      const j = Math.min(Math.max(j0 + dj, 0), m.cols - 1);
       state.cursor = [i, j];
       draw();
       showTooltip(i, j, canvas.offsetLeft + geometry.left + j * geometry.cell, canvas.offsetTop + geometry.top + (i + 1) * geometry.cell);

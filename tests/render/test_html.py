@@ -189,3 +189,17 @@ def test_html_refuses_inputs_and_two_files(tmp_path: Path) -> None:
     assert source.read_bytes() == fx("clean_basic").read_bytes()
     two = run_cli("show", str(fx("clean_basic")), str(fx("clean_basic")), "--html", str(tmp_path / "d.html"))
     assert two.returncode == 2 and "--html draws one file" in two.stderr
+
+
+def test_from_python_after_a_capture() -> None:
+    import attndbg
+    from attndbg.render.html import collect_all
+
+    layer = torch.nn.TransformerEncoderLayer(32, 4, batch_first=True).eval()
+    with torch.no_grad(), attndbg.capture(layer) as calls:
+        layer(torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(0)))
+    report = attndbg.diagnose(calls)
+    html = render_html(report, collect_all(list(calls.cases())))
+    maps = embedded(html, "attndbg-maps")
+    assert len(maps) == len(report.cases) == 1 and maps[0]["heads"] == 4 and maps[0]["batches"] == 2
+    assert decode_weights(maps[0]).sum(axis=-1) == pytest.approx(np.ones((2, 4, 10)), abs=2e-2)

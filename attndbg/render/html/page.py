@@ -54,18 +54,20 @@ def _evidence_value(value: Any) -> str:
     return _number(value)
 
 
+# Pygments comes with Rich; it ships no type hints (types-Pygments is not a dependency), and the
+# three calls below return str.
 def _highlight(code: str) -> str:
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import PythonLexer
+    from pygments import highlight  # type: ignore[import-untyped]
+    from pygments.formatters import HtmlFormatter  # type: ignore[import-untyped]
+    from pygments.lexers import PythonLexer  # type: ignore[import-untyped]
 
-    return highlight(code, PythonLexer(), HtmlFormatter(cssclass="code"))
+    return str(highlight(code, PythonLexer(), HtmlFormatter(cssclass="code")))
 
 
 def _code_styles() -> str:
     from pygments.formatters import HtmlFormatter
 
-    return HtmlFormatter(style="default").get_style_defs(".code")
+    return str(HtmlFormatter(style="default").get_style_defs(".code"))
 
 
 def _location(finding: Finding) -> dict[str, Any] | None:

@@ -48,7 +48,7 @@ KNOWN_FALSE_ALARMS = [
     KnownFalseAlarm(
         "MSK001",
         lambda arch, impl, scenario: (
-            impl in ("sdpa", "eager")  # eager attention is traced to the same q/k/v and mask
+            impl == "sdpa"
             and scenario == "padded"
             and (arch.family == "decoder" or arch.name == "modernbert")
         ),
@@ -56,37 +56,18 @@ KNOWN_FALSE_ALARMS = [
     ),
     KnownFalseAlarm(
         "SHP004",
-        lambda arch, impl, scenario: arch.name == "falcon" and impl in ("sdpa", "eager"),
+        lambda arch, impl, scenario: arch.name == "falcon" and impl == "sdpa",
         "multi-query attention: SDPA broadcasts the single K/V head, the call does not raise",
     ),
     KnownFalseAlarm(
         "SCL001",
-        lambda arch, impl, scenario: arch.scale == "1" and impl in ("sdpa", "eager"),
+        lambda arch, impl, scenario: arch.scale == "1" and impl == "sdpa",
         "scale=1.0 by design (T5 folds 1/sqrt(d) into its query init, Whisper pre-scales q): "
         "the logit-spread statistic cannot tell that from a missing scale",
     ),
     KnownFalseAlarm(
-        "MSK007",
-        lambda arch, impl, scenario: arch.name == "gpt_neo" and impl == "eager",
-        "GPT-Neo's eager attention puts finfo.min on future logits (torch.where) and then adds the "
-        "finfo.min padding mask: where both apply the sum overflows to -inf. True of what it "
-        "computes (traced since eager calls are followed to q/k/v); no row it keeps is affected",
-    ),
-    KnownFalseAlarm(
-        "SCL004",
-        lambda arch, impl, scenario: arch.name == "levit" and impl == "eager",
-        "this random LeViT's q and k come out of its BatchNorm'd projections near 0 (std ~4e-5), "
-        "which sharpen_attention does not widen; a trained LeViT spreads its scores",
-    ),
-    KnownFalseAlarm(
-        "PAT002",
-        lambda arch, impl, scenario: arch.name == "ctrl" and scenario == "default",
-        "one head of this random CTRL is near-uniform over its causal keys on the short default "
-        "input; seen since eager calls are traced with their causal mask (weights alone hid it)",
-    ),
-    KnownFalseAlarm(
         "SCL002",
-        lambda arch, impl, scenario: arch.scale == "1/d" and impl in ("sdpa", "eager"),
+        lambda arch, impl, scenario: arch.scale == "1/d" and impl == "sdpa",
         "μP models (Granite 3) scale by 1/d on purpose: the config says so",
     ),
 ]

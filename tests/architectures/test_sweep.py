@@ -120,7 +120,7 @@ def test_sdpa_capture_reproduces_eager_weights(arch: Arch, scenario: str) -> Non
     windows, whatever the library hands SDPA."""
     fast, slow = run(arch, "sdpa", scenario), run(arch, "eager", scenario)
     sdpa_calls = [c for c in fast.calls if c.kind == "sdpa"]
-    eager_calls = [c for c in slow.calls if c.kind in ("eager", "traced")]  # traced: eager with q/k/v
+    eager_calls = [c for c in slow.calls if c.kind == "eager"]
     assert len(sdpa_calls) == len(eager_calls) > 0
     for call, eager in zip(sdpa_calls, eager_calls):
         assert call.module == eager.module
@@ -160,7 +160,7 @@ def test_sliding_window_is_in_the_recorded_call(arch: Arch, implementation: str)
     length = max(LENGTHS)
     kept = []
     for call in outcome.calls:
-        if call.kind in ("eager", "traced"):
+        if call.kind == "eager":
             row = call.weights[0, :, -1] > 0
         elif call.mask is not None:
             row = _keep(call.mask)[0, :, -1]

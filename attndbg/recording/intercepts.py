@@ -277,6 +277,7 @@ def where(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
 @intercept(
     *(f"Tensor.{name}" for name in tr.LAYOUT_METHODS),
     "torch.reshape", "torch.permute", "torch.transpose", "torch.flatten", "torch.unflatten",
+    "torch.squeeze", "torch.unsqueeze",
 )  # fmt: skip
 def layout(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     result = func(*args, **kwargs)

@@ -392,6 +392,8 @@ class Recorder(TorchFunctionMode):
         if call.v is not None or not isinstance(v, torch.Tensor):
             return
         lead = call.lead
+        if v.dim() == out.dim() and v.shape[:-2] != out.shape[:-2]:
+            v = v.expand(*out.shape[:-2], *v.shape[-2:])  # broadcast in the product (multi-query)
         if record.reordered or v.shape[:-2].numel() != math.prod(lead) or v.shape[-2] != call.k.shape[-2]:
             call.notes = [n for n in call.notes if n != NO_PV_PRODUCT]
             call.notes.append(

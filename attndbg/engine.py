@@ -93,8 +93,9 @@ def _heads(ctx: CaseContext) -> list[HeadStats]:
     return [HeadStats(**{k: v for k, v in head.items() if k in names}) for head in ctx.heads]
 
 
-def run_case(case: Case, options: Options) -> CaseReport:
-    ctx = CaseContext(
+def run_case(case: Case, options: Options, ctx: CaseContext | None = None) -> CaseReport:
+    """``ctx``: a context the caller keeps, to read its statistics afterwards (attndbg.watch)."""
+    ctx = ctx or CaseContext(
         case, device=options.device, max_memory=options.max_memory, thresholds=options.thresholds
     )
     report = CaseReport(

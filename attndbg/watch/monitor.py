@@ -74,7 +74,9 @@ class Watcher:
         if not isinstance(every, int) or every < 1:
             raise UsageError(f"watch(every={every!r}): expected a whole number ≥ 1")
         if not (callable(on_alert) or on_alert in ("warn", "raise", "ignore")):
-            raise UsageError(f"watch(on_alert={on_alert!r}): expected 'warn', 'raise', 'ignore' or a callable")
+            raise UsageError(
+                f"watch(on_alert={on_alert!r}): expected 'warn', 'raise', 'ignore' or a callable"
+            )
         self.model, self.every, self.on_alert = model, every, on_alert
         self.thresholds = Thresholds.from_value(thresholds)
         self.catalogue, self.auto_step, self.eval_forwards = catalogue, auto_step, eval_forwards
@@ -116,7 +118,9 @@ class Watcher:
             head = header(self.every, self.thresholds.to_dict(), world, None if world == 1 else rank)
             if rank == 0:
                 self._main_log = JsonlLog(self.log_path)
-                self._main_log.write({**head, "rank": None, "aggregate": "max-min-sum" if world > 1 else None})
+                self._main_log.write(
+                    {**head, "rank": None, "aggregate": "max-min-sum" if world > 1 else None}
+                )
             if self.per_rank and world > 1:
                 self._rank_log = JsonlLog(distributed.rank_path(self.log_path, rank))
                 self._rank_log.write(head)
@@ -145,7 +149,12 @@ class Watcher:
             if self._pending:
                 self._finish_step(self.step_index)
         finally:
-            end = {"type": "end", "steps": self.step_index, "sampled": self._sampled, "alerts": len(self.alerts)}
+            end = {
+                "type": "end",
+                "steps": self.step_index,
+                "sampled": self._sampled,
+                "alerts": len(self.alerts),
+            }
             for log in (self._main_log, self._rank_log):
                 if log is not None:
                     log.write(end)

@@ -112,7 +112,9 @@ def merge(first: LayerSample, second: LayerSample) -> LayerSample:
     )
 
 
-def reduce_call(call: CapturedCall, name: str, catalogue: bool = True, max_memory: int = 1 << 28) -> LayerSample:
+def reduce_call(
+    call: CapturedCall, name: str, catalogue: bool = True, max_memory: int = 1 << 28
+) -> LayerSample:
     """Statistics of one recorded call, on its device, without autograd or autocast."""
     import torch
 

@@ -118,7 +118,7 @@ class AlertTracker:
         for finding in findings:
             if finding["severity"] != "error":
                 continue
-            key = ("catalogue-error", f"{finding['layer']}:{finding['code']}", finding.get("head"))
+            key = ("catalogue-error", f"{finding['layer']}:{finding['code']}", None)
             if self._once(key):
                 alerts.append(
                     Alert(

@@ -40,5 +40,5 @@ def aggregate(local: list[LayerSample]) -> list[LayerSample]:
             merged[layer.name] = layer if previous is None else merge(previous, layer)
     for layer in merged.values():
         # the same finding on several ranks is one finding
-        layer.findings = list({(f["code"], f["head"]): f for f in layer.findings}.values())
+        layer.findings = list({f["code"]: f for f in layer.findings}.values())
     return list(merged.values())

@@ -85,7 +85,7 @@ class Watcher:
         self._tensorboard_spec = tensorboard
         self.step_index = 0
         self.alerts: list[Alert] = []
-        self.findings: dict[tuple[str, str, int | None], dict[str, Any]] = {}
+        self.findings: dict[tuple[str, str], dict[str, Any]] = {}
         self.last: dict[str, LayerSample] = {}
         self._tracker = AlertTracker(self.thresholds)
         self._pending: dict[str, LayerSample] = {}
@@ -229,7 +229,8 @@ class Watcher:
         new_findings = []
         for layer in layers:
             for finding in layer.findings:
-                key = (layer.name, finding["code"], finding["head"])
+                # the worst head of a finding may change from step to step: one per layer and code
+                key = (layer.name, finding["code"])
                 if key not in self.findings:
                     self.findings[key] = {"type": "finding", "step": step, "layer": layer.name, **finding}
                     new_findings.append(self.findings[key])

@@ -5,6 +5,7 @@ and errors of the check catalogue. Plain Python over the per-head numbers of the
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,11 +110,12 @@ class AlertTracker:
                 self.nonfinite_seen = True
                 alerts.append(alert)
         for layer in layers:
+            # a non-finite statistic is the non-finite alert's business, not a trend
             for head, value in enumerate(layer.get("max_logit") or []):
-                if value is not None:
+                if value is not None and math.isfinite(value):
                     alerts.extend(self._logit(step, layer["name"], head, float(value)))
             for head, value in enumerate(layer.get("entropy") or []):
-                if value is not None:
+                if value is not None and math.isfinite(value):
                     alerts.extend(self._entropy(step, layer["name"], head, float(value)))
         for finding in findings:
             if finding["severity"] != "error":

@@ -92,8 +92,9 @@ class Watcher:
         self._pending_seconds = 0.0
         self._forward_names: dict[str, int] = {}
         self._capture: contextlib.ExitStack | None = None
-        self._hooks: list[Any] = []
-        self._logs: list[JsonlLog] = []
+        self._step_hooks: list[Any] = []  # on the model only while auto_step is on
+        self._armed: list[Any] = []  # on every module, only during a sampled step
+        self._outermost: torch.nn.Module | None = None
         self._main_log: JsonlLog | None = None
         self._rank_log: JsonlLog | None = None
         self._tensorboard: Any = None
@@ -119,7 +120,7 @@ class Watcher:
             if rank == 0:
                 self._main_log = JsonlLog(self.log_path)
                 self._main_log.write(
-                    {**head, "rank": None, "aggregate": "max-min-sum" if world > 1 else None}
+                    {**head, "rank": None, "aggregate": "worst over ranks" if world > 1 else None}
                 )
             if self.per_rank and world > 1:
                 self._rank_log = JsonlLog(distributed.rank_path(self.log_path, rank))
@@ -128,11 +129,10 @@ class Watcher:
             from attndbg.watch.tensorboard import scalar_writer
 
             self._tensorboard = scalar_writer(self._tensorboard_spec)
-        self._hooks = [
-            self.model.register_forward_pre_hook(self._before_forward),
-            self.model.register_forward_hook(self._after_forward, always_call=True),
-        ]
+        if self.auto_step:
+            self._step_hooks = [self.model.register_forward_hook(self._count_step, always_call=True)]
         self._started = True
+        self._arm(self.sampling)
         return self
 
     def close(self) -> None:
@@ -141,9 +141,10 @@ class Watcher:
         if not self._started:
             return
         self._started = False
-        for handle in self._hooks:
+        for handle in self._step_hooks:
             handle.remove()
-        self._hooks = []
+        self._step_hooks = []
+        self._arm(False)
         self._stop_capture()
         try:
             if self._pending:
@@ -175,29 +176,45 @@ class Watcher:
         if self._pending or (self.sampling and self._distributed_world() > 1):
             alerts = self._finish_step(self.step_index)
         self.step_index += 1
+        self._arm(self._started and self.sampling)
         return alerts
 
-    # ---- forward hooks: capture on sampled steps only --------------------------------------
+    # ---- forward hooks: only during sampled steps ------------------------------------------
+    def _arm(self, armed: bool) -> None:
+        """Hooks on every module while a sampled step runs, none otherwise: a step that is not
+        sampled runs the model exactly as without watch. Every module, not only the root,
+        because trainers (Lightning's ``training_step``) call submodules directly."""
+        if armed and not self._armed:
+            for module in self.model.modules():
+                self._armed.append(module.register_forward_pre_hook(self._before_forward))
+                self._armed.append(module.register_forward_hook(self._after_forward, always_call=True))
+        elif not armed and self._armed:
+            for handle in self._armed:
+                handle.remove()
+            self._armed = []
+
     def _before_forward(self, module: torch.nn.Module, _inputs: Any) -> None:
-        if not self.sampling or self._capture is not None:
-            return
-        if module.training is False and not self.eval_forwards:
+        if self._capture is not None or (not module.training and not self.eval_forwards):
             return
         from attndbg.recording.recorder import capture
 
         self._forward_names = {}
         stack = contextlib.ExitStack()
         stack.enter_context(capture(self.model, layers=self.layers, on_call=self._on_call))
-        self._capture = stack
+        self._capture, self._outermost = stack, module
 
     def _after_forward(self, module: torch.nn.Module, _inputs: Any, _output: Any) -> None:
-        self._stop_capture()
-        if self.auto_step and (module.training or self.eval_forwards):
+        if module is self._outermost:
+            self._stop_capture()
+
+    def _count_step(self, module: torch.nn.Module, _inputs: Any, _output: Any) -> None:
+        if module.training or self.eval_forwards:
+            self._stop_capture()
             self.step()
 
     def _stop_capture(self) -> None:
         if self._capture is not None:
-            stack, self._capture = self._capture, None
+            stack, self._capture, self._outermost = self._capture, None, None
             stack.close()
 
     def _on_call(self, call: Any) -> None:

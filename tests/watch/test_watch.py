@@ -71,9 +71,16 @@ def test_non_sampled_steps_run_no_recording(monkeypatch):
     monkeypatch.setattr(monitor, "reduce_call", counting)
     torch.manual_seed(0)
     model = TinyGPT()
+    hooks = []
+
+    def count_hooks(step, model):
+        hooks.append(sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()))
+
     with attndbg.watch(model, every=4, on_alert="ignore") as watcher:
-        train(model, watcher, steps=9)
+        train(model, watcher, steps=9, before_step=count_hooks)
     assert len(reduced) == 3 * 2  # steps 0, 4, 8; two layers each
+    assert [step for step, count in enumerate(hooks) if count] == [0, 4, 8]  # the model is untouched between
+    assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()) == 0
 
 
 def test_entropy_matches_the_attention_weights():

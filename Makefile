@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint fixtures bench clean
+.PHONY: install demo test lint fixtures bench bench-watch clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: install
 # One run: attndbg's inspection vs one SDPA forward at N = 1,024 / 4,096 / 16,384 (a few minutes).
 bench: install
 	$(BIN)/python scripts/bench.py --sizes 1024,4096,16384
+
+# One run: a small GPT's training step with attndbg.watch(every=10) and (every=1) against none.
+bench-watch: install
+	$(BIN)/python scripts/bench_watch.py --runs 5 --steps 40
 
 fixtures: install
 	$(BIN)/python scripts/make_fixtures.py fixtures

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from attndbg.errors import UsageError
+from attndbg.errors import UsageError, first_line
 from attndbg.watch.alerts import Alert, AlertTracker, AttentionAlert, AttentionWarning, Thresholds
 from attndbg.watch.log import JsonlLog, header
 from attndbg.watch.reduce import LayerSample, merge, reduce_call
@@ -90,6 +90,8 @@ class Watcher:
         self._tracker = AlertTracker(self.thresholds)
         self._pending: dict[str, LayerSample] = {}
         self._pending_seconds = 0.0
+        self._skipped: list[dict[str, str]] = []  # calls of the open step that could not be reduced
+        self._skip_warned = False
         self._forward_names: dict[str, int] = {}
         self._capture: contextlib.ExitStack | None = None
         self._step_hooks: list[Any] = []  # on the model only while auto_step is on
@@ -173,7 +175,7 @@ class Watcher:
         """Close the current training step (call it once per optimizer step, after it); returns
         the alerts this step raised (empty on steps that are not sampled)."""
         alerts: list[Alert] = []
-        if self._pending or (self.sampling and self._distributed_world() > 1):
+        if self._pending or self._skipped or (self.sampling and self._distributed_world() > 1):
             alerts = self._finish_step(self.step_index)
         self.step_index += 1
         self._arm(self._started and self.sampling)
@@ -222,8 +224,18 @@ class Watcher:
         base = call.module or "attention"
         count = self._forward_names[base] = self._forward_names.get(base, 0) + 1
         name = base if count == 1 else f"{base}#{count}"
-        sample = reduce_call(call, name, catalogue=self.catalogue, max_memory=self.max_memory)
-        del call
+        try:
+            sample = reduce_call(call, name, catalogue=self.catalogue, max_memory=self.max_memory)
+        except Exception as exc:  # a monitor must never stop the training it watches
+            self._skipped.append({"layer": name, "error": f"{type(exc).__name__}: {first_line(exc)}"})
+            if not self._skip_warned:
+                self._skip_warned = True
+                warnings.warn(
+                    f"attndbg.watch: {name} not reduced: {first_line(exc)}", AttentionWarning, stacklevel=2
+                )
+            return
+        finally:
+            del call
         previous = self._pending.get(name)
         self._pending[name] = sample if previous is None else merge(previous, sample)
         self._pending_seconds += time.perf_counter() - started
@@ -253,6 +265,7 @@ class Watcher:
                     new_findings.append(self.findings[key])
         self.last = {layer.name: layer for layer in layers}
         record = self._step_record(step, layers, seconds)
+        self._skipped = []
         alerts = self._tracker.update(step, record["layers"], new_findings)
         self.alerts.extend(alerts)
         if self._main_log is not None:
@@ -268,14 +281,16 @@ class Watcher:
         self._dispatch(alerts)
         return alerts
 
-    @staticmethod
-    def _step_record(step: int, layers: list[LayerSample], seconds: float) -> dict[str, Any]:
-        return {
+    def _step_record(self, step: int, layers: list[LayerSample], seconds: float) -> dict[str, Any]:
+        record = {
             "type": "step",
             "step": step,
             "seconds": round(seconds, 6),
             "layers": [layer.to_dict() for layer in layers],
         }
+        if self._skipped:
+            record["skipped"] = list(self._skipped)
+        return record
 
     def _dispatch(self, alerts: list[Alert]) -> None:
         for alert in alerts:

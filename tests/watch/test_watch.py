@@ -301,3 +301,27 @@ for step, (ids, targets) in enumerate(random_batches(6)):
     records = read_log(log)
     assert [r["type"] for r in records] == ["header"] + ["step"] * 4
     assert json.loads(log.read_text().splitlines()[1])["step"] == 0
+
+
+def test_a_failing_reduction_never_stops_training(tmp_path, monkeypatch):
+    import attndbg.watch.monitor as monitor
+
+    def broken(call, name, **options):
+        raise ValueError(f"cannot reduce {name}")
+
+    monkeypatch.setattr(monitor, "reduce_call", broken)
+    torch.manual_seed(0)
+    model = TinyGPT()
+    log = tmp_path / "run.jsonl"
+    with (
+        pytest.warns(AttentionWarning, match="not reduced") as caught,
+        attndbg.watch(model, every=2, log=log) as w,
+    ):
+        losses = train(model, w, steps=4)
+    assert len(losses) == 4 and len([c for c in caught if "not reduced" in str(c.message)]) == 1
+    steps = [r for r in read_log(log) if r["type"] == "step"]
+    assert [s["step"] for s in steps] == [0, 2]
+    assert steps[0]["skipped"] == [
+        {"layer": "blocks.0.attn", "error": "ValueError: cannot reduce blocks.0.attn"},
+        {"layer": "blocks.1.attn", "error": "ValueError: cannot reduce blocks.1.attn"},
+    ]

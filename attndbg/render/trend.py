@@ -37,7 +37,7 @@ def sparkline(values: list[float | None], width: int = 40, pick: str = "max") ->
         elif not math.isfinite(value):
             marks.append("!")
         else:
-            marks.append(BLOCKS[min(len(BLOCKS) - 1, int((value - low) / span * len(BLOCKS)))])
+            marks.append(BLOCKS[round((value - low) / span * (len(BLOCKS) - 1))])
     return "".join(marks)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from attndbg.errors import InputError, UsageError
+from attndbg.vocab import MaskSemantics
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +23,7 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
 }
 ALIAS_TO_ROLE = {alias: role for role, aliases in ROLE_ALIASES.items() for alias in aliases}
 ROLE_ORDER = ("q", "k", "v", "mask", "scores", "weights", "out")
-MASK_SEMANTICS = ("keep", "drop", "additive")
+MASK_SEMANTICS = MaskSemantics.values()
 SETTING_KEYS = (
     "is_causal",
     "scale",
@@ -43,7 +44,7 @@ class Settings:
     is_causal: bool | None = None
     scale: float | None = None
     layout: str | None = None
-    mask_semantics: str | None = None
+    mask_semantics: MaskSemantics | None = None
     enable_gqa: bool | None = None
     dropout_p: float | None = None
     source: str | None = None
@@ -98,11 +99,11 @@ def parse_layout(value: str, what: str = "layout") -> str:
     return layout
 
 
-def parse_mask_semantics(value: str, what: str = "mask_semantics") -> str:
+def parse_mask_semantics(value: str, what: str = "mask_semantics") -> MaskSemantics:
     lowered = value.strip().lower()
     if lowered not in MASK_SEMANTICS:
         raise UsageError(f"{what} is {value!r}; expected one of {', '.join(MASK_SEMANTICS)}")
-    return lowered
+    return MaskSemantics(lowered)
 
 
 def settings_from_strings(values: dict[str, str], where: str) -> Settings:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from attndbg.errors import UsageError
+from attndbg.vocab import FailOn
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +28,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 KEYS = {"select", "ignore", "fail-on", "max-memory", "device", "thresholds"}
-FAIL_ON = ("error", "warning", "info", "never")
+FAIL_ON = FailOn.values()
 
 
 @dataclass

@@ -12,10 +12,12 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from attndbg.case import DEFAULT_LAYOUT, Case
+from attndbg.vocab import CausalAlign, MaskSemantics, Statistic
 
 if TYPE_CHECKING:
     import torch
 
+    from attndbg.report import HeadStats
     from attndbg.stats import AttentionStats
 
 QKV_ROLES = ("q", "k", "v", "out")
@@ -43,6 +45,10 @@ class CaseContext:
         self.guesses: list[str] = list(case.notes)
         self.raw = case.tensors
         self.settings = case.settings
+        self._stats: AttentionStats | None = None
+        # the statistics families the running checks read; None (outside the engine) = all
+        self.wanted: frozenset[Statistic] | None = None
+        self._nonfinite: dict[str, tuple[int, int, int]] = {}
 
     # ---- what is present -------------------------------------------------------------------
     def has(self, role: str) -> bool:
@@ -135,21 +141,22 @@ class CaseContext:
         return False
 
     @cached_property
-    def mask_semantics(self) -> str | None:
+    def mask_semantics(self) -> MaskSemantics | None:
         if "mask" not in self.raw:
             return None
         mask = self.raw["mask"]
         if self.settings.mask_semantics:
-            return self.settings.mask_semantics
+            return MaskSemantics(self.settings.mask_semantics)
         if self.case.mask_key == "key_padding_mask":
-            guess = "drop"
+            guess = MaskSemantics.DROP
             why = "named key_padding_mask: True/1 = ignore, as nn.MultiheadAttention reads it"
         elif mask.dtype == __import__("torch").bool:
-            guess, why = "keep", "bool mask: True = attend, as SDPA reads it"
+            guess, why = MaskSemantics.KEEP, "bool mask: True = attend, as SDPA reads it"
         elif mask.is_floating_point():
-            guess, why = "additive", "float mask: added to the scores, as SDPA reads it"
+            guess, why = MaskSemantics.ADDITIVE, "float mask: added to the scores, as SDPA reads it"
         else:
-            guess, why = "keep", "integer mask: nonzero = attend (SDPA would refuse an int mask)"
+            guess = MaskSemantics.KEEP
+            why = "integer mask: nonzero = attend (SDPA would refuse an int mask)"
         self.guesses.append(f"mask semantics {guess}: {why}")
         return guess
 
@@ -233,7 +240,7 @@ class CaseContext:
         table, NUM001 and NUM002 all read them (a finite tensor costs one pass)."""
         import torch
 
-        cache: dict[str, tuple[int, int, int]] = self.__dict__.setdefault("_nonfinite", {})
+        cache = self._nonfinite
         if role not in cache:
             tensor = self.raw[role]
             if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
@@ -253,11 +260,11 @@ class CaseContext:
 
         from attndbg.attention import MASKED_BIAS
 
-        if self.mask_semantics == "additive":
+        if self.mask_semantics == MaskSemantics.ADDITIVE:
             return mask.to(torch.float32) > MASKED_BIAS
-        return mask.bool() if self.mask_semantics == "keep" else ~mask.bool()
+        return mask.bool() if self.mask_semantics == MaskSemantics.KEEP else ~mask.bool()
 
-    def mask_bias(self, batch: int, rows: slice, semantics: str | None = None) -> Any:
+    def mask_bias(self, batch: int, rows: slice, semantics: MaskSemantics | None = None) -> Any:
         """Additive bias (H or 1, rows, Lk) in float32 for one chunk, or None without a mask.
 
         ``semantics`` lets hypotheses re-read the same mask another way.
@@ -271,22 +278,29 @@ class CaseContext:
         chunk = mask[min(batch, mask.shape[0] - 1)]
         chunk = chunk[:, rows] if chunk.shape[1] > 1 else chunk
         chunk = chunk.to(self.device)
-        if semantics == "additive":
+        if semantics == MaskSemantics.ADDITIVE:
             return chunk.to(torch.float32)
-        keep = chunk.bool() if semantics == "keep" else ~chunk.bool()
+        keep = chunk.bool() if semantics == MaskSemantics.KEEP else ~chunk.bool()
         zero = torch.zeros((), device=self.device)
         return torch.where(keep, zero, torch.tensor(float("-inf"), device=self.device))
 
-    def causal_bias(self, rows: slice, align: str = "upper-left") -> torch.Tensor:
+    def causal_bias(self, rows: slice, align: CausalAlign = CausalAlign.UPPER_LEFT) -> torch.Tensor:
         from attndbg.attention import causal_bias
 
         return causal_bias(rows, self.sizes["Lq"], self.sizes["Lk"], align, self.device)
 
-    def combined_bias(self, batch: int, rows: slice, mask: str | None, causal: str | None) -> Any:
+    @property
+    def causal_align(self) -> CausalAlign | None:
+        """The causal alignment of the assumed reading: SDPA's upper-left, or none."""
+        return CausalAlign.UPPER_LEFT if self.is_causal else None
+
+    def combined_bias(
+        self, batch: int, rows: slice, mask: MaskSemantics | None, causal: CausalAlign | None
+    ) -> Any:
         """Mask (read as ``mask`` semantics, or none) plus causal (aligned ``causal``, or none)
         as one additive bias for a chunk of rows, or None when neither applies."""
         bias = None
-        if mask not in (None, "none"):
+        if mask is not None:
             bias = self.mask_bias(batch, rows, mask)
         if causal:
             causal_part = self.causal_bias(rows, causal)
@@ -294,14 +308,27 @@ class CaseContext:
         return bias
 
     # ---- statistics ------------------------------------------------------------------------
-    @cached_property
+    @property
     def stats(self) -> AttentionStats:
-        from attndbg.stats import compute_stats
+        """The statistics pass, run on first use (the engine never runs it for checks that do
+        not read it)."""
+        if self._stats is None:
+            from attndbg.stats import compute_stats
 
-        return compute_stats(self)
+            self._stats = compute_stats(self)
+        return self._stats
+
+    @property
+    def has_stats(self) -> bool:
+        """Whether the statistics pass has run for this case (nothing is computed by asking)."""
+        return self._stats is not None
+
+    @property
+    def stats_if_computed(self) -> AttentionStats | None:
+        return self._stats
 
     @cached_property
-    def heads(self) -> list[dict[str, float]]:
+    def heads(self) -> list[HeadStats]:
         """Per-head statistics over the batch; the report's table and the PAT checks read this."""
         from attndbg.stats import heads_over_batch
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -13,16 +12,9 @@ import torch
 from attndbg.case import Case, Settings
 from attndbg.context import CaseContext, ShapeProblem
 from attndbg.errors import UsageError
-from attndbg.registry import checks_for_stage, is_selected
-from attndbg.report import (
-    STAGES,
-    CaseReport,
-    Finding,
-    HeadStats,
-    Report,
-    StageResult,
-    TensorSummary,
-)
+from attndbg.registry import Check, Hit, Plan, plan_checks
+from attndbg.report import CaseReport, Finding, Report, StageResult, TensorSummary
+from attndbg.vocab import STAGES, Stage, StageStatus
 
 
 @dataclass
@@ -88,77 +80,123 @@ def summarize_tensor(
     )
 
 
-def _heads(ctx: CaseContext) -> list[HeadStats]:
-    names = {f.name for f in dataclasses.fields(HeadStats)}
-    return [HeadStats(**{k: v for k, v in head.items() if k in names}) for head in ctx.heads]
-
-
 def run_case(case: Case, options: Options, ctx: CaseContext | None = None) -> CaseReport:
-    """``ctx``: a context the caller keeps, to read its statistics afterwards (attndbg.watch)."""
+    """One case through the pipeline: the planned checks stage by stage, then the report.
+    ``ctx``: a context the caller keeps, to read its statistics afterwards (attndbg.watch)."""
     ctx = ctx or CaseContext(
         case, device=options.device, max_memory=options.max_memory, thresholds=options.thresholds
     )
+    plan = plan_checks(options.select, options.ignore, grad=options.grad)
+    ctx.wanted = plan.reads
     report = CaseReport(
         name=case.name, file=case.file, source=case.settings.source or "", device=options.device
     )
     report.tensors = [
         summarize_tensor(role, ctx.key(role), tensor, ctx.nonfinite(role))
-        for role, tensor in sorted(case.tensors.items(), key=lambda kv: _role_rank(kv[0]))
+        for role, tensor in _in_role_order(case.tensors)
     ]
-    blocked = ""
+    run = _run_stages(ctx, plan, options.grad)
+    findings = [
+        _finding(check, hit, case.name)
+        for check, hit in run.hits
+        if check.code in plan.reported and not _is_superseded(check, run.fired)
+    ]
+    for finding in findings:
+        finding.baselined = finding.fingerprint(case.file) in options.baseline
+    report.stages = _stage_results(run, findings)
+    report.findings = findings
+    _describe_case(report, ctx, blocked=bool(run.blocked))
+    if ctx.has_stats:
+        _attach_heatmaps(ctx, report.findings)
+    return report
+
+
+@dataclass
+class _StageRun:
+    """What the stage loop produced: every hit of the running checks (selected or not, so that
+    supersession can see them), the stage timings, and what blocked the later stages."""
+
+    hits: list[tuple[Check, Hit]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, tuple[StageStatus, str]] = field(default_factory=dict)
+    blocked: str = ""
+
+    @property
+    def fired(self) -> set[str]:
+        return {check.code for check, _ in self.hits}
+
+
+def _run_stages(ctx: CaseContext, plan: Plan, grad: bool) -> _StageRun:
+    run = _StageRun()
     for stage in STAGES:
-        if blocked:
-            report.stages.append(StageResult(stage, "skipped", reason=blocked))
+        if run.blocked:
+            run.skipped[stage] = (StageStatus.SKIPPED, run.blocked)
             continue
-        if stage == "gradients" and not options.grad:
-            report.stages.append(StageResult(stage, "not-requested", reason="use --grad"))
+        if stage == Stage.GRADIENTS and not grad:
+            run.skipped[stage] = (StageStatus.NOT_REQUESTED, "use --grad")
             continue
         started = time.perf_counter()
-        stage_findings: list[Finding] = []
         try:
-            for check in checks_for_stage(stage):
+            for check in plan.for_stage(stage):
                 for hit in check.evaluate(ctx) or ():
-                    if hit.blocking and not blocked:
-                        blocked = f"{check.code} {check.name}"
-                    if not is_selected(check.code, options.select, options.ignore):
-                        continue
-                    stage_findings.append(
-                        Finding(
-                            code=check.code,
-                            name=check.name,
-                            severity=hit.severity or check.severity,
-                            stage=stage,
-                            message=f"case {case.name}: {hit.message}",
-                            evidence=hit.evidence,
-                            fix=(hit.fix or check.fix).strip(),
-                            case=case.name,
-                            head=hit.head,
-                        )
-                    )
+                    run.hits.append((check, hit))
+                    if hit.blocking and not run.blocked:
+                        run.blocked = f"{check.code} {check.name}"
         except ShapeProblem as exc:
-            blocked = str(exc)
-        for finding in stage_findings:
-            finding.baselined = finding.fingerprint(case.file) in options.baseline
-        if stage == "shapes" and not blocked:
-            blocked = _empty_reason(ctx)
-        seconds = time.perf_counter() - started
-        status = "findings" if stage_findings else "ok"
-        report.stages.append(StageResult(stage, status, seconds))
-        report.findings.extend(stage_findings)
+            run.blocked = str(exc)
+        if stage == Stage.SHAPES and not run.blocked:
+            run.blocked = _empty_reason(ctx)
+        run.seconds[stage] = time.perf_counter() - started
+    return run
 
+
+def _is_superseded(check: Check, fired: set[str]) -> bool:
+    return any(code in fired for code in check.superseded_by)
+
+
+def _finding(check: Check, hit: Hit, case: str) -> Finding:
+    return Finding(
+        code=check.code,
+        name=check.name,
+        severity=hit.severity or check.severity,
+        stage=check.stage,
+        message=hit.message,
+        evidence=hit.evidence,
+        fix=(hit.fix or check.fix).strip(),
+        case=case,
+        head=hit.head,
+    )
+
+
+def _stage_results(run: _StageRun, findings: list[Finding]) -> list[StageResult]:
+    with_findings = {finding.stage for finding in findings}
+    results = []
+    for stage in STAGES:
+        if stage in run.skipped:
+            status, reason = run.skipped[stage]
+            results.append(StageResult(stage, status, reason=reason))
+        else:
+            status = StageStatus.FINDINGS if stage in with_findings else StageStatus.OK
+            results.append(StageResult(stage, status, run.seconds[stage]))
+    return results
+
+
+def _describe_case(report: CaseReport, ctx: CaseContext, blocked: bool) -> None:
+    """Layout, shapes, dtype, settings, head table and guesses: what the renderers show
+    around the findings."""
     report.layout = ctx.layout or ""
-    report.shapes = {
-        role: list(t.shape) for role, t in sorted(case.tensors.items(), key=lambda kv: _role_rank(kv[0]))
-    }
+    report.shapes = {role: list(t.shape) for role, t in _in_role_order(ctx.case.tensors)}
     report.dtype = str(ctx.dtype).replace("torch.", "")
-    if not blocked or "stats" in ctx.__dict__:
+    if not blocked or ctx.has_stats:
         with contextlib.suppress(ShapeProblem):
             report.settings = ctx.describe_settings()
-    if "stats" in ctx.__dict__:
-        report.heads = _heads(ctx)
-        _attach_heatmaps(ctx, report.findings)
+    if ctx.has_stats:
+        report.heads = ctx.heads
     report.guesses = list(dict.fromkeys(ctx.guesses))
-    return report
+
+
+def _in_role_order(tensors: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    return sorted(tensors.items(), key=lambda kv: _role_rank(kv[0]))
 
 
 def _attach_heatmaps(ctx: CaseContext, findings: list[Finding]) -> None:

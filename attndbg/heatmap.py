@@ -26,8 +26,7 @@ def head_weights(ctx: CaseContext, batch: int, head: int, rows: slice) -> tuple[
     """(weights, masked) for one head and a slice of query rows, (rows, Lk)."""
     from attndbg.stats import safe_softmax
 
-    causal = "upper-left" if ctx.is_causal else None
-    bias = ctx.combined_bias(batch, rows, ctx.mask_semantics, causal)
+    bias = ctx.combined_bias(batch, rows, ctx.mask_semantics, ctx.causal_align)
     if bias is not None:
         bias = (
             bias[head]

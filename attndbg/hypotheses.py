@@ -9,7 +9,9 @@ if not, which alternative does — the numbers a finding quotes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from attndbg.vocab import Artefact, Reading
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -17,30 +19,30 @@ if TYPE_CHECKING:
 # Max-abs-error tolerances on probabilities, by the dtype the artefact was saved in.
 # float32 allows weights printed/rounded to 4 decimals (the seeds' hand-computed example).
 WEIGHT_TOLERANCE = {"float64": 1e-6, "float32": 5e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
-ARTEFACT_ROLE = {"weights": "weights", "scores": "scores", "out": "out"}
-DESCRIPTION = {
-    "reference": "the assumed reading",
-    "no scale": "softmax(q·kᵀ) without the 1/√d scale",
-    "scale 1/d": "the scale applied twice (1/d)",
-    "scale 1/sqrt(d)": "the default 1/√d scale",
-    "mask as keep": "the mask read as True/1 = attend",
-    "mask as drop": "the mask read as True/1 = ignore",
-    "mask as additive": "the mask added to the scores",
-    "mask ignored": "no mask at all",
-    "not causal": "no causal mask",
-    "causal": "a causal mask",
-    "causal lower-right": "a causal mask aligned to the lower right",
-    "softmax over queries": "softmax over the query axis",
+DESCRIPTION: dict[Reading, str] = {
+    Reading.REFERENCE: "the assumed reading",
+    Reading.NO_SCALE: "softmax(q·kᵀ) without the 1/√d scale",
+    Reading.SCALE_1_D: "the scale applied twice (1/d)",
+    Reading.SCALE_1_SQRT_D: "the default 1/√d scale",
+    Reading.MASK_AS_KEEP: "the mask read as True/1 = attend",
+    Reading.MASK_AS_DROP: "the mask read as True/1 = ignore",
+    Reading.MASK_AS_ADDITIVE: "the mask added to the scores",
+    Reading.MASK_IGNORED: "no mask at all",
+    Reading.NOT_CAUSAL: "no causal mask",
+    Reading.CAUSAL: "a causal mask",
+    Reading.CAUSAL_LOWER_RIGHT: "a causal mask aligned to the lower right",
+    Reading.SOFTMAX_OVER_QUERIES: "softmax over the query axis",
 }
+assert set(DESCRIPTION) == set(Reading), "every reading needs a description"
 
 
 @dataclass
 class Verdict:
-    artefact: str
-    errors: dict[str, float]
+    artefact: Artefact
+    errors: dict[Reading, float]
     tolerance: float
     reference_error: float
-    best: str
+    best: Reading
     best_error: float
 
     @property
@@ -50,46 +52,46 @@ class Verdict:
     @property
     def explained_by(self) -> str | None:
         """The alternative that matches when the assumed reading does not."""
-        if self.reference_matches or self.best_error > self.tolerance or self.best == "reference":
+        if self.reference_matches or self.best_error > self.tolerance or self.best == Reading.REFERENCE:
             return None
         return self.best
 
-    def sentence(self, label: str | None = None) -> str:
+    def sentence(self, label: Reading | None = None) -> str:
         label = label or self.best
         return (
-            f"the saved {self.artefact} match {DESCRIPTION.get(label, label)} with max error "
-            f"{self.errors[label]:.2g}; with {DESCRIPTION['reference']} the error is "
+            f"the saved {self.artefact} match {DESCRIPTION[label]} with max error "
+            f"{self.errors[label]:.2g}; with {DESCRIPTION[Reading.REFERENCE]} the error is "
             f"{self.reference_error:.2g}"
         )
 
 
-def tolerance(ctx: CaseContext, artefact: str) -> float:
-    role = ARTEFACT_ROLE[artefact]
-    dtype = str(ctx.raw[role].dtype).replace("torch.", "")
+def tolerance(ctx: CaseContext, artefact: Artefact) -> float:
+    dtype = str(ctx.raw[artefact].dtype).replace("torch.", "")
     base = WEIGHT_TOLERANCE.get(dtype, 1e-4)
-    if artefact == "out":
+    if artefact == Artefact.OUT:
         return base * max(1.0, float(ctx.v.abs().max())) * 4
-    if artefact == "scores":
+    if artefact == Artefact.SCORES:
         return base * max(1.0, float(ctx.stats.max_logit.max())) * 4
     return base
 
 
-def verdict(ctx: CaseContext, artefact: str) -> Verdict | None:
-    if not ctx.has_qkv or not ctx.has(ARTEFACT_ROLE[artefact]):
+def verdict(ctx: CaseContext, artefact: Artefact) -> Verdict | None:
+    if not ctx.has_qkv or not ctx.has(artefact):
         return None
     errors = ctx.stats.hypotheses.get(artefact)
-    if not errors or "reference" not in errors:
+    if not errors or Reading.REFERENCE not in errors:
         return None
-    best = min(errors, key=lambda k: (errors[k], k != "reference"))
-    return Verdict(artefact, errors, tolerance(ctx, artefact), errors["reference"], best, errors[best])
+    best = min(errors, key=lambda k: (errors[k], k != Reading.REFERENCE))
+    reference = errors[Reading.REFERENCE]
+    return Verdict(artefact, errors, tolerance(ctx, artefact), reference, best, errors[best])
 
 
 def verdicts(ctx: CaseContext) -> list[Verdict]:
-    found = [verdict(ctx, a) for a in ("weights", "out", "scores")]
+    found = [verdict(ctx, a) for a in (Artefact.WEIGHTS, Artefact.OUT, Artefact.SCORES)]
     return [v for v in found if v is not None]
 
 
-def explained(ctx: CaseContext, labels: set[str]) -> Verdict | None:
+def explained(ctx: CaseContext, labels: set[Reading]) -> Verdict | None:
     """The first saved artefact whose mismatch is explained by one of ``labels``."""
     for v in verdicts(ctx):
         if v.explained_by in labels:
@@ -97,7 +99,7 @@ def explained(ctx: CaseContext, labels: set[str]) -> Verdict | None:
     return None
 
 
-def evidence(v: Verdict) -> dict:
+def evidence(v: Verdict) -> dict[str, Any]:
     return {
         "artefact": v.artefact,
         "matches": v.best,

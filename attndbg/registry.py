@@ -16,20 +16,21 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from attndbg.errors import UsageError
 from attndbg.report import STAGES, Severity
+from attndbg.vocab import Stage, Statistic
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
 
-FAMILY_STAGE = {
-    "SHP": "shapes",
-    "NUM": "numerics",
-    "SCL": "scaling",
-    "MSK": "mask",
-    "SMX": "softmax",
-    "PAT": "patterns",
-    "GRD": "gradients",
+FAMILY_STAGE: dict[str, Stage] = {
+    "SHP": Stage.SHAPES,
+    "NUM": Stage.NUMERICS,
+    "SCL": Stage.SCALING,
+    "MSK": Stage.MASK,
+    "SMX": Stage.SOFTMAX,
+    "PAT": Stage.PATTERNS,
+    "GRD": Stage.GRADIENTS,
 }
-CHECK_MODULES = ("shapes", "numerics", "scaling", "mask", "softmax", "patterns", "gradients")
+CHECK_MODULES = STAGES  # attndbg.checks.<stage> holds the checks of that stage
 _CODE = re.compile(r"^(?P<family>[A-Z]{3})\d{3}$")
 _NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
@@ -57,6 +58,12 @@ class Check:
     rationale: ClassVar[str]
     fix: ClassVar[str]
     thresholds: ClassVar[dict[str, float]] = {}  # tunable in [tool.attndbg.thresholds]
+    reads: ClassVar[frozenset[Statistic]] = frozenset()  # statistics the check reads from the pass
+    # Codes whose finding names the cause more precisely: when one of them fires on a case,
+    # this check's findings are dropped (and they run whenever this check is selected).
+    superseded_by: ClassVar[tuple[str, ...]] = ()
+    # A shape check whose hit can block the later stages: it runs even when not selected.
+    can_block: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -77,7 +84,7 @@ class Check:
         REGISTRY[cls.code] = cls()
 
     @property
-    def stage(self) -> str:
+    def stage(self) -> Stage:
         return FAMILY_STAGE[self.code[:3]]
 
     @property
@@ -95,6 +102,10 @@ class Check:
 def load_checks() -> dict[str, Check]:
     for module in CHECK_MODULES:
         importlib.import_module(f"attndbg.checks.{module}")
+    for check in REGISTRY.values():
+        unknown = [code for code in check.superseded_by if code not in REGISTRY or code == check.code]
+        if unknown:
+            raise TypeError(f"{check.code}: superseded_by names {unknown}, not another check")
     return dict(sorted(REGISTRY.items(), key=lambda item: (STAGES.index(item[1].stage), item[0])))
 
 
@@ -102,6 +113,44 @@ def checks_for_stage(stage: str) -> Iterator[Check]:
     for check in load_checks().values():
         if check.stage == stage:
             yield check
+
+
+def supersedes(code: str) -> list[str]:
+    """The codes that ``code`` silences when it fires (the inverse of ``superseded_by``),
+    for ``attndbg explain``."""
+    return [other.code for other in load_checks().values() if code in other.superseded_by]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which checks run on a case and which of them report: the selected checks, plus the
+    shape checks that can block, plus every check that may supersede a selected one."""
+
+    run: tuple[Check, ...]  # in pipeline order
+    reported: frozenset[str]
+
+    @property
+    def reads(self) -> frozenset[Statistic]:
+        """The statistics the running checks read: what the statistics pass must compute."""
+        return frozenset().union(*(check.reads for check in self.run))
+
+    def for_stage(self, stage: str) -> list[Check]:
+        return [check for check in self.run if check.stage == stage]
+
+
+def plan_checks(select: list[str], ignore: list[str], grad: bool = True) -> Plan:
+    checks = load_checks()
+    reported = {code for code in checks if is_selected(code, select, ignore)}
+    if not grad:
+        reported = {code for code in reported if checks[code].stage != Stage.GRADIENTS}
+    needed = set(reported) | {code for code, check in checks.items() if check.can_block}
+    pending = list(needed)
+    while pending:
+        for other in checks[pending.pop()].superseded_by:
+            if other not in needed:
+                needed.add(other)
+                pending.append(other)
+    return Plan(tuple(check for code, check in checks.items() if code in needed), frozenset(reported))
 
 
 def parse_codes(spec: Iterable[str] | str | None) -> list[str]:

@@ -10,27 +10,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from attndbg.vocab import FAIL_ON_RANK, STAGES, Severity
+
+__all__ = ["FAIL_ON_RANK", "STAGES", "Severity"]  # re-exported: renderers import them from here
+
 SCHEMA_VERSION = 1
-
-STAGES: tuple[str, ...] = (
-    "shapes",
-    "numerics",
-    "scaling",
-    "mask",
-    "softmax",
-    "patterns",
-    "gradients",
-)
-
-
-class Severity(str, Enum):
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-
-    @property
-    def rank(self) -> int:
-        return {"info": 1, "warning": 2, "error": 3}[self.value]
 
 
 def count_by_severity(findings: list[Finding]) -> dict[str, int]:
@@ -38,9 +22,6 @@ def count_by_severity(findings: list[Finding]) -> dict[str, int]:
     for finding in findings:
         counts[finding.severity.value] += 1
     return counts
-
-
-FAIL_ON_RANK = {"info": 1, "warning": 2, "error": 3, "never": 99}
 
 
 @dataclass
@@ -106,7 +87,8 @@ class TensorSummary:
 
 @dataclass
 class HeadStats:
-    """Statistics of one head's attention, averaged over rows and batch, from the chunked pass."""
+    """Statistics of one head's attention, averaged over its informative rows (≥ 4 attended
+    keys) and the batch, from the chunked pass; the PAT checks and the report's table read it."""
 
     head: int
     entropy: float
@@ -119,6 +101,14 @@ class HeadStats:
     previous_mass: float
     max_logit: float
     logit_std: float
+    next_mass: float = 0.0
+    rows: int = 0  # informative rows that the means are over; 0 = no statistic for this head
+
+    @property
+    def positional_mass(self) -> float:
+        """Mass on the token itself, its neighbours and the first token: a positional head
+        (BERT's layer 0 has previous-token heads) is sharp on purpose."""
+        return self.diagonal_mass + self.previous_mass + self.next_mass + self.sink_mass
 
 
 @dataclass

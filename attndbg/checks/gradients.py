@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from attndbg.errors import first_line
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
+from attndbg.vocab import Statistic
 
 if TYPE_CHECKING:
     import torch
@@ -71,6 +72,7 @@ class GradcheckFailed(Check):
     code = "GRD001"
     name = "gradcheck-failed"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS})
     rationale = (
         "gradcheck compares the analytical gradient (backward) with finite differences in "
         "float64. On the reference attention it fails only where the function is numerically "
@@ -123,6 +125,7 @@ class NonFiniteGradients(Check):
     code = "GRD002"
     name = "non-finite-gradients"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     rationale = (
         "A fully masked query row is harmless in PyTorch 2.13's SDPA, but in hand-rolled "
         "attention it is the classic source of NaN gradients that the forward pass hides: with "
@@ -204,6 +207,7 @@ class VanishingQKGradients(Check):
     code = "GRD003"
     name = "vanishing-qk-gradients"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     rationale = (
         "Through a saturated (one-hot) softmax the gradient to the scores is p(1 − p) ≈ 0, so "
         "Q and K stop learning while V still does. Reported when rms(dQ, dK) / rms(dV) under a "

@@ -9,6 +9,7 @@ from attndbg.attention import MASKED_BIAS
 from attndbg.hypotheses import evidence, explained, verdicts
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
+from attndbg.vocab import MaskSemantics, Reading, Statistic
 
 if TYPE_CHECKING:
     import torch
@@ -58,6 +59,7 @@ class FullyMaskedRows(Check):
     code = "MSK001"
     name = "fully-masked-rows"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     rationale = (
         "A query row with no key to attend to has no defined softmax. With -inf (or a bool mask) "
         "a plain softmax returns 0/0 = NaN; PyTorch 2.13's SDPA returns zeros for the row; with "
@@ -83,7 +85,7 @@ weights = weights.masked_fill(~keep, 0.0)                    # defined zeros, Na
         total = full.shape[0] * full.shape[2]
         first = [[b, i] for b, i in full.any(dim=1).nonzero()[:5].tolist()]
         kind = "-inf"
-        if ctx.mask_semantics == "additive":
+        if ctx.mask_semantics == MaskSemantics.ADDITIVE:
             fills = fill_values(ctx)
             if fills["finite"] and not fills["neg_inf"]:
                 first_fill = fills["finite"][0]
@@ -118,6 +120,8 @@ class MaskedKeysReceiveWeight(Check):
     code = "MSK002"
     name = "masked-keys-weighted"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
+    superseded_by = ("MSK003", "MSK004")
     rationale = (
         f"If the user's weights put more than {LEAK_TOLERANCE} on a key that the mask excludes, "
         "the mask was not applied (or applied after the softmax, or to the wrong tensor). The "
@@ -133,8 +137,6 @@ weights = torch.softmax(scores, dim=-1)
         stats = ctx.stats if ctx.has("weights") and ctx.has("mask") else None
         if stats is None or stats.user_masked_mass is None:
             return
-        if explained(ctx, {"mask as additive", "mask as keep", "mask as drop"}):
-            return  # MSK003 / MSK004 name the cause
         live = ~stats.fully_masked
         leaked = (stats.user_masked_mass > LEAK_TOLERANCE) & live
         if not leaked.any():
@@ -145,7 +147,7 @@ weights = torch.softmax(scores, dim=-1)
             f"{rows} of {int(live.sum())} (batch, head, row)s of the saved weights put weight "
             f"on masked keys (up to {worst:.3g} of the row)"
         )
-        v = explained(ctx, {"mask ignored"})
+        v = explained(ctx, {Reading.MASK_IGNORED})
         ev = {
             "rows": rows,
             "of": int(live.sum()),
@@ -164,6 +166,7 @@ class FloatMaskAdded(Check):
     code = "MSK003"
     name = "float-01-mask-added"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "SDPA adds a float attn_mask to the scores. A float mask of 0s and 1s (e.g. HF's "
         "attention_mask cast to float) therefore adds 0 to masked keys and +1 to kept ones: "
@@ -180,7 +183,7 @@ attn_mask = torch.zeros_like(attention_mask, dtype=q.dtype).masked_fill(attentio
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         import torch
 
-        if not ctx.has("mask") or ctx.mask_semantics != "additive":
+        if not ctx.has("mask") or ctx.mask_semantics != MaskSemantics.ADDITIVE:
             return
         mask = ctx.raw["mask"]
         values = set(torch.unique(mask.to(torch.float32))[:3].tolist())
@@ -244,6 +247,7 @@ class InvertedMask(Check):
     code = "MSK004"
     name = "inverted-mask"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "SDPA's bool attn_mask means True = attend; nn.MultiheadAttention's key_padding_mask "
         "means True = ignore. Passing one where the other is expected inverts the mask: "
@@ -261,7 +265,13 @@ causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the dia
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not ctx.has("mask"):
             return
-        inverse = {"keep": "mask as drop", "drop": "mask as keep"}.get(ctx.mask_semantics or "")
+        inverse = (
+            {MaskSemantics.KEEP: Reading.MASK_AS_DROP, MaskSemantics.DROP: Reading.MASK_AS_KEEP}.get(
+                ctx.mask_semantics
+            )
+            if ctx.mask_semantics
+            else None
+        )
         v = explained(ctx, {inverse} if inverse else set())
         if v:
             yield Hit(v.sentence(), evidence(v))
@@ -282,7 +292,7 @@ causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the dia
             )
             return
         rows_identical = lq == 1 or bool((keep == keep[..., :1, :]).all())
-        if rows_identical and h == 1 and ctx.mask_semantics in ("keep", "drop"):
+        if rows_identical and h == 1 and ctx.mask_semantics in (MaskSemantics.KEEP, MaskSemantics.DROP):
             profile = _padding_profile(keep[:, 0, 0, :])
             if (
                 profile
@@ -304,6 +314,7 @@ class CausalLeakage(Check):
     code = "MSK005"
     name = "causal-leakage"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "In a causal (decoder) case, query i may only see keys j ≤ i. Weight above the diagonal "
         "lets the model read the token it must predict: training loss falls fast, generation is "
@@ -336,7 +347,7 @@ causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril
         causal = ctx.is_causal or structure == "causal"
         if not causal:
             return
-        v = explained(ctx, {"not causal"})
+        v = explained(ctx, {Reading.NOT_CAUSAL})
         if v:
             yield Hit(v.sentence(), evidence(v))
             return
@@ -362,6 +373,7 @@ class CausalAlignment(Check):
     code = "MSK006"
     name = "causal-alignment"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "F.scaled_dot_product_attention(is_causal=True) builds tril(ones(q_len, k_len)), aligned "
         "to the upper left: query i sees keys 0..i. When decoding with a KV cache (q_len < "
@@ -383,7 +395,7 @@ out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         if not ctx.is_causal or sizes["Lq"] == sizes["Lk"]:
             return
         lq, lk = sizes["Lq"], sizes["Lk"]
-        v = explained(ctx, {"causal lower-right"})
+        v = explained(ctx, {Reading.CAUSAL_LOWER_RIGHT})
         if v:
             yield Hit(
                 v.sentence() + "; the code aligns the causal mask to the lower right",
@@ -411,6 +423,7 @@ class MaskFillValue(Check):
     code = "MSK007"
     name = "mask-fill-value"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     rationale = (
         "An additive mask masks only if its fill is far below every real logit. -1e4 was "
         "safe for fp16-era BERT but not when logits themselves reach thousands; -1e9 is not "
@@ -431,7 +444,7 @@ bias = torch.zeros(keep_mask.shape, dtype=q.dtype).masked_fill(~keep_mask, torch
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         import torch
 
-        if not ctx.has("mask") or ctx.mask_semantics != "additive":
+        if not ctx.has("mask") or ctx.mask_semantics != MaskSemantics.ADDITIVE:
             return
         if not ctx.raw["mask"].is_floating_point():
             return

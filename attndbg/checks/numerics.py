@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
+from attndbg.vocab import Statistic
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -85,6 +86,8 @@ class NonFiniteInside(Check):
     code = "NUM002"
     name = "non-finite-inside"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.OUTPUT})
+    superseded_by = ("NUM001",)
     rationale = (
         "When Q, K and V are finite, a non-finite value must be created by attention itself: "
         "scores overflow (fp16), a row of scores that is all -inf gives 0/0 = NaN in a plain "
@@ -102,9 +105,6 @@ weights = weights.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # rows with not
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         import torch
 
-        inputs = [r for r in ("q", "k", "v") if ctx.has(r)]
-        if any(sum(ctx.nonfinite(r)) for r in inputs):
-            return  # NUM001 already explains every later non-finite value
         user = {"scores": "scores", "weights": "weights", "output": "out"}
         for stage, role in user.items():
             if not ctx.has(role):
@@ -169,6 +169,7 @@ class LowPrecisionOverflow(Check):
     code = "NUM003"
     name = "low-precision-overflow"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     rationale = (
         "In float16 the largest finite value is 65504. Kernels that compute Q·Kᵀ in the input "
         "dtype and scale afterwards overflow to Inf when |q·k| exceeds it — long before the "

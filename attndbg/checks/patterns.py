@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from attndbg.registry import Check, Hit
-from attndbg.report import Severity
+from attndbg.report import HeadStats, Severity
+from attndbg.vocab import Statistic
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -21,13 +22,8 @@ MIN_KEYS = 8  # patterns mean little over fewer keys
 POSITIONAL = 0.9  # weight on the token itself, its neighbours and the first token
 
 
-def positional_mass(head: dict) -> float:
-    """Mass on fixed positions: a previous-token head (BERT layer 0 has them) is sharp on purpose."""
-    return head["diagonal_mass"] + head["previous_mass"] + head["next_mass"] + head["sink_mass"]
-
-
-def _heads(ctx: CaseContext) -> list[dict]:
-    return [head for head in ctx.heads if head["rows"]]
+def _heads(ctx: CaseContext) -> list[HeadStats]:
+    return [head for head in ctx.heads if head.rows]
 
 
 def _enough(ctx: CaseContext) -> bool:
@@ -40,6 +36,7 @@ class CollapsedHead(Check):
     code = "PAT001"
     name = "collapsed-head"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     thresholds = {"collapsed_share": COLLAPSED_SHARE, "positional": POSITIONAL}
     rationale = (
         f"A head is collapsed when over {COLLAPSED_SHARE:.0%} of its rows (with ≥ 4 keys) put "
@@ -59,20 +56,20 @@ q, k = self.q_norm(q), self.k_norm(k)
         heads = [
             h
             for h in _heads(ctx)
-            if h["collapsed_share"] > self.limit(ctx, "collapsed_share")
-            and positional_mass(h) < self.limit(ctx, "positional")
+            if h.collapsed_share > self.limit(ctx, "collapsed_share")
+            and h.positional_mass < self.limit(ctx, "positional")
         ]
         if heads:
             share = self.limit(ctx, "collapsed_share")
             yield Hit(
                 f"{len(heads)} head(s) put > 0.95 on one key in over {share:.0%} of rows "
-                f"(heads {[h['head'] for h in heads]}), not on a fixed position",
+                f"(heads {[h.head for h in heads]}), not on a fixed position",
                 {
-                    "heads": [h["head"] for h in heads],
-                    "collapsed_share": {h["head"]: round(h["collapsed_share"], 3) for h in heads},
-                    "entropy_ratio": {h["head"]: round(h["entropy_ratio"], 3) for h in heads},
+                    "heads": [h.head for h in heads],
+                    "collapsed_share": {h.head: round(h.collapsed_share, 3) for h in heads},
+                    "entropy_ratio": {h.head: round(h.entropy_ratio, 3) for h in heads},
                 },
-                head=heads[0]["head"],
+                head=heads[0].head,
             )
 
 
@@ -82,6 +79,7 @@ class UniformHead(Check):
     code = "PAT002"
     name = "uniform-head"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     thresholds = {"uniform_share": UNIFORM_SHARE}
     rationale = (
         f"A head is uniform when over {UNIFORM_SHARE:.0%} of its rows have entropy above 0.99 × "
@@ -97,17 +95,17 @@ print(q.std(), k.std(), (q @ k.transpose(-2, -1) * scale).std())
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not _enough(ctx):
             return
-        heads = [h for h in _heads(ctx) if h["uniform_share"] > self.limit(ctx, "uniform_share")]
+        heads = [h for h in _heads(ctx) if h.uniform_share > self.limit(ctx, "uniform_share")]
         if heads:
             yield Hit(
                 f"{len(heads)} head(s) attend uniformly in over {self.limit(ctx, 'uniform_share'):.0%} "
                 "of rows "
-                f"(heads {[h['head'] for h in heads]})",
+                f"(heads {[h.head for h in heads]})",
                 {
-                    "heads": [h["head"] for h in heads],
-                    "entropy_ratio": {h["head"]: round(h["entropy_ratio"], 4) for h in heads},
+                    "heads": [h.head for h in heads],
+                    "entropy_ratio": {h.head: round(h.entropy_ratio, 4) for h in heads},
                 },
-                head=heads[0]["head"],
+                head=heads[0].head,
             )
 
 
@@ -117,6 +115,7 @@ class LayerEntropyCollapse(Check):
     code = "PAT003"
     name = "layer-entropy-collapse"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     thresholds = {"layer_collapse": LAYER_COLLAPSE}
     rationale = (
         f"When the mean normalised entropy of all heads falls below {LAYER_COLLAPSE} the whole "
@@ -135,7 +134,7 @@ q, k = self.q_norm(q), self.k_norm(k)
         heads = _heads(ctx)
         if len(heads) < 2:
             return
-        mean = sum(h["entropy_ratio"] for h in heads) / len(heads)
+        mean = sum(h.entropy_ratio for h in heads) / len(heads)
         if mean < self.limit(ctx, "layer_collapse"):
             yield Hit(
                 f"mean normalised entropy across {len(heads)} heads is {mean:.3f} "
@@ -154,6 +153,7 @@ class AttentionSink(Check):
     code = "PAT004"
     name = "attention-sink"
     severity = Severity.INFO
+    reads = frozenset({Statistic.ROWS})
     thresholds = {"sink_mass": SINK_MASS}
     rationale = (
         f"Trained transformers park attention on the first token when a head has nothing to "
@@ -169,17 +169,17 @@ kept = torch.cat([k[..., :4, :], k[..., -window:, :]], dim=-2)
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not _enough(ctx):
             return
-        heads = [h for h in _heads(ctx) if h["sink_mass"] > self.limit(ctx, "sink_mass")]
+        heads = [h for h in _heads(ctx) if h.sink_mass > self.limit(ctx, "sink_mass")]
         if heads:
             yield Hit(
                 f"{len(heads)} head(s) put over {self.limit(ctx, 'sink_mass')} of their weight on the "
                 "first token on "
-                f"average (heads {[h['head'] for h in heads]})",
+                f"average (heads {[h.head for h in heads]})",
                 {
-                    "heads": [h["head"] for h in heads],
-                    "sink_mass": {h["head"]: round(h["sink_mass"], 3) for h in heads},
+                    "heads": [h.head for h in heads],
+                    "sink_mass": {h.head: round(h.sink_mass, 3) for h in heads},
                 },
-                head=heads[0]["head"],
+                head=heads[0].head,
             )
 
 
@@ -189,6 +189,7 @@ class DuplicateHeads(Check):
     code = "PAT005"
     name = "duplicate-heads"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS, Statistic.HEAD_GRAM})
     thresholds = {"duplicate_cosine": DUPLICATE_COSINE}
     rationale = (
         f"Heads whose attention maps have cosine similarity above {DUPLICATE_COSINE} in every "
@@ -210,7 +211,7 @@ q = self.q_proj(x).view(B, L, n_heads, head_dim).transpose(1, 2)
         norms = torch.sqrt(torch.diagonal(gram, dim1=-2, dim2=-1)).clamp_min(1e-30)
         cosine = gram / (norms[..., :, None] * norms[..., None, :])
         worst = cosine.amin(dim=0)  # similar in every sample
-        uniform = {h["head"] for h in _heads(ctx) if h["uniform_share"] > UNIFORM_SHARE}
+        uniform = {h.head for h in _heads(ctx) if h.uniform_share > UNIFORM_SHARE}
         pairs = [
             (a, b, float(worst[a, b]))
             for a in range(worst.shape[0])

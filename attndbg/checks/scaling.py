@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from attndbg.hypotheses import evidence, explained
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
+from attndbg.vocab import Reading, Statistic
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -32,6 +33,7 @@ class MissingScale(Check):
     code = "SCL001"
     name = "missing-scale"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "With unit-variance q and k, q·k has variance d, so for d = 64 the logits spread ~8× "
         "wider than intended: softmax saturates to near one-hot, gradients through it vanish, "
@@ -50,7 +52,7 @@ out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale defaults 
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not ctx.has_qkv:
             return
-        v = explained(ctx, {"no scale"})
+        v = explained(ctx, {Reading.NO_SCALE})
         if v:
             yield Hit(v.sentence() + f" (d = {ctx.sizes['D']})", evidence(v))
             return
@@ -77,6 +79,7 @@ class WrongScale(Check):
     code = "SCL002"
     name = "wrong-scale"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "A scale of 1/d instead of 1/√d — typically q pre-divided by √d and SDPA's default scale "
         "applied again — shrinks the logits by another √d, flattening attention toward uniform "
@@ -92,7 +95,7 @@ out = F.scaled_dot_product_attention(q * q.size(-1) ** -0.5, k, v, scale=1.0)  #
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not ctx.has_qkv:
             return
-        v = explained(ctx, {"scale 1/d", "scale 1/sqrt(d)"})
+        v = explained(ctx, {Reading.SCALE_1_D, Reading.SCALE_1_SQRT_D})
         if v:
             yield Hit(
                 v.sentence() + f" (d = {ctx.sizes['D']}, assumed scale {ctx.scale:.4g})",
@@ -120,6 +123,7 @@ class SaturatedSoftmax(Check):
     code = "SCL003"
     name = "logit-growth"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     thresholds = {"logit_growth": LOGIT_GROWTH, "runaway": LOGIT_RUNAWAY}
     rationale = (
         f"When |scaled logit| exceeds {LOGIT_GROWTH:g} — the value at which Gemma 2 soft-caps "
@@ -167,6 +171,7 @@ class NearZeroSpread(Check):
     code = "SCL004"
     name = "near-zero-spread"
     severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
     thresholds = {"spread_floor": SPREAD_FLOOR}
     rationale = (
         f"If the scaled scores of a row vary by less than {SPREAD_FLOOR} (std), every weight is "

@@ -73,6 +73,7 @@ class UnsupportedRank(Check):
     code = "SHP001"
     name = "unsupported-rank"
     severity = Severity.ERROR
+    can_block = True
     rationale = (
         "Q, K, V and the output must be 2-D (seq, dim), 3-D (batch, seq, dim) or 4-D "
         "(batch, heads, seq, dim) — or match the layout named with --layout — and all three of "
@@ -141,6 +142,7 @@ class HeadDimMismatch(Check):
     code = "SHP002"
     name = "qk-head-dim-mismatch"
     severity = Severity.ERROR
+    can_block = True
     rationale = (
         "The score of query i and key j is the dot product q_i·k_j, which needs Q and K to "
         "have the same last dimension. A mismatch usually means K came from the wrong "
@@ -170,6 +172,7 @@ class KeyValueLengthMismatch(Check):
     code = "SHP003"
     name = "kv-length-mismatch"
     severity = Severity.ERROR
+    can_block = True
     rationale = (
         "Each key position has one value: the weights over k_len keys multiply a V with "
         "k_len rows. Different lengths mean K and V were sliced differently (a KV cache "
@@ -197,6 +200,7 @@ class BatchHeadMismatch(Check):
     code = "SHP004"
     name = "batch-head-mismatch"
     severity = Severity.ERROR
+    can_block = True
     rationale = (
         "Q, K and V must share the batch size; K and V must have the same number of heads, and "
         "with grouped-query attention the query heads must be a whole multiple of the key/value "
@@ -273,6 +277,7 @@ class MaskNotBroadcastable(Check):
     code = "SHP005"
     name = "mask-not-broadcastable"
     severity = Severity.ERROR
+    can_block = True
     rationale = (
         "SDPA adds (or applies) the mask to scores of shape (batch, heads, q_len, k_len), "
         "aligning dimensions from the right as broadcasting does. A padding mask of shape "

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from attndbg.hypotheses import DESCRIPTION, evidence, explained, verdict
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
+from attndbg.vocab import Artefact, Reading, Statistic
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -48,6 +49,8 @@ class RowsDoNotSumToOne(Check):
     code = "SMX001"
     name = "rows-not-normalized"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
+    superseded_by = ("SMX002",)
     rationale = (
         "Each query row of attention weights is a probability distribution over keys and sums "
         "to 1 (or 0 for a fully masked row under PyTorch 2.13's SDPA). Rows that do not — "
@@ -66,8 +69,6 @@ assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-4)
         bad, sums = _row_problems(ctx)
         if not bad.any():
             return
-        if _columns_sum_to_one(ctx)[0]:
-            return  # SMX002 names the cause
         values = sums[bad]
         yield Hit(
             f"{int(bad.sum())} of {bad.numel()} rows of the saved weights do not sum to 1 over the "
@@ -89,6 +90,7 @@ class SoftmaxWrongAxis(Check):
     code = "SMX002"
     name = "softmax-wrong-axis"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "softmax(scores, dim=-2) (or dim=1 on 3-D scores, or a transposed layout) normalises each "
         "key's column over the queries: columns sum to 1, rows do not, and every query's output "
@@ -102,7 +104,7 @@ weights = torch.softmax(scores, dim=-1)   # over keys; not dim=-2 / dim=1
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         if not ctx.has("weights"):
             return
-        v = explained(ctx, {"softmax over queries"})
+        v = explained(ctx, {Reading.SOFTMAX_OVER_QUERIES})
         bad, sums = _row_problems(ctx)
         columns_ok, deviation = _columns_sum_to_one(ctx)
         if v:
@@ -126,6 +128,7 @@ class WeightsOutOfRange(Check):
     code = "SMX003"
     name = "weights-out-of-range"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "Probabilities lie in [0, 1]. Negative weights or weights above 1 mean the tensor saved "
         "as weights is not a softmax output: raw scores, log-probabilities (log_softmax), or "
@@ -159,6 +162,8 @@ class OutputDiffers(Check):
     code = "SMX004"
     name = "output-differs"
     severity = Severity.ERROR
+    reads = frozenset({Statistic.ROWS, Statistic.SAVED})
+    superseded_by = ("SMX001", "SMX002", "SMX003")
     rationale = (
         "The output of attention is weights @ V. The check compares the user's saved output with "
         "their own saved weights times V (catches a V from the wrong projection or layout) and "
@@ -178,7 +183,7 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
         if not ctx.has_qkv:
             return
         stats = ctx.stats
-        v = verdict(ctx, "out")
+        v = verdict(ctx, Artefact.OUT)
         if v is not None:
             ev = {"error_vs_reference": v.reference_error, "tolerance": v.tolerance}
             if stats.user_out_vs_weights is not None:
@@ -193,21 +198,17 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
             if not (v.reference_matches or v.explained_by):
                 yield Hit(self._message("output", v), {**ev, **evidence(v)})
                 return
-        w = verdict(ctx, "weights")
+        w = verdict(ctx, Artefact.WEIGHTS)
         if w is None or w.reference_matches or w.explained_by:
             return
-        if ctx.has("weights") and (
-            _row_problems(ctx)[0].any() or stats.user_min is None or stats.user_min < -_sum_tolerance(ctx)
-        ):
-            return  # SMX001-SMX003 describe what is wrong with these weights
         yield Hit(self._message("weights", w), evidence(w))
 
     @staticmethod
     def _message(what: str, v) -> str:  # noqa: ANN001
         message = f"the saved {what} differ from the reference attention by up to {v.reference_error:.3g}"
-        if v.best != "reference":
+        if v.best != Reading.REFERENCE:
             message += (
-                f"; the closest reading is {DESCRIPTION.get(v.best, v.best)} "
+                f"; the closest reading is {DESCRIPTION[v.best]} "
                 f"(error {v.best_error:.3g}), so more than one thing differs"
             )
         return message

@@ -14,8 +14,6 @@ unchanged. Module names come from forward pre/post hooks.
 from __future__ import annotations
 
 import fnmatch
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from attndbg._io import atomic_write
 from attndbg.case import Case, Settings
 
 
@@ -99,7 +98,7 @@ class Calls:
         return cases
 
     def save(self, path: str | Path) -> Path:
-        """Write the design §2 format atomically: a temporary file in the same folder, then rename."""
+        """Write the design §2 format atomically (attndbg._io)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -127,18 +126,7 @@ class Calls:
 
             metadata["tokens"] = json.dumps(self.tokens)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, temporary, metadata=metadata)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
 
 def _sdpa_arguments(args: tuple, kwargs: dict) -> dict:

@@ -167,7 +167,7 @@ def finding_block(finding: Finding, show_fix: bool = True) -> RenderableType:
         head.append(f"  head {finding.head}", style="dim")
     parts: list[RenderableType] = [
         head,
-        Padding(Text(finding.message.split(": ", 1)[-1]), (0, 0, 0, 8)),
+        Padding(Text(finding.message), (0, 0, 0, 8)),
     ]
     if finding.evidence:
         parts.append(Padding(Text("evidence: " + _evidence(finding.evidence), style="dim"), (0, 0, 0, 8)))
@@ -195,7 +195,7 @@ def case_renderable(case: CaseReport, quiet: bool = False) -> RenderableType:
     if quiet:
         lines = [
             Text(
-                f"{case.file}::{case.name}: {f.severity.value} {f.code} {f.message.split(': ', 1)[-1]}",
+                f"{case.file}::{case.name}: {f.severity.value} {f.code} {f.message}",
                 style=SEVERITY_STYLE[f.severity.value],
             )
             for f in _ordered(case.findings)

@@ -52,7 +52,7 @@ def render_sarif(report: Report) -> str:
                 "ruleId": finding.code,
                 "ruleIndex": index[finding.code],
                 "level": LEVEL[finding.severity.value],
-                "message": {"text": finding.message},
+                "message": {"text": f"case {finding.case}: {finding.message}"},
                 "locations": [
                     {
                         "physicalLocation": {"artifactLocation": {"uri": _uri(case.file)}},
@@ -77,6 +77,16 @@ def render_sarif(report: Report) -> str:
                 result["baselineState"] = "unchanged"
                 result["suppressions"] = [{"kind": "external", "justification": "in the baseline"}]
             results.append(result)
+    invocation = {"executionSuccessful": True, "exitCode": report.exit_code()}
+    return _log(rules, results, invocations=[invocation])
+
+
+def render_sarif_rules() -> str:
+    """The rule registry alone (``attndbg rules --format sarif``): a run with no results."""
+    return _log(_rules(), [])
+
+
+def _log(rules: list[dict[str, Any]], results: list[dict[str, Any]], **run: Any) -> str:
     sarif = {
         "$schema": SCHEMA,
         "version": "2.1.0",
@@ -90,7 +100,7 @@ def render_sarif(report: Report) -> str:
                         "rules": rules,
                     }
                 },
-                "invocations": [{"executionSuccessful": True, "exitCode": report.exit_code()}],
+                **run,
                 "results": results,
             }
         ],

@@ -1,0 +1,131 @@
+"""Chunk sizing under the memory budget, the chunk that reducers read, and the reducer API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from attndbg.vocab import Statistic
+
+if TYPE_CHECKING:
+    from attndbg.context import CaseContext
+
+# float32 temporaries alive at once per score element in the reference pass: the scores
+# (shifted in place), their exponentials, and with a mask the bias and one masked product.
+TEMPORARIES_PER_ELEMENT = 4
+CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 scores per chunk: stays in cache with its exp
+_MIN_ROWS = 64  # fewer rows per GEMM wastes the matmul kernel (measured: 32 rows is ~30% slower)
+
+
+def chunk_rows(ctx: CaseContext) -> int:
+    """Query rows of all heads whose temporaries fit in ``ctx.max_memory``."""
+    heads, lk = ctx.sizes["Hq"], max(ctx.sizes["Lk"], 1)
+    per_row = heads * lk * 4 * TEMPORARIES_PER_ELEMENT
+    return max(1, min(ctx.sizes["Lq"], ctx.max_memory // per_row))
+
+
+def chunk_shape(ctx: CaseContext) -> tuple[int, int]:
+    """(heads, rows) per chunk: about ``CHUNK_ELEMENTS`` scores, so that the scores and their
+    exponentials stay in cache between the passes, and never more than the memory budget."""
+    heads, lk, lq = ctx.sizes["Hq"], max(ctx.sizes["Lk"], 1), max(ctx.sizes["Lq"], 1)
+    budget_rows = chunk_rows(ctx)
+    if str(ctx.device) != "cpu":
+        return heads, budget_rows  # a GPU wants few, large launches; its cache is not the limit
+    rows = min(lq, budget_rows, _MIN_ROWS)
+    group = max(1, min(heads, CHUNK_ELEMENTS // (rows * lk)))
+    if group == heads:
+        rows = min(lq, budget_rows, max(rows, CHUNK_ELEMENTS // (heads * lk)))
+    while group > 1 and group * rows * lk * 4 * TEMPORARIES_PER_ELEMENT > ctx.max_memory:
+        group -= 1
+    return group, max(1, rows)
+
+
+@dataclass
+class Batch:
+    """One sample's inputs, normalised once: q already scaled, k transposed."""
+
+    index: int
+    q: torch.Tensor | None  # (H, Lq, D) · scale
+    kt: torch.Tensor | None  # (H, D, Lk)
+    v: torch.Tensor | None  # (H, Lk, Dv)
+
+
+@dataclass
+class Chunk:
+    """A block of (heads, query rows) of one sample, as the driver hands it to the reducers.
+
+    Before the softmax (``Reducer.scores``): ``scores`` are the scaled logits, non-finite
+    values already counted and NaN turned to -inf, ``high``/``low`` their row max/min (0 where
+    not finite), ``bias`` the mask and causal bias of the assumed reading (None without).
+    After it (``Reducer.weights``): ``exp`` = exp(logits − shift), ``total`` its row sum,
+    ``live`` rows with something to attend, ``safe_total`` the divisor (1 for dead rows),
+    ``dot`` = Σ exp·(logits − shift); a row's weights are ``exp / safe_total``.
+    """
+
+    batch: Batch
+    heads: slice
+    rows: slice
+    scores: torch.Tensor
+    high: torch.Tensor
+    low: torch.Tensor
+    bias: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+    exp: torch.Tensor | None = None
+    total: torch.Tensor | None = None
+    live: torch.Tensor | None = None
+    safe_total: torch.Tensor | None = None
+    dot: torch.Tensor | None = None
+
+    @property
+    def at(self) -> tuple[int, slice, slice]:
+        """Index of this chunk in a (B, H, Lq, …) accumulator."""
+        return self.batch.index, self.heads, self.rows
+
+    @property
+    def n_heads(self) -> int:
+        return self.heads.stop - self.heads.start
+
+
+@dataclass
+class Accumulator:
+    """Where reducers write: per-row (B, H, Lq) float32 tensors by name, plus named totals."""
+
+    shape: tuple[int, int, int]
+    device: str
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    totals: dict[str, Any] = field(default_factory=dict)
+
+    def per_row(self, *names: str, fill: float = 0.0) -> None:
+        for name in names:
+            self.rows[name] = torch.full(self.shape, fill, dtype=torch.float32, device=self.device)
+
+
+class Reducer:
+    """One family of statistics, reduced chunk by chunk.
+
+    Subclass, set ``family`` (the reducer runs only when a running check reads it) and
+    override what you need: ``start`` allocates in the accumulator, ``scores`` reads a chunk
+    before the softmax, ``weights`` after it, ``finish`` runs once after the last chunk.
+    Reducers run in the order of ``REDUCERS``; a reducer must not modify the chunk's tensors
+    except where its docstring says so (the numerics reducer cleans the scores first).
+    """
+
+    family: ClassVar[Statistic] = Statistic.ROWS
+
+    def __init__(self, ctx: CaseContext, acc: Accumulator) -> None:
+        self.ctx = ctx
+        self.acc = acc
+
+    def start(self) -> None:
+        """Allocate this reducer's outputs."""
+
+    def scores(self, chunk: Chunk) -> None:
+        """Read a chunk's scores and bias, before the softmax."""
+
+    def weights(self, chunk: Chunk) -> None:
+        """Read a chunk's exponentials and row totals, after the softmax."""
+
+    def finish(self) -> None:
+        """Finish after the last chunk (second passes, totals)."""

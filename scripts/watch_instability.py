@@ -130,7 +130,7 @@ def train(args: argparse.Namespace, data: torch.Tensor, qk_norm: bool, log: Path
 _KINDS = ("logit-growth", "entropy-collapse", "non-finite", "catalogue-error")
 
 
-def figure(runs: list[dict], path: Path) -> None:
+def figure(runs: list[dict], path: Path, falls_behind: int | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,11 +159,16 @@ def figure(runs: list[dict], path: Path) -> None:
                 ax.axvline(run["first_alert"], color=colour, ls="--", lw=1)
             if run["divergence_step"] is not None:
                 ax.axvline(run["divergence_step"], color=colour, ls=":", lw=1.5)
+    if falls_behind is not None:
+        for ax in axes:
+            ax.axvline(falls_behind, color="black", ls="-.", lw=1)
     axes[0].set_ylabel("training loss (nats/byte)")
     axes[1].set_ylabel("max |scaled logit|\n(any layer, head)")
     axes[1].set_yscale("log")
     axes[2].set_ylabel("min normalised entropy\n(any layer, head)")
-    axes[2].set_xlabel("step   (dashed: first alert, dotted: loss diverged)")
+    axes[2].set_xlabel(
+        "step   (dashed: first alert; dotted: loss diverged; dash-dot: no-QK-norm loss falls behind for good)"
+    )
     axes[0].legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +190,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bytes", type=int, default=2_000_000)
     parser.add_argument("--only", choices=("plain", "qk-norm"), default=None)
+    parser.add_argument("--replot", action="store_true", help="Redraw the figure from --out's results.")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads((args.out / "watch-instability.json").read_text())
+        figure(saved["runs"], args.out / "watch-instability.png", saved.get("plain_falls_behind_at"))
+        return
     data = stdlib_bytes(args.bytes)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -197,13 +207,15 @@ def main() -> None:
         runs.append(run)
         summary = {k: v for k, v in run.items() if k != "losses"}
         print(json.dumps(summary), flush=True)
-    figure(runs, args.out / "watch-instability.png")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    results = {"settings": settings, "runs": [{k: v for k, v in r.items() if k != "losses"} for r in runs]}
+    results = {"settings": settings, "runs": runs}  # losses included: --replot redraws from them
     if len(runs) == 2:
         results["plain_falls_behind_at"] = separation_step(runs[0]["losses"], runs[1]["losses"])
-        print(json.dumps({"plain_falls_behind_at": results["plain_falls_behind_at"]}))
-    (args.out / "watch-instability.json").write_text(json.dumps(results, indent=2) + "\n")
+        behind, first_alert = results["plain_falls_behind_at"], runs[0]["first_alert"]
+        results["alert_lead_steps"] = None if behind is None or first_alert is None else behind - first_alert
+        print(json.dumps({k: results[k] for k in ("plain_falls_behind_at", "alert_lead_steps")}))
+    (args.out / "watch-instability.json").write_text(json.dumps(results) + "\n")
+    figure(runs, args.out / "watch-instability.png", results.get("plain_falls_behind_at"))
 
 
 if __name__ == "__main__":

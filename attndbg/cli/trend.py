@@ -21,7 +21,7 @@ class TrendFormat(str, Enum):
 def trend(
     log: Annotated[Path, typer.Argument(help="A JSON-lines log written by attndbg.watch(log=...).")],
     fmt: Annotated[TrendFormat, typer.Option("--format", help="Summary format.")] = TrendFormat.rich,
-    png: Annotated[Path | None, typer.Option(help="Also save the curves as a PNG (needs attndbg[plot]).")] = None,
+    png: Annotated[Path | None, typer.Option(help="Also save the curves as a PNG.")] = None,
     fail_on: Annotated[
         opt.FailOn, typer.Option(help="Exit 1 when an alert at or above this severity fired.")
     ] = opt.FailOn.warning,
@@ -39,7 +39,8 @@ def trend(
     else:
         from attndbg.render.trend import trend_renderable
 
-        Console(highlight=False).print(trend_renderable(summary, width))
+        console = Console(highlight=False)
+        console.print(trend_renderable(summary, width, console.width))
     if png:
         from attndbg.render.trend import write_png
 

@@ -46,7 +46,12 @@ def _ends(values: list[float | None]) -> str:
     return f"{_num(present[0])} → {_num(present[-1])}" if present else "—"
 
 
-def trend_renderable(trend: Trend, width: int = 40) -> RenderableType:
+def trend_renderable(trend: Trend, width: int = 40, console_width: int | None = None) -> RenderableType:
+    """``width`` characters per sparkline, fewer when ``console_width`` leaves less room."""
+    if console_width:
+        longest = max((len(layer.name) for layer in trend.layers), default=5)
+        room = (console_width - longest - 2 * len("1.234e+05 → 1.234e+05") - len("nan/inf") - 10) // 2
+        width = max(8, min(width, room))
     header = trend.header
     state = "finished" if trend.finished else "no end record: the run was killed or is still going"
     steps = trend.sampled_steps
@@ -65,7 +70,7 @@ def trend_renderable(trend: Trend, width: int = 40) -> RenderableType:
         ("first → last", "right"),
         ("nan/inf", "right"),
     ):
-        table.add_column(column, justify=justify, no_wrap=column != "layer")
+        table.add_column(column, justify=justify, no_wrap=True)
     for layer in trend.layers:
         bad = sum(layer.nonfinite)
         table.add_row(

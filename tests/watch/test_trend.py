@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from conftest import run_cli
 from watch_model import TinyGPT, random_batches
 
 import attndbg
@@ -108,3 +111,39 @@ def test_png(logs, tmp_path):
 
     path = write_png(load_trend(logs["collapse"]), tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_exit_codes_json_and_png(logs, tmp_path):
+    result = run_cli("trend", str(logs["collapse"]))
+    assert result.returncode == 1, result.stderr
+    assert "blocks.1.attn" in result.stdout and "entropy-collapse" in result.stdout
+    assert run_cli("trend", str(logs["collapse"]), "--fail-on", "never").returncode == 0
+    assert run_cli("trend", str(logs["healthy"])).returncode == 0
+    result = run_cli("trend", str(logs["collapse"]), "--format", "json", "--png", str(tmp_path / "c.png"))
+    data = json.loads(result.stdout)
+    assert data["exit_code"] == result.returncode == 1 and data["fail_on"] == "warning"
+    assert data["sampled_steps"] == [0, 2, 4, 6, 8, 10] and data["finished"] is True
+    assert {a["step"] for a in data["alerts"]} == {8}
+    assert [layer["name"] for layer in data["layers"]] == ["blocks.0.attn", "blocks.1.attn"]
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_bad_log_is_one_line_and_exit_2(tmp_path):
+    result = run_cli("trend", str(tmp_path / "nothing.jsonl"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
+
+
+def test_reading_a_log_does_not_import_torch():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = (
+        "import sys; from attndbg.watch.trend import load_trend; "
+        "from attndbg.render.trend import trend_renderable; import attndbg.cli.trend; "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

@@ -325,3 +325,18 @@ def test_a_failing_reduction_never_stops_training(tmp_path, monkeypatch):
         {"layer": "blocks.0.attn", "error": "ValueError: cannot reduce blocks.0.attn"},
         {"layer": "blocks.1.attn", "error": "ValueError: cannot reduce blocks.1.attn"},
     ]
+
+
+def test_without_the_catalogue_the_statistics_are_the_same():
+    from models.factories import float_mask
+
+    readings = {}
+    for catalogue in (True, False):
+        model = float_mask()
+        model.train()
+        with attndbg.watch(model, every=1, catalogue=catalogue, on_alert="ignore") as watcher:
+            model(torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))).sum().backward()
+            watcher.step()
+        readings[catalogue] = ({n: layer.metrics for n, layer in watcher.last.items()}, len(watcher.findings))
+    assert readings[True][0] == readings[False][0]
+    assert readings[True][1] == 2 and readings[False][1] == 0

@@ -171,39 +171,22 @@ class AlertTracker:
         key = ("logit-growth", layer, head)
         if key in self.fired:
             return []
-        if value > t.max_logit:
-            self.fired.add(key)
-            return [
-                Alert(
-                    step,
-                    "logit-growth",
-                    "warning",
-                    layer,
-                    head,
-                    f"layer {layer} head {head}: max scaled logit {value:.4g} crossed the bound "
-                    f"{t.max_logit:g}; its softmax is saturated",
-                    value,
-                    {"rule": "bound", "bound": t.max_logit},
-                )
-            ]
         values = list(window)
         rising = len(values) == window.maxlen and all(b > a for a, b in zip(values, values[1:]))
-        if rising and values[0] > 0 and value >= t.growth_min and value / values[0] >= t.growth_factor:
-            self.fired.add(key)
-            return [
-                Alert(
-                    step,
-                    "logit-growth",
-                    "warning",
-                    layer,
-                    head,
-                    f"layer {layer} head {head}: max scaled logit rose at each of the last "
-                    f"{len(values)} samples, {values[0]:.4g} → {value:.4g} (×{value / values[0]:.2f})",
-                    value,
-                    {"rule": "window", "window": values},
-                )
-            ]
-        return []
+        if value > t.max_logit:
+            sentence = f"crossed the bound {t.max_logit:g}; its softmax is saturated"
+            details: dict[str, Any] = {"rule": "bound", "bound": t.max_logit}
+        elif rising and values[0] > 0 and value >= t.growth_min and value / values[0] >= t.growth_factor:
+            sentence = (
+                f"rose at each of the last {len(values)} samples, "
+                f"{values[0]:.4g} → {value:.4g} (×{value / values[0]:.2f})"
+            )
+            details = {"rule": "window", "window": values}
+        else:
+            return []
+        self.fired.add(key)
+        message = f"layer {layer} head {head}: max scaled logit {value:.4g} {sentence}"
+        return [Alert(step, "logit-growth", "warning", layer, head, message, value, details)]
 
     def _entropy(self, step: int, layer: str, head: int, value: float) -> list[Alert]:
         t = self.thresholds

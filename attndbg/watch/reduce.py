@@ -142,6 +142,10 @@ def reduce_call(
                 }
                 for f in report.findings
             ]
+        else:
+            from attndbg.vocab import Statistic
+
+            ctx.wanted = frozenset({Statistic.ROWS, Statistic.OUTPUT})  # no head Gram, no saved pass
         try:
             stats = ctx.stats
             heads = ctx.sizes["Hq"]

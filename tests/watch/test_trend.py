@@ -60,11 +60,7 @@ def test_sparkline_scales_each_series_and_marks_gaps():
 
 
 def test_rich_summary_names_layers_alerts_and_steps(logs):
-    from rich.console import Console
-
-    console = Console(width=160, record=True)
-    console.print(trend_renderable(load_trend(logs["collapse"])))
-    text = console.export_text()
+    text = _render(logs["collapse"])
     assert "6 sampled steps (steps 0–10, every 2)" in text
     assert "blocks.1.attn" in text and "alert(s)" in text and "SCL003" in text
     assert "no alert" in _render(logs["healthy"])
@@ -87,22 +83,21 @@ def test_a_truncated_log_is_read_up_to_its_last_line(logs, tmp_path):
     assert "no end record" in _render(cut)
 
 
-def test_bad_logs_are_input_errors(tmp_path):
-    missing = tmp_path / "missing.jsonl"
-    with pytest.raises(InputError, match="no such file"):
-        load_trend(missing)
-    other = tmp_path / "other.jsonl"
-    other.write_text('{"type": "header", "schema": "something else"}\n')
-    with pytest.raises(InputError, match="not an attndbg watch log"):
-        load_trend(other)
-    newer = tmp_path / "newer.jsonl"
-    newer.write_text('{"type": "header", "schema": "attndbg.watch", "schema_version": 99}\n')
-    with pytest.raises(InputError, match="schema version 99"):
-        load_trend(newer)
-    garbage = tmp_path / "garbage.jsonl"
-    garbage.write_text('{"type": "header", "schema": "attndbg.watch", "schema_version": 1}\nnot json\n')
-    with pytest.raises(InputError, match="garbage.jsonl:2"):
-        load_trend(garbage)
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        ('{"type": "header", "schema": "something else"}\n', "not an attndbg watch log"),
+        ('{"type": "header", "schema": "attndbg.watch", "schema_version": 99}\n', "schema version 99"),
+        ('{"type": "header", "schema": "attndbg.watch", "schema_version": 1}\nnot json\n', "log.jsonl:2"),
+    ],
+)
+def test_bad_logs_are_input_errors(tmp_path, content, message):
+    log = tmp_path / "log.jsonl"
+    if content is not None:
+        log.write_text(content)
+    with pytest.raises(InputError, match=message):
+        load_trend(log)
 
 
 def test_png(logs, tmp_path):

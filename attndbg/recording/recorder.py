@@ -14,8 +14,9 @@ unchanged. Module names come from forward pre/post hooks.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +169,8 @@ _MHA_ARGS = (
 
 
 def _copy(t: torch.Tensor | None) -> torch.Tensor | None:
+    if t is not None and _ON_DEVICE.get():
+        return t.detach()
     return None if t is None else t.detach().to("cpu", copy=True)
 
 
@@ -175,30 +178,9 @@ class _Recorder(TorchFunctionMode):
     """Sees SDPA (also as the aten op inside torch.export programs), the functional core of
     nn.MultiheadAttention (which hides its SDPA call), and 4-D softmaxes (eager attention)."""
 
-    def __init__(
-        self,
-        calls: Calls,
-        stack: list[str],
-        layers: str | None,
-        max_calls: int | None,
-        on_call: Callable[[CapturedCall], None] | None = None,
-    ):
+    def __init__(self, calls: Calls, stack: list[str], layers: str | None, max_calls: int | None):
         super().__init__()
         self.calls, self.stack, self.layers, self.max_calls = calls, stack, layers, max_calls
-        self.on_call = on_call
-
-    def _copy(self, t: torch.Tensor | None) -> torch.Tensor | None:
-        # A consumer that reduces each call at once (attndbg.watch) reads the live tensors on
-        # their own device; nothing is kept, so nothing needs copying.
-        if self.on_call is not None:
-            return None if t is None else t.detach()
-        return _copy(t)
-
-    def _keep(self, call: CapturedCall) -> None:
-        if self.on_call is not None:
-            self.on_call(call)
-        else:
-            self.calls.calls.append(call)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -224,13 +206,13 @@ class _Recorder(TorchFunctionMode):
         module = self._wanted()
         if module is None:
             return
-        self._keep(
+        self.calls.calls.append(
             CapturedCall(
                 module=module,
-                q=self._copy(call["query"]),
-                k=self._copy(call["key"]),
-                v=self._copy(call["value"]),
-                mask=self._copy(call.get("attn_mask")),
+                q=_copy(call["query"]),
+                k=_copy(call["key"]),
+                v=_copy(call["value"]),
+                mask=_copy(call.get("attn_mask")),
                 is_causal=bool(call.get("is_causal", False)),
                 scale=None if call.get("scale") is None else float(call["scale"]),
                 enable_gqa=bool(call.get("enable_gqa", False)),
@@ -264,13 +246,13 @@ class _Recorder(TorchFunctionMode):
             mask = _mha_mask(
                 call.get("attn_mask"), call.get("key_padding_mask"), q.shape[0], heads, q.shape[2], k.shape[2]
             )
-        self._keep(
+        self.calls.calls.append(
             CapturedCall(
                 module=module,
-                q=self._copy(q),
-                k=self._copy(k),
-                v=self._copy(v),
-                mask=self._copy(mask),
+                q=_copy(q),
+                k=_copy(k),
+                v=_copy(v),
+                mask=_copy(mask),
                 is_causal=False,
                 scale=None,
                 dropout_p=float(call.get("dropout_p") or 0.0) if call.get("training") else 0.0,
@@ -286,14 +268,14 @@ class _Recorder(TorchFunctionMode):
         module = self._wanted()
         if module is None:
             return
-        self._keep(
+        self.calls.calls.append(
             CapturedCall(
                 module=module,
                 q=None,
                 k=None,
                 v=None,
-                scores=self._copy(scores),
-                weights=self._copy(result),
+                scores=_copy(scores),
+                weights=_copy(result),
                 kind="eager",
             )
         )
@@ -334,12 +316,8 @@ def capture(
     model: torch.nn.Module | None = None,
     layers: str | None = None,
     max_calls: int | None = None,
-    on_call: Callable[[CapturedCall], None] | None = None,
 ) -> Iterator[Calls]:
-    """Record attention calls made inside the ``with`` block; ``model`` gives module names.
-
-    With ``on_call`` each call is handed over as it happens (tensors detached, not copied) and
-    not stored in the yielded :class:`Calls`."""
+    """Record attention calls made inside the ``with`` block; ``model`` gives module names."""
     calls = Calls()
     stack: list[str] = []
     handles = []
@@ -356,8 +334,23 @@ def capture(
             handles.append(module.register_forward_pre_hook(push))
             handles.append(module.register_forward_hook(pop))
     try:
-        with _Recorder(calls, stack, layers, max_calls, on_call):
+        with _Recorder(calls, stack, layers, max_calls):
             yield calls
     finally:
         for handle in handles:
             handle.remove()
+
+
+_ON_DEVICE: ContextVar[bool] = ContextVar("attndbg_capture_on_device", default=False)
+
+
+@contextmanager
+def on_device() -> Iterator[None]:
+    """Inside this block, :func:`capture` keeps each recorded tensor where it is, detached but
+    not copied: for a consumer that reduces the calls on their device and drops them before
+    the step ends (``attndbg.watch``). Without it, captures are CPU copies that outlive the step."""
+    token = _ON_DEVICE.set(True)
+    try:
+        yield
+    finally:
+        _ON_DEVICE.reset(token)

@@ -7,11 +7,12 @@
             optimizer.step()
             watcher.step()
 
-On a sampled step (step % every == 0) the model's forward runs under the capture machinery:
-each attention call is reduced at once, on its device, to per-head numbers and the
-catalogue's findings, and its tensors are dropped. On other steps a forward costs one
-pre-hook that returns at once. ``step()`` closes the step: it merges the layers (and the
-ranks, under torch.distributed), checks the trend alerts, and writes the log.
+On a sampled step (step % every == 0) the model's forward runs under the capture machinery,
+which keeps each attention call's tensors where they are (detached, not copied); at the end
+of the forward each call is reduced on its device to per-head numbers and the catalogue's
+findings, and its tensors are dropped. Other steps run with no hook on the model at all.
+``step()`` closes the step: it merges the layers (and the ranks, under torch.distributed),
+checks the trend alerts, and writes the log.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class Watcher:
         self._pending_seconds = 0.0
         self._skipped: list[dict[str, str]] = []  # calls of the open step that could not be reduced
         self._skip_warned = False
-        self._forward_names: dict[str, int] = {}
+        self._calls: Any = None  # the Calls of the forward being recorded
         self._capture: contextlib.ExitStack | None = None
         self._step_hooks: list[Any] = []  # on the model only while auto_step is on
         self._armed: list[Any] = []  # on every module, only during a sampled step
@@ -198,11 +199,11 @@ class Watcher:
     def _before_forward(self, module: torch.nn.Module, _inputs: Any) -> None:
         if self._capture is not None or (not module.training and not self.eval_forwards):
             return
-        from attndbg.recording.recorder import capture
+        from attndbg.recording.recorder import capture, on_device
 
-        self._forward_names = {}
         stack = contextlib.ExitStack()
-        stack.enter_context(capture(self.model, layers=self.layers, on_call=self._on_call))
+        stack.enter_context(on_device())  # live tensors, no copies: reduced and dropped at the end
+        self._calls = stack.enter_context(capture(self.model, layers=self.layers))
         self._capture, self._outermost = stack, module
 
     def _after_forward(self, module: torch.nn.Module, _inputs: Any, _output: Any) -> None:
@@ -215,15 +216,20 @@ class Watcher:
             self.step()
 
     def _stop_capture(self) -> None:
-        if self._capture is not None:
-            stack, self._capture, self._outermost = self._capture, None, None
-            stack.close()
-
-    def _on_call(self, call: Any) -> None:
+        """End the recording at the end of the outermost forward, and reduce its calls there:
+        a traced hand-written attention call is only complete once its P·V product ran."""
+        if self._capture is None:
+            return
+        stack, calls = self._capture, self._calls
+        self._capture = self._calls = self._outermost = None
+        stack.close()
         started = time.perf_counter()
-        base = call.module or "attention"
-        count = self._forward_names[base] = self._forward_names.get(base, 0) + 1
-        name = base if count == 1 else f"{base}#{count}"
+        for name, call in zip(calls.names(), calls.calls):
+            self._reduce(name, call)
+        calls.calls.clear()  # the last references to this forward's activations
+        self._pending_seconds += time.perf_counter() - started
+
+    def _reduce(self, name: str, call: Any) -> None:
         try:
             sample = reduce_call(call, name, catalogue=self.catalogue, max_memory=self.max_memory)
         except Exception as exc:  # a monitor must never stop the training it watches
@@ -234,11 +240,8 @@ class Watcher:
                     f"attndbg.watch: {name} not reduced: {first_line(exc)}", AttentionWarning, stacklevel=2
                 )
             return
-        finally:
-            del call
         previous = self._pending.get(name)
         self._pending[name] = sample if previous is None else merge(previous, sample)
-        self._pending_seconds += time.perf_counter() - started
 
     # ---- end of a sampled step -------------------------------------------------------------
     def _distributed_world(self) -> int:

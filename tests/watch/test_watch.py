@@ -340,3 +340,17 @@ def test_without_the_catalogue_the_statistics_are_the_same():
         readings[catalogue] = ({n: layer.metrics for n, layer in watcher.last.items()}, len(watcher.findings))
     assert readings[True][0] == readings[False][0]
     assert readings[True][1] == 2 and readings[False][1] == 0
+
+
+def test_capture_on_device_keeps_live_tensors_instead_of_copies():
+    import torch.nn.functional as F
+
+    from attndbg.recording.recorder import capture, on_device
+
+    q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
+    with on_device(), capture() as live:
+        F.scaled_dot_product_attention(q, k, v)
+    with capture() as copied:
+        F.scaled_dot_product_attention(q, k, v)
+    assert live[0].q.data_ptr() == q.data_ptr() and not live[0].q.requires_grad
+    assert copied[0].q.data_ptr() != q.data_ptr() and torch.equal(copied[0].q, q)

@@ -354,3 +354,20 @@ def test_capture_on_device_keeps_live_tensors_instead_of_copies():
         F.scaled_dot_product_attention(q, k, v)
     assert live[0].q.data_ptr() == q.data_ptr() and not live[0].q.requires_grad
     assert copied[0].q.data_ptr() != q.data_ptr() and torch.equal(copied[0].q, q)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_statistics_match_the_cpu_and_nothing_is_skipped(tmp_path):
+    readings = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = TinyGPT().to(device)
+        with attndbg.watch(model, every=1, log=tmp_path / f"{device}.jsonl") as watcher:
+            for ids, targets in random_batches(2):
+                model(ids.to(device), targets.to(device)).backward()
+                watcher.step()
+        readings[device] = watcher.last["blocks.1.attn"].metrics
+        assert not [r for r in read_log(tmp_path / f"{device}.jsonl") if r.get("skipped")]
+    for metric in ("entropy", "max_logit", "max_weight"):
+        assert readings["cuda"][metric] == pytest.approx(readings["cpu"][metric], rel=1e-3, abs=1e-4)

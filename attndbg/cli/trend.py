@@ -27,8 +27,10 @@ def trend(
     ] = opt.FailOn.warning,
     width: Annotated[int, typer.Option(min=8, help="Characters per sparkline.")] = 40,
 ) -> None:
-    """Summarise a watched training run: per layer, sparklines of the max logit and the min
-    entropy over steps; the alerts with their step; exit 1 when an alert at --fail-on fired."""
+    """Summarise a training run logged by attndbg.watch: sparklines per layer, alerts.
+
+    Per layer, the max logit and the min entropy over heads at each sampled step; the alerts
+    with their step; exit 1 when an alert at or above --fail-on fired."""
     from rich.console import Console
 
     from attndbg.watch.trend import load_trend

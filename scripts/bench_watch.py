@@ -31,6 +31,7 @@ CONFIGS = {
     "no watch": None,
     "watch(every=10)": {"every": 10},
     "watch(every=10, catalogue=False)": {"every": 10, "catalogue": False},
+    "watch(every=10, max_batch=2)": {"every": 10, "max_batch": 2},
     "watch(every=1)": {"every": 1},
 }
 

@@ -49,6 +49,9 @@ class Watcher:
     layers: a glob on module names (``"*.attn"``) to record only some attention calls.
     per_rank: under torch.distributed, also write one log per rank (``NAME.rank<R>.jsonl``).
     max_memory: bytes of temporaries the statistics pass may use per call.
+    max_batch: reduce only the first ``max_batch`` sequences of each call (faster; the softmax
+        statistics and findings are then estimates; non-finite values are still counted over
+        the whole call). None (the default) reads the whole batch.
 
     ``alerts`` holds every alert so far, ``findings`` the catalogue's findings (first step of
     each), ``last`` the layers of the last sampled step (name → :class:`LayerSample`).
@@ -69,6 +72,7 @@ class Watcher:
         layers: str | None = None,
         per_rank: bool = False,
         max_memory: int = 1 << 28,
+        max_batch: int | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise UsageError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
@@ -82,6 +86,9 @@ class Watcher:
         self.thresholds = Thresholds.from_value(thresholds)
         self.catalogue, self.auto_step, self.eval_forwards = catalogue, auto_step, eval_forwards
         self.layers, self.per_rank, self.max_memory = layers, per_rank, max_memory
+        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+            raise UsageError(f"watch(max_batch={max_batch!r}): expected a whole number ≥ 1, or None")
+        self.max_batch = max_batch
         self.log_path = Path(log) if log is not None else None
         self._tensorboard_spec = tensorboard
         self.step_index = 0
@@ -231,7 +238,9 @@ class Watcher:
 
     def _reduce(self, name: str, call: Any) -> None:
         try:
-            sample = reduce_call(call, name, catalogue=self.catalogue, max_memory=self.max_memory)
+            sample = reduce_call(
+                call, name, catalogue=self.catalogue, max_memory=self.max_memory, max_batch=self.max_batch
+            )
         except Exception as exc:  # a monitor must never stop the training it watches
             self._skipped.append({"layer": name, "error": f"{type(exc).__name__}: {first_line(exc)}"})
             if not self._skip_warned:

@@ -113,9 +113,15 @@ def merge(first: LayerSample, second: LayerSample) -> LayerSample:
 
 
 def reduce_call(
-    call: CapturedCall, name: str, catalogue: bool = True, max_memory: int = 1 << 28
+    call: CapturedCall,
+    name: str,
+    catalogue: bool = True,
+    max_memory: int = 1 << 28,
+    max_batch: int | None = None,
 ) -> LayerSample:
-    """Statistics of one recorded call, on its device, without autograd or autocast."""
+    """Statistics of one recorded call, on its device, without autograd or autocast.
+    ``max_batch``: the softmax statistics and the catalogue read only the first sequences of the
+    batch (an estimate, for speed); non-finite values are always counted over the whole call."""
     import torch
 
     from attndbg.context import CaseContext, ShapeProblem
@@ -126,6 +132,14 @@ def reduce_call(
     reference = next(t for t in (call.q, call.scores, call.weights) if t is not None)
     device = str(reference.device)
     with torch.no_grad(), torch.autocast(reference.device.type, enabled=False):
+        nonfinite_inputs = _nonfinite_inputs(case.tensors)
+        batch = reference.shape[0] if reference.dim() == 4 else 1
+        if max_batch is not None and batch > max_batch:
+            # 4-D tensors are (batch, heads, rows, columns) in a capture; smaller masks broadcast
+            case.tensors = {
+                role: t[:max_batch] if t.dim() == 4 and t.shape[0] == batch else t
+                for role, t in case.tensors.items()
+            }
         ctx = CaseContext(case, device=device, max_memory=max_memory)
         findings: list[dict[str, Any]] = []
         if catalogue:
@@ -152,7 +166,7 @@ def reduce_call(
         except ShapeProblem:
             return LayerSample(name, call.kind, 0, {m: [] for m in METRICS}, findings=findings)
         metrics = _head_metrics(stats, heads)
-        per_head, totals, first = _nonfinite(case.tensors, stats, heads)
+        per_head, totals, first = _nonfinite(nonfinite_inputs, stats, heads)
     for head, count in enumerate(per_head):
         metrics["nonfinite"][head] = count
     return LayerSample(
@@ -192,17 +206,11 @@ def _head_metrics(stats: Any, heads: int) -> dict[str, list[float | None]]:
     }
 
 
-def _nonfinite(
-    tensors: dict[str, Any], stats: Any, heads: int
-) -> tuple[list[int], dict[str, int], dict[str, Any] | None]:
-    """Per-head NaN/±Inf counts over the call's tensors (a head dimension at axis 1, SDPA's
-    layout) and the output the statistics pass recomputed; the first bad value's tensor,
-    head and index, in the order the attention computes them."""
+def _nonfinite_inputs(tensors: dict[str, Any]) -> dict[str, tuple[int, list[int], list[int]]]:
+    """Per role with a NaN/±Inf: (count, count per head, index of the first bad value)."""
     import torch
 
-    per_head = [0] * heads
-    totals: dict[str, int] = {}
-    first: dict[str, Any] | None = None
+    found = {}
     for role in ("q", "k", "v", "scores", "weights"):
         tensor = tensors.get(role)
         if tensor is None or not tensor.is_floating_point():
@@ -211,15 +219,26 @@ def _nonfinite(
         if role != "scores":  # -inf in saved scores is a mask
             bad |= torch.isneginf(tensor)
         total = int(bad.sum())
-        if not total:
-            continue
+        if total:
+            per_head = bad.sum(dim=(0, 2, 3)).tolist() if tensor.dim() == 4 else []
+            found[role] = (total, per_head, bad.nonzero()[0].tolist())
+    return found
+
+
+def _nonfinite(
+    inputs: dict[str, tuple[int, list[int], list[int]]], stats: Any, heads: int
+) -> tuple[list[int], dict[str, int], dict[str, Any] | None]:
+    """Per-head NaN/±Inf counts over the call's tensors (a head dimension at axis 1, SDPA's
+    layout) and the output the statistics pass recomputed; the first bad value's tensor,
+    head and index, in the order the attention computes them."""
+    per_head = [0] * heads
+    totals: dict[str, int] = {}
+    first: dict[str, Any] | None = None
+    for role, (total, counts, index) in inputs.items():
         totals[role] = total
-        if tensor.dim() == 4:
-            counts = bad.sum(dim=(0, 2, 3)).tolist()
-            for head in range(heads):  # a grouped (or broadcast) head counts for every head it serves
-                per_head[head] += int(counts[head * len(counts) // heads])
+        for head in range(heads if counts else 0):  # a grouped head counts for each head it serves
+            per_head[head] += int(counts[head * len(counts) // heads])
         if first is None:
-            index = bad.nonzero()[0].tolist()
             first = {"tensor": role, "head": index[1] if len(index) == 4 else None, "index": index}
     for stage in ("scores", "output"):
         count = stats.nonfinite.get(stage, 0)

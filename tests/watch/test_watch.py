@@ -371,3 +371,29 @@ def test_cuda_statistics_match_the_cpu_and_nothing_is_skipped(tmp_path):
         assert not [r for r in read_log(tmp_path / f"{device}.jsonl") if r.get("skipped")]
     for metric in ("entropy", "max_logit", "max_weight"):
         assert readings["cuda"][metric] == pytest.approx(readings["cpu"][metric], rel=1e-3, abs=1e-4)
+
+
+def test_max_batch_reads_the_first_sequences_but_counts_every_nan():
+    torch.manual_seed(0)
+    model = TinyGPT(layers=1)
+    ids = torch.randint(0, 256, (4, 16))
+    readings = {}
+    for max_batch, batch in ((None, ids[:1]), (1, ids)):
+        with attndbg.watch(model, every=1, max_batch=max_batch) as watcher:
+            model(batch)
+            watcher.step()
+        readings[max_batch] = watcher.last["blocks.0.attn"].metrics
+    assert readings[1]["entropy"] == pytest.approx(readings[None]["entropy"], rel=1e-5)
+    assert readings[1]["max_logit"] == pytest.approx(readings[None]["max_logit"], rel=1e-5)
+
+    def nan_in_last_sequence(_module, _args, output):
+        output = output.clone()
+        output[3, 5, 0] = float("nan")  # sequence 3, position 5: query head 0
+        return output
+
+    model.blocks[0].attn.q_proj.register_forward_hook(nan_in_last_sequence)
+    with attndbg.watch(model, every=1, max_batch=1, on_alert="ignore") as watcher:
+        model(ids)
+        watcher.step()
+    (alert,) = [a for a in watcher.alerts if a.kind == "non-finite"]
+    assert (alert.head, alert.details["tensor"], alert.details["index"][:3]) == (0, "q", [3, 0, 5])

@@ -229,7 +229,7 @@ def test_auto_step_counts_training_forwards_and_skips_eval():
     assert watcher.step_index == 5 and watcher._sampled == 3
 
 
-def test_multi_head_attention_and_eager_softmax_are_watched():
+def test_multi_head_attention_is_watched():
     from models.factories import encoder_layer
 
     model = encoder_layer()
@@ -239,21 +239,39 @@ def test_multi_head_attention_and_eager_softmax_are_watched():
         watcher.step()
     assert {layer.kind for layer in watcher.last.values()} == {"multi_head_attention"}
 
-    class Eager(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.proj = torch.nn.Linear(8, 16)
 
-        def forward(self, x):
-            q, k = self.proj(x).view(2, 6, 2, 8).transpose(1, 2).chunk(2, dim=-1)
-            return (q @ k.transpose(-1, -2) / 2).softmax(dim=-1).sum()
+class HandWritten(torch.nn.Module):
+    """nanoGPT's manual path: scores, a causal masked_fill, softmax, P·V — no SDPA."""
 
-    eager = Eager()
-    with attndbg.watch(eager, every=1) as watcher:
-        eager(torch.randn(2, 6, 8)).backward()
-        watcher.step()
-    (layer,) = watcher.last.values()
-    assert layer.kind == "eager" and layer.heads == 2 and all(e is not None for e in layer.metrics["entropy"])
+    def __init__(self, sdpa: bool = False) -> None:
+        super().__init__()
+        self.qkv, self.sdpa = torch.nn.Linear(32, 96), sdpa
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        if self.sdpa:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum()
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / 8**0.5)
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        weights = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        return (weights @ v).sum()
+
+
+def test_hand_written_attention_is_traced_and_reads_like_sdpa():
+    readings = {}
+    x = torch.randn(2, 12, 32, generator=torch.Generator().manual_seed(0))
+    for sdpa in (False, True):
+        torch.manual_seed(0)
+        model = HandWritten(sdpa)
+        with attndbg.watch(model, every=1) as watcher:
+            model(x).backward()
+            watcher.step()
+        (layer,) = watcher.last.values()
+        readings[layer.kind] = layer.metrics
+    assert set(readings) == {"traced", "sdpa"}
+    for metric in ("entropy", "max_logit", "max_weight", "sink_mass"):
+        assert readings["traced"][metric] == pytest.approx(readings["sdpa"][metric], rel=1e-4, abs=1e-6)
 
 
 def test_thresholds_are_configurable_and_checked():

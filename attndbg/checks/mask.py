@@ -181,6 +181,7 @@ class MaskedKeysReceiveWeight(Check):
     code = "MSK002"
     name = "masked-keys-weighted"
     severity = Severity.ERROR
+    reports = frozenset({Reading.MASK_IGNORED})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     superseded_by = ("MSK003", "MSK004")
     rationale = (
@@ -232,6 +233,8 @@ class FloatMaskAdded(Check):
     code = "MSK003"
     name = "float-01-mask-added"
     severity = Severity.ERROR
+    # added where it is applied, or applied (as keep or drop) where it was assumed added
+    reports = frozenset({Reading.MASK_AS_ADDITIVE, Reading.MASK_AS_KEEP, Reading.MASK_AS_DROP})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "SDPA adds a float attn_mask to the scores. A float mask of 0s and 1s (e.g. HF's "
@@ -249,9 +252,29 @@ attn_mask = torch.zeros_like(attention_mask, dtype=q.dtype).masked_fill(attentio
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         import torch
 
-        if not ctx.has("mask") or ctx.mask_semantics != MaskSemantics.ADDITIVE:
+        if not ctx.has("mask"):
             return
         mask = ctx.raw["mask"]
+        if ctx.mask_semantics != MaskSemantics.ADDITIVE:
+            added = explained(ctx, {Reading.MASK_AS_ADDITIVE})
+            if added:
+                yield Hit(
+                    f"{added.sentence()}: the {str(mask.dtype)[6:]} mask was added to the scores "
+                    "instead of applied, so nothing is masked",
+                    evidence(added),
+                )
+            return
+        applied = explained(ctx, {Reading.MASK_AS_KEEP, Reading.MASK_AS_DROP})
+        if applied:
+            semantics = "keep" if applied.explained_by == Reading.MASK_AS_KEEP else "drop"
+            yield Hit(
+                f"{applied.sentence()}: the code applies this float mask instead of adding it, "
+                f"which is correct; set mask_semantics={semantics} so that attndbg reads it so",
+                evidence(applied),
+                severity=Severity.INFO,
+                fix=f'save_file(tensors, path, metadata={{"mask_semantics": "{semantics}"}})',
+            )
+            return
         values = set(torch.unique(mask.to(torch.float32))[:3].tolist())
         if values != {0.0, 1.0}:
             return  # all ones is a constant shift (harmless); all zeros masks nothing on purpose
@@ -313,6 +336,7 @@ class InvertedMask(Check):
     code = "MSK004"
     name = "inverted-mask"
     severity = Severity.ERROR
+    reports = frozenset({Reading.MASK_AS_KEEP, Reading.MASK_AS_DROP})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "SDPA's bool attn_mask means True = attend; nn.MultiheadAttention's key_padding_mask "
@@ -389,6 +413,7 @@ class CausalLeakage(Check):
     code = "MSK005"
     name = "causal-leakage"
     severity = Severity.ERROR
+    reports = frozenset({Reading.NOT_CAUSAL, Reading.CAUSAL})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "In a causal (decoder) case, query i may only see keys j ≤ i. Weight above the diagonal "
@@ -421,6 +446,15 @@ causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril
             return
         causal = ctx.is_causal or structure == "causal"
         if not causal:
+            undeclared = explained(ctx, {Reading.CAUSAL})
+            if undeclared:
+                yield Hit(
+                    f"{undeclared.sentence()}: the code is causal but the case does not say so; "
+                    "set is_causal so that attndbg checks it as causal",
+                    evidence(undeclared),
+                    severity=Severity.INFO,
+                    fix='save_file(tensors, path, metadata={"is_causal": "true"})',
+                )
             return
         v = explained(ctx, {Reading.NOT_CAUSAL})
         if v:
@@ -462,6 +496,7 @@ class CausalAlignment(Check):
     code = "MSK006"
     name = "causal-alignment"
     severity = Severity.WARNING
+    reports = frozenset({Reading.CAUSAL_LOWER_RIGHT})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "F.scaled_dot_product_attention(is_causal=True) builds tril(ones(q_len, k_len)), aligned "

@@ -66,6 +66,7 @@ class RowsDoNotSumToOne(Check):
     code = "SMX001"
     name = "rows-not-normalized"
     severity = Severity.ERROR
+    reports = frozenset({Reading.DROPOUT})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     superseded_by = ("SMX002",)
     rationale = (
@@ -143,6 +144,7 @@ class SoftmaxWrongAxis(Check):
     code = "SMX002"
     name = "softmax-wrong-axis"
     severity = Severity.ERROR
+    reports = frozenset(AXIS_READINGS)
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "softmax(scores, dim=-2) (or dim=1 on 3-D scores, or a transposed layout) normalises each "
@@ -237,6 +239,7 @@ class OutputDiffers(Check):
     code = "SMX004"
     name = "output-differs"
     severity = Severity.ERROR
+    reports = frozenset(OWN_READINGS)
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     superseded_by = ("SMX001", "SMX002", "SMX003")
     rationale = (

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-all test lint docs fixtures bench clean
+.PHONY: install demo demo-all test sweep lint docs fixtures bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ demo-all: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The architecture sweep alone (it also runs in `make test`), then its table:
+# architecture × attention implementation × scenario → calls recorded, findings, time.
+sweep: install
+	ATTNDBG_SWEEP_TABLE=$(VENV)/sweep-table.md $(BIN)/python -m pytest tests/architectures -q
+	cat $(VENV)/sweep-table.md
 
 lint: install
 	$(BIN)/ruff check attndbg tests scripts

@@ -385,7 +385,7 @@ causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the dia
             )
             return
         rows_identical = lq == 1 or bool((keep == keep[..., :1, :]).all())
-        if rows_identical and h == 1:
+        if rows_identical and h == 1 and ctx.mask_semantics is not None:
             profile = _padding_profile(keep[:, 0, 0, :])
             # a sample with no key at all is the strong sign (a batch is padded to its longest
             # sample, which inverted has nothing left); a mostly masked prefix is a weak one, and

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from attndbg.attention import MASKED_BIAS
 from attndbg.stats.chunks import (
     CHUNK_ELEMENTS,
     TEMPORARIES_PER_ELEMENT,
@@ -129,6 +130,9 @@ def _chunk(ctx: CaseContext, batch: Batch, heads: slice, rows: slice) -> Chunk:
     bias = ctx.combined_bias(batch.index, rows, ctx.mask_semantics, ctx.causal_align)
     if bias is not None and bias.dim() == 3 and bias.shape[0] > 1:
         bias = bias[heads]
+    if bias is None and batch.q is None and bool((scores <= MASKED_BIAS).any()):
+        # scores saved after a mask was applied (eager capture): fills are masked keys, not logits
+        bias = torch.where(scores <= MASKED_BIAS, float("-inf"), 0.0)
     chunk.bias = bias
     return chunk
 

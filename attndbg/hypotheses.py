@@ -123,3 +123,10 @@ def evidence(v: Verdict) -> dict[str, Any]:
         "tolerance": v.tolerance,
         "errors": {k: round(e, 6) for k, e in sorted(v.errors.items(), key=lambda kv: kv[1])},
     }
+
+
+def explained_as(ctx: CaseContext, labels: set[Reading], consequence: str) -> tuple[str, dict] | None:
+    """Message and evidence of a finding that names the reading explaining a saved artefact:
+    what matched, then ``consequence`` (what it means for the user's code)."""
+    v = explained(ctx, labels)
+    return None if v is None else (f"{v.sentence()}: {consequence}", evidence(v))

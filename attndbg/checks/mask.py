@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from attndbg.attention import MASKED_BIAS
-from attndbg.hypotheses import evidence, explained, verdicts
+from attndbg.hypotheses import evidence, explained, explained_as, verdicts
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
 from attndbg.vocab import MaskSemantics, Reading, Statistic
@@ -200,9 +200,10 @@ weights = torch.softmax(scores, dim=-1)
             return
         stats = ctx.stats
         if stats.user_masked_mass is None:
-            v = explained(ctx, {Reading.MASK_IGNORED})  # only an output or scores were saved
-            if v:
-                yield Hit(v.sentence() + ": the mask was not passed to the attention", evidence(v))
+            # only an output or scores were saved
+            named = explained_as(ctx, {Reading.MASK_IGNORED}, "the mask was not passed to the attention")
+            if named:
+                yield Hit(*named)
             return
         live = ~stats.fully_masked
         leaked = (stats.user_masked_mass > LEAK_TOLERANCE) & live
@@ -256,13 +257,10 @@ attn_mask = torch.zeros_like(attention_mask, dtype=q.dtype).masked_fill(attentio
             return
         mask = ctx.raw["mask"]
         if ctx.mask_semantics != MaskSemantics.ADDITIVE:
-            added = explained(ctx, {Reading.MASK_AS_ADDITIVE})
-            if added:
-                yield Hit(
-                    f"{added.sentence()}: the {str(mask.dtype)[6:]} mask was added to the scores "
-                    "instead of applied, so nothing is masked",
-                    evidence(added),
-                )
+            consequence = f"the {str(mask.dtype)[6:]} mask was added to the scores, so nothing is masked"
+            named = explained_as(ctx, {Reading.MASK_AS_ADDITIVE}, consequence)
+            if named:
+                yield Hit(*named)
             return
         applied = explained(ctx, {Reading.MASK_AS_KEEP, Reading.MASK_AS_DROP})
         if applied:
@@ -446,12 +444,11 @@ causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril
             return
         causal = ctx.is_causal or structure == "causal"
         if not causal:
-            undeclared = explained(ctx, {Reading.CAUSAL})
-            if undeclared:
+            consequence = "the code is causal but the case does not say so; set is_causal"
+            named = explained_as(ctx, {Reading.CAUSAL}, consequence)
+            if named:
                 yield Hit(
-                    f"{undeclared.sentence()}: the code is causal but the case does not say so; "
-                    "set is_causal so that attndbg checks it as causal",
-                    evidence(undeclared),
+                    *named,
                     severity=Severity.INFO,
                     fix='save_file(tensors, path, metadata={"is_causal": "true"})',
                 )

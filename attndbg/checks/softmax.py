@@ -133,7 +133,7 @@ weights = torch.softmax(scores, dim=-1)   # over keys; not dim=-2 / dim=1
 weights = torch.softmax(scores, dim=-1)   # over keys; dim=1 of (batch, heads, q, k) is the heads
 """,
     Reading.WEIGHTS_TRANSPOSED: """
-save_file({"weights": weights.contiguous(), ...})   # (batch, heads, q_len, k_len), not .transpose(-1, -2)
+tensors["weights"] = weights.contiguous()   # (batch, heads, q_len, k_len), not .transpose(-1, -2)
 """,
 }
 

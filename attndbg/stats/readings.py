@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,7 +47,6 @@ class Fits:
     dropout_p: float | None = None
     dropout_zero_share: float | None = None
     dropout_weights: int = 0
-    notes: dict[str, float] = field(default_factory=dict)
 
 
 def needs_readings(ctx: CaseContext, stats: AttentionStats) -> bool:
@@ -96,7 +95,9 @@ def _chunks(ctx: CaseContext) -> Iterator[Chunk]:
     from attndbg.stats.chunks import chunk_rows
 
     sizes = ctx.sizes
-    step = chunk_rows(ctx)
+    # a reading holds about twice the temporaries of the reference pass (raw scores, reference
+    # weights and its own weights), so half the rows keep a chunk within the budget
+    step = max(1, chunk_rows(ctx) // 2)
     for b in range(sizes["B"]):
         kb = ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2)
         for start in range(0, sizes["Lq"], step):

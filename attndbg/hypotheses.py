@@ -90,15 +90,22 @@ def verdict(ctx: CaseContext, artefact: Artefact) -> Verdict | None:
     if not errors or Reading.REFERENCE not in errors:
         return None
     if ctx.settings.dropout_p:
-        # dropout makes the output random: only the weights, each 0 or reference/(1 − p), can be
-        # verified; the assumed reading of the weights is the declared dropout
+        # dropout makes the output random: only the weights can be verified, saved after the
+        # dropout (each 0 or reference/(1 − p)) or before it (the probabilities)
         if artefact != Artefact.WEIGHTS or Reading.DROPOUT not in errors:
             return None
-        errors = {**errors, Reading.REFERENCE: errors[Reading.DROPOUT]}
-        del errors[Reading.DROPOUT]
+        errors = dict(errors)
+        dropped = errors.pop(Reading.DROPOUT)
+        errors[Reading.REFERENCE] = min(errors[Reading.REFERENCE], dropped)
     best = min(errors, key=lambda k: (errors[k], k != Reading.REFERENCE))
     reference = errors[Reading.REFERENCE]
     return Verdict(artefact, errors, tolerance(ctx, artefact), reference, best, errors[best])
+
+
+def weights_after_dropout(ctx: CaseContext) -> bool:
+    """Do the saved weights carry dropout (each 0 or reference/(1 − p))? Then out = weights @ v."""
+    errors = ctx.stats.hypotheses.get(Artefact.WEIGHTS, {})
+    return Reading.DROPOUT in errors and errors[Reading.DROPOUT] <= tolerance(ctx, Artefact.WEIGHTS)
 
 
 def verdicts(ctx: CaseContext) -> list[Verdict]:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from attndbg.hypotheses import DESCRIPTION, evidence, explained, tolerance, verdict
+from attndbg.hypotheses import (
+    DESCRIPTION,
+    evidence,
+    explained,
+    tolerance,
+    verdict,
+    weights_after_dropout,
+)
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
 from attndbg.vocab import Artefact, Reading, Statistic
@@ -268,6 +275,8 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
             return
         weights_reading = _weights_explained(ctx)
         out_vs_weights = stats.user_out_vs_weights
+        if ctx.settings.dropout_p and not weights_after_dropout(ctx):
+            out_vs_weights = None  # weights saved before the dropout that made the output
         consistent = out_vs_weights is not None and out_vs_weights <= tolerance(ctx, Artefact.OUT)
         v = verdict(ctx, Artefact.OUT)
         if out_vs_weights is not None and not consistent and not weights_reading:

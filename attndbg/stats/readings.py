@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from attndbg.attention import MASKED_BIAS
+from attndbg.stats.chunks import chunk_rows
+from attndbg.stats.saved import build_hypotheses, safe_softmax
 from attndbg.vocab import Artefact, Reading
 
 if TYPE_CHECKING:
@@ -92,8 +94,6 @@ class Chunk:
 
 
 def _chunks(ctx: CaseContext) -> Iterator[Chunk]:
-    from attndbg.stats.chunks import chunk_rows
-
     sizes = ctx.sizes
     # a reading holds about twice the temporaries of the reference pass (raw scores, reference
     # weights and its own weights), so half the rows keep a chunk within the budget
@@ -121,8 +121,6 @@ def _saved(tensor: torch.Tensor | None, b: int, rows: slice, device: str) -> tor
 
 
 def _softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    from attndbg.stats.saved import safe_softmax
-
     if dim == -1:
         return safe_softmax(logits)[0]
     return torch.nan_to_num(torch.softmax(logits, dim=dim), nan=0.0)
@@ -326,6 +324,14 @@ def _second_pass(ctx: CaseContext, stats: AttentionStats, fits: Fits, acc: _Accu
         dropout_ok = False
     if scale is None and not dropout_ok:
         return
+    # with dropout declared, every one-factor reading of the weights is dropout-aware too, so
+    # that a mask left out of dropped weights is named as such
+    alternatives = (
+        [h for h in build_hypotheses(ctx) if h.axis == "keys"]
+        if dropout_ok and ctx.settings.dropout_p
+        else []
+    )
+    dropped_errors: dict[Reading, float] = {}
     for chunk in _chunks(ctx):
         if scale is not None:
             probs = _softmax(_with_bias(chunk.raw * scale, chunk.bias))
@@ -338,10 +344,23 @@ def _second_pass(ctx: CaseContext, stats: AttentionStats, fits: Fits, acc: _Accu
                 record(Artefact.SCORES, Reading.FITTED_SCALE, float(diff.max()) if diff.numel() else 0.0)
         if dropout_ok and chunk.weights is not None:
             reference = _softmax(_with_bias(chunk.raw * ctx.scale, chunk.bias))
-            w = chunk.weights.expand_as(reference)
-            kept_error = (w - reference / (1 - p)).abs()
-            error = torch.minimum(w.abs(), kept_error)
-            record(Artefact.WEIGHTS, Reading.DROPOUT, float(error[torch.isfinite(error)].max()))
+            record(Artefact.WEIGHTS, Reading.DROPOUT, _dropout_error(chunk.weights, reference, p))
+            for hyp in alternatives[1:]:  # [0] is the reference, measured just above
+                bias = ctx.combined_bias(chunk.b, chunk.rows, hyp.mask, hyp.causal)
+                probs = _softmax(_with_bias(chunk.raw * hyp.scale, bias))
+                error = _dropout_error(chunk.weights, probs, p)
+                dropped_errors[hyp.label] = max(dropped_errors.get(hyp.label, 0.0), error)
+    table = stats.hypotheses.get(Artefact.WEIGHTS, {})
+    for label, error in dropped_errors.items():
+        table[label] = min(table.get(label, error), error)
+
+
+def _dropout_error(saved: torch.Tensor, probs: torch.Tensor, p: float) -> float:
+    """Max over entries of the distance to dropout of ``probs``: to 0, or to probs/(1 − p)."""
+    w = saved.expand_as(probs)
+    error = torch.minimum(w.abs(), (w - probs / (1 - p)).abs())
+    error = error[torch.isfinite(error)]
+    return float(error.max()) if error.numel() else 0.0
 
 
 def describe_scale(scale: float, head_dim: int, heads: int) -> str:

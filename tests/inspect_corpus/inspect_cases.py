@@ -335,6 +335,15 @@ def _() -> Built:
     return {"q": q, "k": k, "v": v, "weights": dropped, "out": dropped @ v}, {"dropout_p": "0.1"}
 
 
+@case("dropout_declared_weights_before_dropout", "clean", note="probabilities saved, out after dropout")
+def _() -> Built:
+    q, k, v = qkv(37, lq=32)
+    torch.manual_seed(37)
+    _, weights, _ = eager(q, k, v)
+    out = F.dropout(weights, p=0.1, training=True) @ v
+    return {"q": q, "k": k, "v": v, "weights": weights, "out": out}, {"dropout_p": "0.1"}
+
+
 @case("dropout_declared_out_only", "clean", note="dropout_p=0.2 declared, only the output saved")
 def _() -> Built:
     q, k, v = qkv(25, lq=32)
@@ -527,6 +536,16 @@ def _() -> Built:
     keep = padding_keep([30, 14], 30).bool()[:, None, None, :]
     _, weights, _ = eager(q, k, v)
     return {"q": q, "k": k, "v": v, "mask": keep, "weights": weights}, {}
+
+
+@case("dropout_declared_mask_not_applied", "bug", "MSK002", cause=r"no mask")
+def _() -> Built:
+    q, k, v = qkv(79, lq=30)
+    keep = padding_keep([30, 12], 30).bool()[:, None, None, :]
+    torch.manual_seed(79)
+    _, weights, _ = eager(q, k, v)  # the mask never reaches the eager attention
+    dropped = F.dropout(weights, p=0.1, training=True)
+    return {"q": q, "k": k, "v": v, "mask": keep, "weights": dropped}, {"dropout_p": "0.1"}
 
 
 @case("softmax_twice", "bug", "SMX004", cause=r"softmax (applied )?twice|second softmax")

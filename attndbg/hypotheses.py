@@ -102,6 +102,13 @@ def verdict(ctx: CaseContext, artefact: Artefact) -> Verdict | None:
     return Verdict(artefact, errors, tolerance(ctx, artefact), reference, best, errors[best])
 
 
+def weights_explained_by(ctx: CaseContext) -> Reading | None:
+    """The reading that explains the saved weights, when one other than the assumed does: the
+    weights' other symptoms (row sums, weight on masked or future keys) are its consequences."""
+    v = verdict(ctx, Artefact.WEIGHTS)
+    return v.explained_by if v is not None else None
+
+
 def weights_after_dropout(ctx: CaseContext) -> bool:
     """Do the saved weights carry dropout (each 0 or reference/(1 − p))? Then out = weights @ v."""
     errors = ctx.stats.hypotheses.get(Artefact.WEIGHTS, {})

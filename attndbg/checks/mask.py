@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from attndbg.attention import MASKED_BIAS
-from attndbg.hypotheses import evidence, explained, explained_as, verdicts
+from attndbg.hypotheses import evidence, explained, explained_as, verdicts, weights_explained_by
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
 from attndbg.vocab import MaskSemantics, Reading, Statistic
@@ -205,6 +205,8 @@ weights = torch.softmax(scores, dim=-1)
             if named:
                 yield Hit(*named)
             return
+        if weights_explained_by(ctx) not in (None, Reading.MASK_IGNORED):
+            return  # the weights are explained otherwise (softmax twice, transposed…): named there
         live = ~stats.fully_masked
         leaked = (stats.user_masked_mass > LEAK_TOLERANCE) & live
         if not leaked.any():
@@ -458,7 +460,7 @@ causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril
             yield Hit(v.sentence(), evidence(v))
             return
         stats = ctx.stats
-        if stats.user_above_diagonal is not None:
+        if stats.user_above_diagonal is not None and weights_explained_by(ctx) is None:
             leaked = stats.user_above_diagonal > LEAK_TOLERANCE
             if leaked.any():
                 yield Hit(

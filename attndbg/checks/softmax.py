@@ -12,6 +12,7 @@ from attndbg.hypotheses import (
     tolerance,
     verdict,
     weights_after_dropout,
+    weights_explained_by,
 )
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
@@ -49,12 +50,6 @@ def _dropout_p(ctx: CaseContext) -> float | None:
     if explained(ctx, {Reading.DROPOUT}):
         return ctx.stats.fits.dropout_p
     return None
-
-
-def _weights_explained(ctx: CaseContext) -> Reading | None:
-    """The reading that explains the saved weights, when one other than the assumed does."""
-    w = verdict(ctx, Artefact.WEIGHTS)
-    return w.explained_by if w is not None else None
 
 
 def _columns_sum_to_one(ctx: CaseContext) -> tuple[bool, float]:
@@ -112,7 +107,7 @@ save_file(tensors, path, metadata={"dropout_p": str(p)})
 """,
             )
             return
-        if _weights_explained(ctx):
+        if weights_explained_by(ctx):
             return  # the check of that reading names the cause
         bad, sums = _row_problems(ctx)
         if not bad.any():
@@ -273,7 +268,7 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
         if named:
             yield Hit(named.sentence(), evidence(named), fix=OWN_READINGS[named.explained_by])
             return
-        weights_reading = _weights_explained(ctx)
+        weights_reading = weights_explained_by(ctx)
         out_vs_weights = stats.user_out_vs_weights
         if ctx.settings.dropout_p and not weights_after_dropout(ctx):
             out_vs_weights = None  # weights saved before the dropout that made the output

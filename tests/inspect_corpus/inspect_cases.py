@@ -563,6 +563,22 @@ def _() -> Built:
     return {"q": q, "k": k, "v": v, "out": torch.softmax(weights, dim=-1) @ v}, {}
 
 
+@case("softmax_twice_masked", "bug", "SMX004", cause=r"softmax (applied )?twice|second softmax")
+def _() -> Built:
+    q, k, v = qkv(80, lq=24)
+    keep = padding_keep([24, 15], 24).bool()[:, None, None, :]
+    _, weights, _ = eager(q, k, v, additive(keep))
+    weights = torch.softmax(weights, dim=-1)  # the second softmax gives masked keys e^0 again
+    return {"q": q, "k": k, "v": v, "mask": keep, "weights": weights}, {}
+
+
+@case("causal_weights_saved_transposed", "bug", "SMX002", cause=r"transpos")
+def _() -> Built:
+    q, k, v = qkv(81, lq=24)
+    _, weights, _ = eager(q, k, v, additive(torch.ones(24, 24, dtype=torch.bool).tril())[None, None])
+    return {"q": q, "k": k, "v": v, "weights": weights.transpose(-1, -2)}, {"is_causal": "true"}
+
+
 @case("undeclared_dropout", "bug", "SMX001", cause=r"dropout")
 def _() -> Built:
     q, k, v = qkv(54, lq=32)

@@ -51,7 +51,8 @@ class Fits:
     dropout_weights: int = 0
 
 
-def needs_readings(ctx: CaseContext, stats: AttentionStats) -> bool:
+def _needs_readings(ctx: CaseContext, stats: AttentionStats) -> bool:
+    """A saved artefact that the assumed reading does not match, or declared dropout."""
     from attndbg.hypotheses import tolerance
 
     if not ctx.has_qkv:
@@ -66,7 +67,7 @@ def needs_readings(ctx: CaseContext, stats: AttentionStats) -> bool:
 
 def add_readings(ctx: CaseContext, stats: AttentionStats) -> None:
     """Measure the readings of this module against the saved artefacts (see the docstring)."""
-    if not needs_readings(ctx, stats):
+    if not _needs_readings(ctx, stats):
         return
     fits = Fits()
     accumulators = _first_pass(ctx, stats)
@@ -83,7 +84,9 @@ def add_readings(ctx: CaseContext, stats: AttentionStats) -> None:
 
 
 @dataclass
-class Chunk:
+class SavedChunk:
+    """One chunk of query rows: q·kᵀ, the assumed bias, and the saved artefacts' rows."""
+
     b: int
     rows: slice
     raw: torch.Tensor  # (H, rows, Lk) unscaled q·kᵀ
@@ -93,7 +96,7 @@ class Chunk:
     out: torch.Tensor | None
 
 
-def _chunks(ctx: CaseContext) -> Iterator[Chunk]:
+def _chunks(ctx: CaseContext) -> Iterator[SavedChunk]:
     sizes = ctx.sizes
     # a reading holds about twice the temporaries of the reference pass (raw scores, reference
     # weights and its own weights), so half the rows keep a chunk within the budget
@@ -103,7 +106,7 @@ def _chunks(ctx: CaseContext) -> Iterator[Chunk]:
         for start in range(0, sizes["Lq"], step):
             rows = slice(start, min(sizes["Lq"], start + step))
             raw = torch.matmul(ctx.q[min(b, ctx.q.shape[0] - 1), :, rows], kb)
-            yield Chunk(
+            yield SavedChunk(
                 b,
                 rows,
                 raw,
@@ -144,7 +147,7 @@ class _Recorder:
         table = self.stats.hypotheses.setdefault(artefact, {})
         table[label] = max(table.get(label, 0.0), value)
 
-    def probabilities(self, ctx: CaseContext, chunk: Chunk, label: Reading, probs: torch.Tensor) -> None:
+    def probabilities(self, ctx: CaseContext, chunk: SavedChunk, label: Reading, probs: torch.Tensor) -> None:
         """Errors of a reading given as weights: against saved weights, and via ``@ v`` the output."""
         if chunk.weights is not None:
             self(Artefact.WEIGHTS, label, _max_error(probs, chunk.weights))

@@ -67,6 +67,9 @@ class Check:
     # Readings of the saved artefacts that this check names when they match: every reading the
     # hypotheses can prove is named by some check, whatever subset of weights/scores/out exists.
     reports: ClassVar[frozenset[Reading]] = frozenset()
+    # Reported only by `attndbg gradcheck --impl` (it needs the implementation, not saved
+    # tensors): `inspect` never runs it, and its triggers live in the gradcheck corpus.
+    gradcheck_only: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

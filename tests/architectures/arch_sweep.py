@@ -44,33 +44,9 @@ class KnownFalseAlarm:
     why: str
 
 
-KNOWN_FALSE_ALARMS = [
-    KnownFalseAlarm(
-        "MSK001",
-        lambda arch, impl, scenario: (
-            impl == "sdpa"
-            and scenario == "padded"
-            and (arch.family == "decoder" or arch.name == "modernbert")
-        ),
-        "the fully masked rows are padding queries (left padding; a local window over padding)",
-    ),
-    KnownFalseAlarm(
-        "SHP004",
-        lambda arch, impl, scenario: arch.name == "falcon" and impl == "sdpa",
-        "multi-query attention: SDPA broadcasts the single K/V head, the call does not raise",
-    ),
-    KnownFalseAlarm(
-        "SCL001",
-        lambda arch, impl, scenario: arch.scale == "1" and impl == "sdpa",
-        "scale=1.0 by design (T5 folds 1/sqrt(d) into its query init, Whisper pre-scales q): "
-        "the logit-spread statistic cannot tell that from a missing scale",
-    ),
-    KnownFalseAlarm(
-        "SCL002",
-        lambda arch, impl, scenario: arch.scale == "1/d" and impl == "sdpa",
-        "μP models (Granite 3) scale by 1/d on purpose: the config says so",
-    ),
-]
+# Emptied by issue #13 (inspect): padding-query rows are MSK001 infos, a single K/V head
+# broadcasts (SHP004), and a declared scale (T5's 1, μP's 1/d) is judged by its statistics.
+KNOWN_FALSE_ALARMS: list[KnownFalseAlarm] = []
 
 
 def known_false_alarms(arch: Arch, implementation: str, scenario: str) -> dict[str, str]:

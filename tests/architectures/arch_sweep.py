@@ -48,9 +48,7 @@ KNOWN_FALSE_ALARMS = [
     KnownFalseAlarm(
         "MSK001",
         lambda arch, impl, scenario: (
-            impl == "sdpa"
-            and scenario == "padded"
-            and (arch.family == "decoder" or arch.name == "modernbert")
+            scenario == "padded" and (arch.family == "decoder" or arch.name == "modernbert")
         ),
         "the fully masked rows are padding queries (left padding; a local window over padding)",
     ),
@@ -61,13 +59,14 @@ KNOWN_FALSE_ALARMS = [
     ),
     KnownFalseAlarm(
         "SCL001",
-        lambda arch, impl, scenario: arch.scale == "1" and impl == "sdpa",
-        "scale=1.0 by design (T5 folds 1/sqrt(d) into its query init, Whisper pre-scales q): "
-        "the logit-spread statistic cannot tell that from a missing scale",
+        lambda arch, impl, scenario: arch.scale == "1",
+        "scale 1 by design (T5 folds 1/sqrt(d) into its query init, Whisper/OPT/ESM pre-scale q, "
+        "GPT-Neo never scales): neither the logit spread nor recomputed weights can tell that "
+        "from a forgotten scale",
     ),
     KnownFalseAlarm(
         "SCL002",
-        lambda arch, impl, scenario: arch.scale == "1/d" and impl == "sdpa",
+        lambda arch, impl, scenario: arch.scale == "1/d",
         "μP models (Granite 3) scale by 1/d on purpose: the config says so",
     ),
 ]

@@ -120,17 +120,25 @@ def _calls_table(calls: Calls) -> Table:
     table = Table(header_style="bold", box=None)
     # The case name is what the user types into --case: keep it whole, let shapes fold instead.
     table.add_column("case", no_wrap=True, overflow="ellipsis", min_width=min(32, _longest(calls.names())))
-    for column in ("kind", "q, k, v", "mask", "causal", "scale"):
+    for column in ("kind", "q, k, v", "weights", "mask", "causal", "scale"):
         table.add_column(column, overflow="fold")
 
     def shape(tensor: Any) -> str:
         return "×".join(map(str, tensor.shape)) if tensor is not None else "—"
 
     for name, call in zip(calls.names(), calls):
-        shapes = [shape(call.q if call.q is not None else call.weights), shape(call.k), shape(call.v)]
-        scale = f"{call.scale:.4g}" if call.scale is not None else "default"
+        shapes = [shape(call.q), shape(call.k), shape(call.v)]
+        # hand-written attention without a scale step is checked against 1/√d, as SDPA's default
+        unsaid = "none" if call.kind == "traced" else "default"
+        scale = f"{call.scale:.4g}" if call.scale is not None else unsaid
         qkv = shapes[0] if len(set(shapes)) == 1 else " / ".join(shapes)
-        table.add_row(escape(name), call.kind, qkv, shape(call.mask), str(call.is_causal), scale)
+        table.add_row(
+            escape(name), call.kind, qkv, shape(call.weights), shape(call.mask), str(call.is_causal), scale
+        )
     kinds = Counter(call.kind for call in calls)
-    table.caption = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+    reasons = Counter(note for call in calls for note in call.notes)
+    lines = [", ".join(f"{n} {kind}" for kind, n in kinds.items())]
+    lines += [f"{n} call(s): {escape(note)}" for note, n in reasons.items()]
+    table.caption = "\n".join(lines)
+    table.caption_justify = "left"
     return table

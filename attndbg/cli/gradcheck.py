@@ -9,6 +9,7 @@ import typer
 
 from attndbg.cli import options as opt
 from attndbg.cli.output import ReportOutput, emit, finish, progress
+from attndbg.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -29,23 +30,26 @@ def gradcheck(
     ] = opt.Align.upper_left,
     lenient: Annotated[bool, typer.Option(help="Twice the error bounds.")] = False,
     device: opt.Device = "cpu",
-    output_format: Annotated[
-        opt.OutputFormat, typer.Option("--format", help="rich or json.")
-    ] = opt.OutputFormat.rich,
+    fail_on: opt.FailOnOption = None,
+    output_format: opt.Format = opt.OutputFormat.rich,
     output: opt.Output = None,
 ) -> None:
     """Gradient checks: of a file's tensors, of your attention function (--impl), or, with no
     argument, of this PyTorch's own SDPA backends on this device."""
     from attndbg.engine import resolve_device
 
+    if output is not None and path is not None and output.resolve() == path.resolve():
+        raise UsageError(f"-o {output}: refusing to overwrite an input file")
     device = resolve_device(device)
+    threshold = fail_on.value if fail_on else "error"
     if impl is None and path is not None:
         from attndbg.engine import Options, run_cases
         from attndbg.loader import iter_cases
 
-        options = Options(device=device, grad=True, select=["GRD"])
+        options = Options(device=device, grad=True, select=["GRD"], fail_on=threshold)
         report = run_cases(iter_cases([path]), options, inputs=[str(path)])
         finish(report, ReportOutput(output_format, output))
+    from attndbg.gradcheck.diagnose import diagnose
     from attndbg.gradcheck.files import file_cases
     from attndbg.gradcheck.sweep import load_implementation, sdpa_backends, sweep
 
@@ -55,27 +59,41 @@ def gradcheck(
     with progress(len(targets)) as advance:
         for label, target in targets:
             advance(label or target.name)
-            report = sweep(target, chosen, device, causal_align.value, lenient)
+            report = sweep(target, chosen, device, causal_align.value, lenient, fail_on=threshold)
             if path is not None:
                 file_cases(report, target, path, device, causal_align.value)
+                diagnose(target, report, device, causal_align.value)  # the file's cases too
             reports.append(report)
-    if output_format == opt.OutputFormat.json:
-        import json
-
-        data = [r.to_dict() for r in reports]
-        emit(json.dumps(data[0] if impl else data, indent=2) + "\n", output)
-    else:
-        from rich.console import Console
-
-        from attndbg.render.gradcheck import render_sweep
-
-        console = Console(highlight=False)
-        for report in reports:
-            render_sweep(report, console)
-            console.print()
-        if not impl:
-            console.print(_backend_table(reports))
+    _deliver(reports, single=impl is not None, output_format=output_format, output=output)
     raise typer.Exit(max(r.exit_code() for r in reports))
+
+
+def _deliver(
+    reports: list[SweepReport], single: bool, output_format: opt.OutputFormat, output: Path | None
+) -> None:
+    """As inspect does: the chosen format to stdout, or to ``-o`` (Rich as plain text)."""
+    import os
+
+    from rich.console import Console, Group
+
+    from attndbg.render.gradcheck import sweep_json, sweep_renderable, sweep_sarif
+
+    if output_format == opt.OutputFormat.json:
+        emit(sweep_json(reports, single), output)
+        return
+    if output_format == opt.OutputFormat.sarif:
+        emit(sweep_sarif(reports), output)
+        return
+    parts = [part for report in reports for part in (sweep_renderable(report), "")]
+    if not single:
+        parts.append(_backend_table(reports))
+    if output is None:
+        Console(highlight=False).print(Group(*parts))
+        return
+    with open(os.devnull, "w") as sink:
+        console = Console(record=True, width=120, file=sink)
+        console.print(Group(*parts))
+    emit(console.export_text(), output)
 
 
 def _backend_table(reports: list[SweepReport]) -> Table:
@@ -83,7 +101,7 @@ def _backend_table(reports: list[SweepReport]) -> Table:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="SDPA backends", header_style="bold", box=None, title_justify="left")
+    table = Table(title="SDPA backends compared", header_style="bold", box=None, title_justify="left")
     for column in ("backend", "passed", "failed", "refused", "fully masked row"):
         table.add_column(column)
     for report in reports:
@@ -91,10 +109,8 @@ def _backend_table(reports: list[SweepReport]) -> Table:
         masked = [r for r in report.results if r.scenario == "fully-masked-row"]
         if any(r.verdict == "refused" for r in masked):
             behaviour = "refused"
-        elif any(r.verdict == "fail" for r in masked):
-            behaviour = "; ".join(sorted({reason for r in masked for reason in r.reasons}))[:80]
         else:
-            behaviour = "zeros (as the reference)"
+            behaviour = ", ".join(f"{r.dtype}: {r.masked_rows}" for r in masked if r.masked_rows) or "not run"
         table.add_row(
             escape(report.implementation),
             str(counts.get("pass", 0)),

@@ -24,7 +24,7 @@ def file_cases(report: SweepReport, target: Implementation, path: Path, device: 
             keep = ctx.keep_mask(ctx.mask4d).to(device)
         q, k, v = ctx.q.to(dtype), ctx.k.to(dtype), ctx.v.to(dtype)
         try:
-            out = target(q, k, v, keep=keep, causal=ctx.is_causal and keep is None)
+            out = target(q, k, v, keep=keep, causal=ctx.is_causal and keep is None, scale=ctx.scale)
             ref = reference_attention(
                 q.double(),
                 k.double(),

@@ -333,7 +333,7 @@ def capture_source(
     if not len(calls):
         raise InputError(
             f"{source}: the model ran but made no attention call attndbg can see "
-            "(SDPA, nn.MultiheadAttention or a 4-D softmax)"
+            "(SDPA, nn.MultiheadAttention, or a softmax of a q·k product)"
         )
     return calls
 

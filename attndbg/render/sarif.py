@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from attndbg import __version__
-from attndbg.report import Report
+from attndbg.report import Location, Report
 
 LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -42,6 +42,17 @@ def _uri(file: str) -> str:
     return path.as_posix() if not path.is_absolute() else path.as_uri()
 
 
+def _physical(location: Location | None, file: str) -> dict[str, Any]:
+    """The user's source line when the capture recorded one (code scanning annotates it),
+    else the tensor file."""
+    if location is None:
+        return {"artifactLocation": {"uri": _uri(file)}}
+    region: dict[str, Any] = {"startLine": location.line}
+    if location.code:
+        region["snippet"] = {"text": location.code}
+    return {"artifactLocation": {"uri": _uri(location.file)}, "region": region}
+
+
 def render_sarif(report: Report) -> str:
     rules = _rules()
     index = {rule["id"]: i for i, rule in enumerate(rules)}
@@ -55,7 +66,7 @@ def render_sarif(report: Report) -> str:
                 "message": {"text": f"case {finding.case}: {finding.message}"},
                 "locations": [
                     {
-                        "physicalLocation": {"artifactLocation": {"uri": _uri(case.file)}},
+                        "physicalLocation": _physical(finding.location, case.file),
                         "logicalLocations": [
                             {
                                 "name": case.name,

@@ -338,9 +338,9 @@ def _split_causal(mask: torch.Tensor, semantics: str) -> tuple[torch.Tensor | No
         hidden = mask.bool() if semantics == "drop" else ~mask.bool()
     if not bool(hidden[..., future].all()) or bool(hidden[..., ~future].all()):
         return mask, False
-    if semantics == "additive" and bool(hidden.all(dim=-1).any()):
-        # A row hidden everywhere by a finite fill (a left-padding query) averages every key;
-        # is_causal would hand it the unmasked past instead: keep the mask whole.
+    if semantics == "additive" and bool(hidden.all(-1).any()) and not bool(torch.isneginf(mask).all()):
+        # a row with every key hidden by a finite fill gets uniform weights over all its keys;
+        # is_causal (-inf on the future) would change that row: keep the mask as it is
         return mask, False
     if semantics == "additive":
         rest = mask.masked_fill(future, 0.0)

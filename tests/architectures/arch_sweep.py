@@ -11,6 +11,7 @@ Scenarios:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import transformers
-from arch_zoo import Arch
+from arch_zoo import BY_NAME, Arch
 
 import attndbg
 from attndbg.recording.recorder import Calls
@@ -183,6 +184,14 @@ class Outcome:
 
 
 def run(arch: Arch, implementation: str, scenario: str) -> Outcome:
+    """Build the tiny model, run the scenario under capture and diagnose the calls. Cached: the
+    sweep, the eager comparison and the window test read the same runs (models are seeded)."""
+    return _run(arch.name, implementation, scenario)
+
+
+@functools.cache
+def _run(arch_name: str, implementation: str, scenario: str) -> Outcome:
+    arch = BY_NAME[arch_name]
     start = time.perf_counter()
     model = build(arch, implementation)
     generator = torch.Generator().manual_seed(0)

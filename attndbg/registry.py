@@ -64,6 +64,9 @@ class Check:
     superseded_by: ClassVar[tuple[str, ...]] = ()
     # A shape check whose hit can block the later stages: it runs even when not selected.
     can_block: ClassVar[bool] = False
+    # Reported only by `attndbg gradcheck --impl` (it needs the implementation, not saved
+    # tensors): `inspect` never runs it, and its triggers live in the gradcheck corpus.
+    gradcheck_only: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

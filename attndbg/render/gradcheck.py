@@ -64,7 +64,8 @@ def verdict_line(report: SweepReport) -> Text:
     text = Text()
     if code:
         text.append(f"✗ {report.implementation}: ", style="bold red")
-        text.append(f"{len(gating)} diagnosis(es) at or above --fail-on {report.fail_on}", style="bold")
+        noun = "diagnosis" if len(gating) == 1 else "diagnoses"
+        text.append(f"{len(gating)} {noun} at or above --fail-on {report.fail_on}", style="bold")
     else:
         text.append(f"✓ {report.implementation}: ", style="bold green")
         rest = f" ({len(report.diagnoses)} below --fail-on {report.fail_on})" if report.diagnoses else ""
@@ -78,21 +79,25 @@ def _gates(report: SweepReport, severity: str) -> bool:
     return Severity(severity).rank >= FAIL_ON_RANK[report.fail_on]
 
 
-def diagnosis_lines(report: SweepReport) -> list[Text]:
-    lines = []
+def diagnosis_table(report: SweepReport) -> Table:
+    """One row per diagnosis: severity, code, then the message with its scenarios and evidence,
+    wrapped inside its own column."""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column()
     for diagnosis in report.diagnoses:
-        text = Text("  ")
-        text.append(f"{diagnosis.severity:<7} {diagnosis.code} ", style=SEVERITY_STYLE[diagnosis.severity])
-        text.append(diagnosis.message)
+        text = Text(diagnosis.message)
         where = ", ".join(diagnosis.scenarios)
         if diagnosis.dtypes:
             where += f" [{', '.join(diagnosis.dtypes)}]"
         if where:
-            text.append(f"\n      scenarios: {where}", style="dim")
+            text.append(f"\nscenarios: {where}", style="dim")
         if diagnosis.evidence:
-            text.append(f"\n      evidence: {diagnosis.evidence}", style="dim")
-        lines.append(text)
-    return lines
+            text.append(f"\nevidence: {diagnosis.evidence}", style="dim")
+        style = SEVERITY_STYLE[diagnosis.severity]
+        table.add_row(Text(f"  {diagnosis.severity}", style=style), Text(diagnosis.code, style=style), text)
+    return table
 
 
 def tally(report: SweepReport) -> Text:
@@ -107,7 +112,7 @@ def tally(report: SweepReport) -> Text:
 
 
 def sweep_renderable(report: SweepReport) -> Group:
-    parts: list[Any] = [verdict_line(report), *diagnosis_lines(report), Text(""), sweep_table(report)]
+    parts: list[Any] = [verdict_line(report), diagnosis_table(report), Text(""), sweep_table(report)]
     parts.append(Text(f"called as {report.convention}", style="dim"))
     for note in report.passed:
         parts.append(Text(f"  {note}", style="dim"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["diagnose", "capture", "Report", "Finding", "Severity", "__version__"]
+__all__ = ["diagnose", "capture", "watch", "Report", "Finding", "Severity", "__version__"]
 
 if TYPE_CHECKING:
     from attndbg.engine import diagnose
@@ -25,6 +25,10 @@ def __getattr__(name: str) -> Any:
         from attndbg.recording.recorder import capture
 
         return capture
+    if name == "watch":
+        import importlib
+
+        return importlib.import_module("attndbg.watch")  # callable: attndbg.watch(model, every=10)
     if name in ("Report", "Finding", "Severity", "CaseReport"):
         from attndbg import report
 

@@ -23,7 +23,10 @@ from attndbg.attention import MASKED_BIAS
 from attndbg.recording.location import Location
 
 # Layout operations that move elements without changing them. Replayed on masks and q/k.
-LAYOUT_METHODS = ("view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten")
+LAYOUT_METHODS = (
+    *("view", "reshape", "permute", "transpose", "contiguous"),
+    *("flatten", "unflatten", "squeeze", "unsqueeze"),
+)
 _REORDERING = ("permute", "transpose")
 
 
@@ -260,7 +263,7 @@ def bring_to_scores(operand: torch.Tensor, layout: tuple[LayoutOp, ...], lead: t
                 f"the scores were rearranged by {op.method}{tuple(op.args)} across the query/key "
                 "axes, which attndbg cannot undo on q and k"
             )
-        if op.method in ("view", "reshape", "flatten", "unflatten"):
+        if op.method in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze"):
             operand = operand.reshape(*op.after[:-2], *operand.shape[-2:])
         else:
             operand = op.apply(operand)

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-all test sweep lint docs fixtures bench clean
+.PHONY: install demo demo-all test sweep lint docs fixtures bench bench-watch clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ lint: install
 # One run: attndbg's inspection vs one SDPA forward at N = 1,024 / 4,096 / 16,384 (a few minutes).
 bench: install
 	$(BIN)/python scripts/bench.py --sizes 1024,4096,16384
+
+# One run: a small GPT's training step with attndbg.watch(every=10) and (every=1) against none.
+bench-watch: install
+	$(BIN)/python scripts/bench_watch.py --runs 5 --steps 40
 
 # Generated documents; tests/test_docs.py fails when they are stale.
 docs: install

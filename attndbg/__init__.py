@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["diagnose", "capture", "save", "Report", "Finding", "Severity", "__version__"]
+__all__ = ["diagnose", "capture", "watch", "save", "Report", "Finding", "Severity", "__version__"]
 
 if TYPE_CHECKING:
     from attndbg.engine import diagnose
@@ -26,6 +26,10 @@ def __getattr__(name: str) -> Any:
         from attndbg.recording.recorder import capture
 
         return capture
+    if name == "watch":
+        import importlib
+
+        return importlib.import_module("attndbg.watch")  # callable: attndbg.watch(model, every=10)
     if name == "save":
         from attndbg.saving import save
 

@@ -90,8 +90,8 @@ def build_heatmap(
         case=ctx.case.name,
         batch=batch,
         head=head,
-        weights=[[round(float(x), 6) for x in row] for row in weights.cpu()],
-        masked=[[bool(x) for x in row] for row in masked.cpu()],
+        weights=[[round(x, 6) for x in row] for row in weights.cpu().tolist()],  # tolist: no 0-d tensors
+        masked=masked.cpu().tolist(),
         row_step=row_step,
         col_step=col_step,
         q_len=lq,

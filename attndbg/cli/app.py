@@ -19,6 +19,7 @@ from attndbg.cli.inspect import inspect
 from attndbg.cli.output import err_console
 from attndbg.cli.rules import explain, rules
 from attndbg.cli.show import show
+from attndbg.cli.trend import trend
 from attndbg.errors import AttndbgError
 
 DEBUG_FLAG = "--debug"
@@ -34,7 +35,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-COMMANDS = (inspect, show, capture, gradcheck, rules, explain)
+COMMANDS = (inspect, show, capture, gradcheck, trend, rules, explain)
 for command in COMMANDS:
     app.command()(command)
 

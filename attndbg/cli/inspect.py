@@ -16,6 +16,7 @@ from attndbg.errors import UsageError
 if TYPE_CHECKING:
     from attndbg.case import Settings
     from attndbg.engine import Options
+    from attndbg.render.html import CaseMaps
     from attndbg.report import Report
 
 
@@ -86,7 +87,8 @@ def inspect(
     model_sources = [str(p) for p in paths if is_model_source(str(p))]
     if model_sources:
         import_from_cwd()
-        finish(_inspect_models(model_sources, run, overrides, case), out)
+        report, maps = _inspect_models(model_sources, run, overrides, case, draw=html is not None)
+        finish(report, out, maps=maps)
     _inspect_files(paths, case, run, overrides, out)
 
 
@@ -117,15 +119,23 @@ def _inspect_files(
         def on_case(case_report):  # noqa: ANN001 - a small callback
             print_case(console, case_report, quiet=out.quiet)
 
+    maps: list[CaseMaps] = []
     with progress(len(plans)) as advance:
 
         def cases():  # noqa: ANN202 - a generator of Case
             for plan in plans:
                 advance(f"{plan.file.name}::{plan.name}")
-                yield load_case(plan)
+                loaded = load_case(plan)
+                if out.html is not None:  # the heatmaps of the interactive report, while loaded
+                    from attndbg.render.html import REPORT_CELL_BUDGET, collect_maps
+
+                    budget = REPORT_CELL_BUDGET // len(plans)
+                    drawn = collect_maps(loaded, device=run.device, cell_budget=budget)
+                    maps.extend([drawn] if drawn is not None else [])
+                yield loaded
 
         report = run_cases(cases(), run, inputs=[str(p) for p in paths], on_case=on_case)
-    finish(report, out, streamed=out.to_terminal)
+    finish(report, out, streamed=out.to_terminal, maps=maps)
 
 
 INVENTED_INPUTS = (
@@ -134,8 +144,11 @@ INVENTED_INPUTS = (
 )
 
 
-def _inspect_models(sources: list[str], run: Options, overrides: Settings, case_glob: str | None) -> Report:
-    """`inspect SOURCE`: capture with default inputs, then inspect the calls in memory."""
+def _inspect_models(
+    sources: list[str], run: Options, overrides: Settings, case_glob: str | None, draw: bool = False
+) -> tuple[Report, list[CaseMaps]]:
+    """`inspect SOURCE`: capture with default inputs, then inspect the calls in memory; with
+    ``draw``, also the heatmaps of the interactive report."""
     import fnmatch
 
     from attndbg.engine import run_cases
@@ -152,4 +165,9 @@ def _inspect_models(sources: list[str], run: Options, overrides: Settings, case_
             captured.settings = overrides.merged_over(captured.settings)
             captured.notes.append(INVENTED_INPUTS.format(source=source))
             cases.append(captured)
-    return run_cases(cases, run, inputs=sources)
+    maps: list[CaseMaps] = []
+    if draw:
+        from attndbg.render.html import collect_all
+
+        maps = collect_all(cases, device=run.device)
+    return run_cases(cases, run, inputs=sources), maps

@@ -83,7 +83,9 @@ Baseline = Annotated[
 WriteBaseline = Annotated[
     Path | None, typer.Option(help="Write every finding of this run to a baseline file, exit 0.")
 ]
-Html = Annotated[Path | None, typer.Option(help="Also save the Rich report, heatmaps included, as HTML.")]
+Html = Annotated[
+    Path | None, typer.Option(help="Also write the interactive HTML report: every head, one offline file.")
+]
 Svg = Annotated[Path | None, typer.Option(help="Also save the Rich report as SVG.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="One line per finding, then the summary.")]
 Timings = Annotated[bool, typer.Option("--timings/--no-timings", help="Stage seconds in JSON.")]

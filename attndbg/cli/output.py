@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -21,6 +21,7 @@ from attndbg.cli.options import OutputFormat
 from attndbg.cli.paths import check_output
 
 if TYPE_CHECKING:
+    from attndbg.render.html import CaseMaps
     from attndbg.report import Report
 
 err_console = Console(stderr=True)
@@ -69,16 +70,19 @@ RENDERERS: dict[OutputFormat, Callable[[Report, ReportOutput], str]] = {
 }
 
 
-def finish(report: Report, out: ReportOutput, streamed: bool = False) -> NoReturn:
-    """Deliver the report as ``out`` says and exit with its code (0 after --write-baseline)."""
-    if out.html is not None or out.svg is not None:
+def finish(
+    report: Report, out: ReportOutput, streamed: bool = False, maps: Sequence[CaseMaps] = ()
+) -> NoReturn:
+    """Deliver the report as ``out`` says and exit with its code (0 after --write-baseline);
+    ``maps`` are the heatmaps the interactive ``--html`` report embeds."""
+    if out.html is not None:
+        from attndbg.render.html import render_html
+
+        emit(render_html(report, maps), out.html)
+    if out.svg is not None:
         from attndbg.render.rich_report import recorded
 
-        console = recorded(report, colour=True)
-        if out.html is not None:
-            emit(console.export_html(clear=False), out.html)
-        if out.svg is not None:
-            emit(console.export_svg(title="attndbg", clear=False), out.svg)
+        emit(recorded(report, colour=True).export_svg(title="attndbg", clear=False), out.svg)
     if out.write_baseline is not None:
         from attndbg.baseline import baseline_text
 

@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +175,8 @@ NO_PV_PRODUCT = "v/out not recorded: the weights did not reach a matmul, @, bmm 
 
 
 def _copy(t: torch.Tensor | None) -> torch.Tensor | None:
+    if t is not None and _ON_DEVICE.get():
+        return t.detach()
     return None if t is None else t.detach().to("cpu", copy=True)
 
 
@@ -395,6 +398,8 @@ class Recorder(TorchFunctionMode):
         if call.v is not None or not isinstance(v, torch.Tensor):
             return
         lead = call.lead
+        if v.dim() == out.dim() and v.shape[:-2] != out.shape[:-2]:
+            v = v.expand(*out.shape[:-2], *v.shape[-2:])  # broadcast in the product (multi-query)
         if record.reordered or v.shape[:-2].numel() != math.prod(lead) or v.shape[-2] != call.k.shape[-2]:
             call.notes = [n for n in call.notes if n != NO_PV_PRODUCT]
             call.notes.append(
@@ -482,3 +487,18 @@ def capture(
     finally:
         for handle in handles:
             handle.remove()
+
+
+_ON_DEVICE: ContextVar[bool] = ContextVar("attndbg_capture_on_device", default=False)
+
+
+@contextmanager
+def on_device() -> Iterator[None]:
+    """Inside this block, :func:`capture` keeps each recorded tensor where it is, detached but
+    not copied: for a consumer that reduces the calls on their device and drops them before
+    the step ends (``attndbg.watch``). Without it, captures are CPU copies that outlive the step."""
+    token = _ON_DEVICE.set(True)
+    try:
+        yield
+    finally:
+        _ON_DEVICE.reset(token)

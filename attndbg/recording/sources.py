@@ -347,7 +347,7 @@ def capture_source(
     except AttndbgError:
         raise
     except Exception as exc:
-        if _raised_inside_attndbg(exc):
+        if _attndbg_failed(exc, loaded.model, args, kwargs):
             raise  # attndbg's own failure while recording: an internal error, not the model's
         raise InputError(
             f"{source}: the model raised {type(exc).__name__} on the capture input: {first_line(exc)}"
@@ -365,20 +365,22 @@ def capture_source(
     return calls
 
 
-def _raised_inside_attndbg(exc: BaseException) -> bool:
-    """True when attndbg's own recording code raised (the recorder runs inside the model's
-    forward). An op the recorder merely passes on (``__torch_function__`` calling it) that
-    raises is the model's error, as is anything raised in the model's or a library's code."""
+def _attndbg_failed(exc: BaseException, model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
+    """True when attndbg's recorder, not the model, caused ``exc``. The recorder runs inside the
+    model's forward and passes every op on, so a model's own failing op also surfaces in
+    attndbg's frames: when it does, the model runs once more without the recorder to decide."""
     import traceback
 
     frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return False
     package = Path(__file__).resolve().parents[1]
-    innermost = frames[-1]
-    return (
-        Path(innermost.filename).resolve().is_relative_to(package) and innermost.name != "__torch_function__"
-    )
+    if not frames or not Path(frames[-1].filename).resolve().is_relative_to(package):
+        return False  # raised in the model's or a library's code
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception:
+        return False  # it fails without attndbg too
+    return True
 
 
 def compare_eager(source: str, **options: Any) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ and counts every criterion that decides the exit code."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -132,31 +131,17 @@ def render_sweep(report: SweepReport, console: Console) -> None:
 
 
 def sweep_json(reports: list[SweepReport], single: bool) -> str:
-    from attndbg.render.json_report import _clean
+    from attndbg.render.json_report import to_json
 
     data = [r.to_dict() for r in reports]
-    return json.dumps(_clean(data[0] if single else data), indent=2, allow_nan=False) + "\n"
+    return to_json(data[0] if single else data)
 
 
 def sweep_sarif(reports: list[SweepReport]) -> str:
     """SARIF 2.1.0: one result per diagnosis, its rule from the check registry."""
-    from attndbg import __version__
-    from attndbg.registry import load_checks
-    from attndbg.render.json_report import _clean
-    from attndbg.render.sarif import LEVEL, SCHEMA
+    from attndbg.render.sarif import LEVEL, rule_entries, sarif_log
 
-    checks = load_checks()
-    codes = sorted({d.code for r in reports for d in r.diagnoses})
-    rules = [
-        {
-            "id": code,
-            "name": "".join(part.capitalize() for part in checks[code].name.split("-")),
-            "shortDescription": {"text": checks[code].summary},
-            "fullDescription": {"text": checks[code].rationale},
-            "defaultConfiguration": {"level": LEVEL[checks[code].severity.value]},
-        }
-        for code in codes
-    ]
+    rules = rule_entries(sorted({d.code for r in reports for d in r.diagnoses}))
     index = {rule["id"]: i for i, rule in enumerate(rules)}
     results = []
     for report in reports:
@@ -184,27 +169,5 @@ def sweep_sarif(reports: list[SweepReport]) -> str:
                     },
                 }
             )
-    sarif = {
-        "$schema": SCHEMA,
-        "version": "2.1.0",
-        "runs": [
-            {
-                "tool": {
-                    "driver": {
-                        "name": "attndbg",
-                        "version": __version__,
-                        "informationUri": "https://github.com/attndbg/attndbg",
-                        "rules": rules,
-                    }
-                },
-                "invocations": [
-                    {
-                        "executionSuccessful": True,
-                        "exitCode": max((r.exit_code() for r in reports), default=0),
-                    }
-                ],
-                "results": results,
-            }
-        ],
-    }
-    return json.dumps(_clean(sarif), indent=2, allow_nan=False) + "\n"
+    exit_code = max((r.exit_code() for r in reports), default=0)
+    return sarif_log(rules, results, invocations=[{"executionSuccessful": True, "exitCode": exit_code}])

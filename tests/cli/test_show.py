@@ -126,7 +126,7 @@ def test_findings_carry_a_heatmap_and_html_export(tmp_path: Path) -> None:
     html, svg = tmp_path / "r.html", tmp_path / "r.svg"
     run_cli("inspect", str(fx("PAT001_collapsed_head")), "--html", str(html), "--svg", str(svg), "-q")
     page = html.read_text()
-    assert "PAT001" in page and "background-color" in page
+    assert "PAT001" in page and 'id="attndbg-report"' in page  # the interactive report
     assert svg.read_text().lstrip().startswith("<svg")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass, field, replace
+from pathlib import PurePath
 from typing import Any
 
 import torch
@@ -34,6 +35,20 @@ NO_SCALE_STEP = (
     "no scale step between the QK product and the softmax: checked against the usual 1/√d "
     "(pass --scale 1 if the model folds the scale into its weights on purpose, as T5 does)"
 )
+
+
+LIBRARY_NO_SCALE = (
+    "no scale step in installed library code ({file}): read as scale 1 chosen on purpose (T5, "
+    "GPT-Neo and ESM fold 1/√d into their weights) and judged by the attention it yields"
+)
+
+
+def _in_installed_library(location: Location | None) -> bool:
+    """Whether the line lies in an installed package rather than in the user's own code."""
+    if location is None:
+        return False
+    parts = PurePath(location.file).parts
+    return "site-packages" in parts or "dist-packages" in parts
 
 
 class Untraceable(Exception):
@@ -370,7 +385,13 @@ def finish(trace: ScoreTrace, scores: torch.Tensor, weights: torch.Tensor) -> Ca
     mask, semantics = _combined_mask(parts, trace.applied_scale)
     scale = None if trace.scale is not None and math.isclose(trace.scale, 1.0) else trace.scale
     notes = list(trace.notes)
-    if scale is None:
+    qk = trace.locations.get("qk")
+    if scale is None and _in_installed_library(qk):
+        # A released library that leaves the scale out does so by design; the user's own code
+        # that does is the classic bug, so only there is 1/√d assumed.
+        scale = 1.0
+        notes.append(LIBRARY_NO_SCALE.format(file=qk.file if qk else "?"))
+    elif scale is None:
         notes.append(NO_SCALE_STEP)
     is_causal = False
     if mask is not None:

@@ -46,9 +46,18 @@ class KnownFalseAlarm:
 
 
 # Fixed since the sweep found them (the sweep now holds the code to it): MSK001 and MSK005 on
-# padding-query rows, SHP004 on falcon's broadcast K/V head, SCL002 on Granite's μP scale.
+# padding-query rows, SHP004 on falcon's broadcast K/V head, SCL002 on Granite's μP scale, SCL001
+# on models with scale 1 by design (T5, GPT-Neo, ESM: no scale step in library code is read as a
+# deliberate scale 1 and judged by its statistics).
 
 KNOWN_FALSE_ALARMS = [
+    KnownFalseAlarm(
+        "SCL001",
+        lambda arch, impl, scenario: arch.name == "gpt_neo",
+        "GPT-Neo never scales, and the sweep's q/k projections (sized for 1/√d models) make its "
+        "scale-1 logits saturate (median row max weight ~0.98): the statistics say so truly of "
+        "this random model, not of the library's code",
+    ),
     KnownFalseAlarm(
         "MSK001",
         lambda arch, impl, scenario: scenario == "padded" and arch.name == "longt5",
@@ -60,13 +69,6 @@ KNOWN_FALSE_ALARMS = [
         lambda arch, impl, scenario: arch.name == "gpt_neo" and impl == "eager",
         "GPT-Neo fills the causal mask with finfo.min and adds the padding mask's finfo.min: the "
         "sum overflows to -inf where both hide a key; only rows that are padding queries change",
-    ),
-    KnownFalseAlarm(
-        "SCL001",
-        lambda arch, impl, scenario: arch.scale == "1",
-        "scale 1 by design (T5 folds 1/sqrt(d) into its query init, Whisper/OPT/ESM pre-scale q, "
-        "GPT-Neo never scales): neither the logit spread nor recomputed weights can tell that "
-        "from a forgotten scale",
     ),
 ]
 

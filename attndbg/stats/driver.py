@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from attndbg.stats.chunks import (
-    CHUNK_ELEMENTS,
     TEMPORARIES_PER_ELEMENT,
     Accumulator,
     Batch,
@@ -21,15 +20,13 @@ from attndbg.stats.chunks import (
     chunk_rows,
     chunk_shape,
 )
-from attndbg.stats.reducers import REDUCERS, row_positions
+from attndbg.stats.reducers import GRAM_ROWS, REDUCERS, row_positions
 from attndbg.stats.result import ROW_STATISTICS, AttentionStats
 from attndbg.stats.saved import saved_pass
 from attndbg.vocab import Artefact, Statistic
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
-
-_GRAM_ROWS = 256  # rows sampled per (batch, head) for the duplicate-head similarity
 
 
 def wants(ctx: CaseContext, family: Statistic) -> bool:
@@ -63,14 +60,15 @@ def reference_pass(ctx: CaseContext) -> AttentionStats:
     for reducer in reducers:
         reducer.start()
     acc.per_row(*(name for name in ROW_STATISTICS if name not in acc.rows))
-    gram_stride = max(1, Lq // _GRAM_ROWS)
+    gram_stride = max(1, Lq // GRAM_ROWS)
     chunks = 0
+    # every head group of a row block in turn, so that reducers may combine heads per row
     for b in range(B):
         batch = _batch(ctx, b)
-        for h0 in range(0, H, heads_per_chunk):
-            heads = slice(h0, min(H, h0 + heads_per_chunk))
-            for start in range(0, Lq, rows_per_chunk):
-                rows = slice(start, min(Lq, start + rows_per_chunk))
+        for start in range(0, Lq, rows_per_chunk):
+            rows = slice(start, min(Lq, start + rows_per_chunk))
+            for h0 in range(0, H, heads_per_chunk):
+                heads = slice(h0, min(H, h0 + heads_per_chunk))
                 chunks += 1
                 if not has_qkv and ctx.user_scores is None:
                     _weights_only_chunk(ctx, acc, b, rows, gram_stride)
@@ -78,8 +76,6 @@ def reference_pass(ctx: CaseContext) -> AttentionStats:
                 _reduce_chunk(ctx, reducers, _chunk(ctx, batch, heads, rows))
     for reducer in reducers:
         reducer.finish()
-    if has_qkv and wants(ctx, Statistic.HEAD_GRAM):
-        _head_gram(ctx, acc.totals["head_gram"], gram_stride, acc.rows["lse"])
     return AttentionStats(
         source="reference" if has_qkv else ("scores" if ctx.user_scores is not None else "weights"),
         chunk_rows=rows_per_chunk,
@@ -95,10 +91,19 @@ def reference_pass(ctx: CaseContext) -> AttentionStats:
 
 
 def _runs(ctx: CaseContext, reducer: type[Reducer]) -> bool:
-    """Row statistics always run (they clean the scores for the rest); P·V needs q/k/v."""
-    if reducer.family == Statistic.OUTPUT and not ctx.has_qkv:
-        return False
+    """Row statistics always run (they clean the scores for the rest). P·V only with q/k/v,
+    and in the engine only when the output could overflow: it is a convex combination of
+    finite values, so |out| ≤ Σ_j e_j·|v_j| ≤ Lk · max|v| bounds every partial sum."""
+    if reducer.family == Statistic.OUTPUT:
+        if not (ctx.has_qkv and wants(ctx, Statistic.OUTPUT)):
+            return False
+        return ctx.wanted is None or output_may_overflow(ctx)
     return reducer.family == Statistic.ROWS or wants(ctx, reducer.family)
+
+
+def output_may_overflow(ctx: CaseContext) -> bool:
+    largest = float(ctx.v.abs().amax()) if ctx.v.numel() else 0.0
+    return not largest * max(ctx.sizes["Lk"], 1) < torch.finfo(torch.float32).max / 4
 
 
 def _batch(ctx: CaseContext, b: int) -> Batch:
@@ -153,26 +158,6 @@ def _reduce_chunk(ctx: CaseContext, reducers: list[Reducer], chunk: Chunk) -> No
     chunk.safe_total = torch.where(chunk.live, total, torch.ones((), device=zero.device))
     for reducer in reducers:
         reducer.weights(chunk)
-
-
-def _head_gram(ctx: CaseContext, gram: torch.Tensor, stride: int, lse: torch.Tensor) -> None:
-    """Σ p_h·p_g between heads over every ``stride``-th query row, for duplicate heads."""
-    B, Lq = ctx.sizes["B"], ctx.sizes["Lq"]
-    causal = ctx.causal_align
-    heads, lk = ctx.sizes["Hq"], max(ctx.sizes["Lk"], 1)
-    per_chunk = max(1, min(chunk_rows(ctx), CHUNK_ELEMENTS // (heads * lk)))
-    for b in range(B):
-        for first in range(0, Lq, per_chunk * stride):
-            rows = slice(first, min(Lq, first + per_chunk * stride), stride)
-            q = ctx.q[min(b, ctx.q.shape[0] - 1), :, rows] * ctx.scale
-            logits = torch.matmul(q, ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2))
-            bias = ctx.combined_bias(b, rows, ctx.mask_semantics, causal)
-            if bias is not None:
-                logits = logits + bias
-            row_lse = lse[b, :, rows].to(logits.device)[..., None]
-            probs = torch.where(torch.isfinite(row_lse), torch.exp(logits - row_lse), 0.0)
-            flat = torch.nan_to_num(probs, nan=0.0).reshape(probs.shape[0], -1)
-            gram[b] += (flat @ flat.T).to(torch.float64)
 
 
 def _weights_only_chunk(ctx: CaseContext, acc: Accumulator, b: int, rows: slice, stride: int) -> None:

@@ -13,6 +13,8 @@ from attndbg.vocab import MaskSemantics, Statistic
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
 
+GRAM_ROWS = 256  # rows sampled per (batch, head) for the duplicate-head similarity
+
 
 class NonFiniteScores(Reducer):
     """Non-finite scores per row, and |raw score| max. Runs first: it turns NaN scores into
@@ -172,6 +174,35 @@ class MaskedMass(Reducer):
             self.acc.rows["masked_mass"][chunk.at] = mass
 
 
+class HeadGram(Reducer):
+    """Σ p_h·p_g between heads over every ``stride``-th query row, for duplicate heads: the
+    sampled rows' weights of every head group are kept until the row block is complete, so
+    the Gram matrix costs no second product."""
+
+    family = Statistic.HEAD_GRAM
+
+    def start(self) -> None:
+        self.stride = max(1, self.acc.shape[2] // GRAM_ROWS)
+        self._block: torch.Tensor | None = None
+
+    def weights(self, chunk: Chunk) -> None:
+        assert chunk.exp is not None and chunk.safe_total is not None
+        first = -chunk.rows.start % self.stride
+        if first >= chunk.rows.stop - chunk.rows.start:
+            return
+        sampled = slice(first, None, self.stride)
+        probs = chunk.exp[:, sampled] / chunk.safe_total[:, sampled, None]
+        heads = self.acc.shape[1]
+        if chunk.heads.start == 0:
+            self._block = torch.zeros((heads, *probs.shape[1:]), device=probs.device)
+        assert self._block is not None
+        self._block[chunk.heads] = torch.nan_to_num(probs, nan=0.0)
+        if chunk.heads.stop == heads:
+            flat = self._block.reshape(heads, -1)
+            self.acc.totals["head_gram"][chunk.batch.index] += (flat @ flat.T).to(torch.float64)
+            self._block = None
+
+
 REDUCERS: tuple[type[Reducer], ...] = (
     NonFiniteScores,
     Logits,
@@ -179,6 +210,7 @@ REDUCERS: tuple[type[Reducer], ...] = (
     Softmax,
     Positions,
     MaskedMass,
+    HeadGram,
 )
 
 

@@ -68,6 +68,8 @@ class Case:
     origins: dict[str, str] = field(default_factory=dict)  # setting -> "flag" | "metadata"
     notes: list[str] = field(default_factory=list)
     tokens: list[str] | None = None  # from metadata "tokens" (a JSON list), for labels
+    # recorded step ("qk", "scale", "mask", "softmax", "pv", "call") -> the user's source line
+    locations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def mask_key(self) -> str:
@@ -138,3 +140,47 @@ def tokens_from_metadata(value: str | None) -> list[str] | None:
     except ValueError:
         return None
     return [str(t) for t in tokens] if isinstance(tokens, list) else None
+
+
+def locations_from_metadata(value: str | None) -> dict[str, dict[str, Any]]:
+    """``{step: {file, line, function, code}}`` as ``attndbg capture`` writes it; entries that
+    do not have that form are left out (they only decorate findings)."""
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {
+        str(step): {
+            "file": where["file"],
+            "line": where["line"],
+            "function": str(where.get("function", "")),
+            "code": str(where.get("code", "")),
+        }
+        for step, where in parsed.items()
+        if isinstance(where, dict)
+        and isinstance(where.get("file"), str)
+        and isinstance(where.get("line"), int)
+        and not isinstance(where.get("line"), bool)
+    }
+
+
+# Which recorded step a finding of each stage is about; the first one recorded wins, then the
+# call itself (an SDPA line, or the QK product of hand-written attention).
+STEPS_FOR_STAGE: dict[str, tuple[str, ...]] = {
+    "scaling": ("scale", "qk"),
+    "mask": ("mask",),
+    "softmax": ("softmax",),
+}
+CALL_STEPS = ("call", "qk", "softmax")
+
+
+def step_location(locations: dict[str, dict[str, Any]], stage: str) -> dict[str, Any] | None:
+    """The user's source line a finding of ``stage`` points at, from a case's recorded steps."""
+    for step in (*STEPS_FOR_STAGE.get(getattr(stage, "value", stage), ()), *CALL_STEPS):
+        if step in locations:
+            return locations[step]
+    return None

@@ -199,7 +199,9 @@ class CaseContext:
     def _expand_kv(self, tensor: torch.Tensor) -> torch.Tensor:
         from attndbg.attention import expand_kv_heads
 
-        return expand_kv_heads(tensor, self.sizes["Hq"], dim=1) if self.enable_gqa else tensor
+        # a single K/V head (multi-query attention) broadcasts over the query heads in SDPA
+        broadcast = self.sizes["Hk"] == 1
+        return expand_kv_heads(tensor, self.sizes["Hq"], dim=1) if self.enable_gqa or broadcast else tensor
 
     def _scores_like(self, role: str) -> torch.Tensor | None:
         """User weights/scores viewed as (B or 1, H or 1, Lq, Lk), in their stored dtype."""

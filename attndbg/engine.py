@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attndbg.case import Case, Settings
+from attndbg.case import Case, Settings, step_location
 from attndbg.context import CaseContext, ShapeProblem
 from attndbg.errors import UsageError
 from attndbg.registry import Check, Hit, Plan, plan_checks
-from attndbg.report import CaseReport, Finding, Report, StageResult, TensorSummary
+from attndbg.report import CaseReport, Finding, Location, Report, StageResult, TensorSummary
 from attndbg.vocab import STAGES, Stage, StageStatus
 
 
@@ -102,6 +102,8 @@ def run_case(case: Case, options: Options) -> CaseReport:
     ]
     for finding in findings:
         finding.baselined = finding.fingerprint(case.file) in options.baseline
+        where = step_location(case.locations, finding.stage)
+        finding.location = Location(**where) if where else None
     report.stages = _stage_results(run, findings)
     report.findings = findings
     _describe_case(report, ctx, blocked=bool(run.blocked))

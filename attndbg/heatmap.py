@@ -35,6 +35,11 @@ def head_weights(ctx: CaseContext, batch: int, head: int, rows: slice) -> tuple[
             if bias.dim() == 2
             else bias[0]
         )
+    if bias is None and not ctx.has_qkv and ctx.user_scores is not None:
+        # scores saved after a mask was applied (eager capture): its fills are the masked cells
+        s = ctx.user_scores
+        saved = s[min(batch, s.shape[0] - 1), min(head, s.shape[1] - 1), rows].float()
+        bias = torch.where(saved <= MASKED_BIAS, float("-inf"), 0.0)
     if ctx.user_weights is not None:
         w = ctx.user_weights
         weights = w[min(batch, w.shape[0] - 1), min(head, w.shape[1] - 1), rows].float()

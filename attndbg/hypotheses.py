@@ -15,6 +15,7 @@ from attndbg.vocab import Artefact, Reading
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
+    from attndbg.stats import AttentionStats
 
 # Max-abs-error tolerances on probabilities, by the dtype the artefact was saved in.
 # float32 allows weights printed/rounded to 4 decimals (the seeds' hand-computed example).
@@ -32,6 +33,12 @@ DESCRIPTION: dict[Reading, str] = {
     Reading.CAUSAL: "a causal mask",
     Reading.CAUSAL_LOWER_RIGHT: "a causal mask aligned to the lower right",
     Reading.SOFTMAX_OVER_QUERIES: "softmax over the query axis",
+    Reading.FITTED_SCALE: "attention with the scale fitted to them",
+    Reading.DROPOUT: "dropout of the reference weights (each 0 or weight/(1 − p))",
+    Reading.SOFTMAX_TWICE: "softmax applied twice (softmax of the attention weights)",
+    Reading.SOFTMAX_OVER_HEADS: "softmax over the heads axis",
+    Reading.WEIGHTS_TRANSPOSED: "the reference weights transposed (keys × queries)",
+    Reading.GQA_REPEAT: "KV heads tiled with repeat() (query head h reads KV head h mod n_kv)",
 }
 assert set(DESCRIPTION) == set(Reading), "every reading needs a description"
 
@@ -65,13 +72,14 @@ class Verdict:
         )
 
 
-def tolerance(ctx: CaseContext, artefact: Artefact) -> float:
+def tolerance(ctx: CaseContext, artefact: Artefact, stats: AttentionStats | None = None) -> float:
+    """``stats`` while the statistics are being computed (``ctx.stats`` is not set yet)."""
     dtype = str(ctx.raw[artefact].dtype).replace("torch.", "")
     base = WEIGHT_TOLERANCE.get(dtype, 1e-4)
     if artefact == Artefact.OUT:
         return base * max(1.0, float(ctx.v.abs().max())) * 4
     if artefact == Artefact.SCORES:
-        return base * max(1.0, float(ctx.stats.max_logit.max())) * 4
+        return base * max(1.0, float((stats or ctx.stats).max_logit.max())) * 4
     return base
 
 
@@ -81,6 +89,13 @@ def verdict(ctx: CaseContext, artefact: Artefact) -> Verdict | None:
     errors = ctx.stats.hypotheses.get(artefact)
     if not errors or Reading.REFERENCE not in errors:
         return None
+    if ctx.settings.dropout_p:
+        # dropout makes the output random: only the weights, each 0 or reference/(1 − p), can be
+        # verified; the assumed reading of the weights is the declared dropout
+        if artefact != Artefact.WEIGHTS or Reading.DROPOUT not in errors:
+            return None
+        errors = {**errors, Reading.REFERENCE: errors[Reading.DROPOUT]}
+        del errors[Reading.DROPOUT]
     best = min(errors, key=lambda k: (errors[k], k != Reading.REFERENCE))
     reference = errors[Reading.REFERENCE]
     return Verdict(artefact, errors, tolerance(ctx, artefact), reference, best, errors[best])

@@ -14,6 +14,7 @@ from attndbg.case import (
     SETTING_KEYS,
     Case,
     Settings,
+    locations_from_metadata,
     settings_from_strings,
     tokens_from_metadata,
 )
@@ -34,6 +35,7 @@ class CasePlan:
     origins: dict[str, str]
     notes: list[str] = field(default_factory=list)
     tokens: list[str] | None = None
+    locations: dict[str, dict] = field(default_factory=dict)
 
 
 def _sniff(path: Path) -> None:
@@ -159,8 +161,10 @@ def plan_file(
             elif getattr(from_meta, key) is not None:
                 origins[key] = "metadata"
         notes = [f"ignored tensor {key!r} (not a known role)" for key in ignored.get(name, [])]
+        notes += [line for line in metadata.get(f"{name}.notes", "").splitlines() if line.strip()]
         tokens = tokens_from_metadata(metadata.get(f"{name}.tokens") or metadata.get("tokens"))
-        plans.append(CasePlan(name, path, roles, settings, origins, notes, tokens))
+        locations = locations_from_metadata(metadata.get(f"{name}.locations"))
+        plans.append(CasePlan(name, path, roles, settings, origins, notes, tokens, locations))
     return plans
 
 
@@ -181,6 +185,7 @@ def load_case(plan: CasePlan) -> Case:
         origins=dict(plan.origins),
         notes=list(plan.notes),
         tokens=plan.tokens,
+        locations=dict(plan.locations),
     )
 
 

@@ -45,6 +45,22 @@ class Heatmap:
 
 
 @dataclass
+class Location:
+    """A line of the user's code that a finding is about, as ``attndbg capture`` recorded it."""
+
+    file: str  # relative to the directory of the capture when it was below it
+    line: int
+    function: str = ""
+    code: str = ""  # the line's text, stripped
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {"file": self.file, "line": self.line, "function": self.function, "code": self.code}
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}  {self.code}".rstrip()
+
+
+@dataclass
 class Finding:
     code: str
     name: str
@@ -57,6 +73,7 @@ class Finding:
     head: int | None = None
     baselined: bool = False  # present in --baseline: reported, but does not fail the run
     heatmap: Heatmap | None = None  # a small picture of the head the finding is about
+    location: Location | None = None  # the step of the user's code it is about (captures)
 
     def fingerprint(self, file: str) -> str:
         return f"{file}::{self.case}::{self.code}::{self.head}"

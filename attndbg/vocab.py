@@ -124,6 +124,13 @@ class Reading(Word):
     CAUSAL = "causal"
     CAUSAL_LOWER_RIGHT = "causal lower-right"
     SOFTMAX_OVER_QUERIES = "softmax over queries"
+    # measured by attndbg.stats.readings, only when a saved artefact does not match the assumed reading
+    FITTED_SCALE = "fitted scale"
+    DROPOUT = "dropout"
+    SOFTMAX_TWICE = "softmax twice"
+    SOFTMAX_OVER_HEADS = "softmax over heads"
+    WEIGHTS_TRANSPOSED = "weights transposed"
+    GQA_REPEAT = "kv heads tiled"
 
     @classmethod
     def mask_as(cls, semantics: MaskSemantics | str) -> Reading:

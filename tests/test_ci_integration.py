@@ -15,6 +15,18 @@ def fx(name: str) -> str:
     return str(ROOT / "fixtures" / f"{name}.safetensors")
 
 
+def test_rules_as_sarif_list_the_registry_without_results() -> None:
+    # Code scanning tools read rule metadata from tool.driver.rules; a table here would not parse.
+    rules = json.loads(run_cli("rules", "--format", "json").stdout)
+    result = run_cli("rules", "--format", "sarif")
+    assert result.returncode == 0, result.stderr
+    sarif = json.loads(result.stdout)
+    jsonschema.validate(sarif, SCHEMA)
+    run = sarif["runs"][0]
+    assert [r["id"] for r in run["tool"]["driver"]["rules"]] == [r["code"] for r in rules]
+    assert run["results"] == []
+
+
 def test_sarif_validates_against_the_schema() -> None:
     result = run_cli(
         "inspect",

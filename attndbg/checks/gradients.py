@@ -78,7 +78,9 @@ class GradcheckFailed(Check):
         "float64. On the reference attention it fails only where the function is numerically "
         "discontinuous at this input — logits so large that a 1e-6 nudge flips the softmax — so "
         "the gradients the optimiser sees here are meaningless. For a custom implementation "
-        "(`attndbg gradcheck --impl`) a failure means its backward is wrong. Run on a slice "
+        "(`attndbg gradcheck --impl`) a failure means its backward is wrong; a function that "
+        "computes in float32 inside (softmax(dtype=torch.float32)) is judged with the step and "
+        "tolerance float32 allows, not failed for float32 rounding. Run on a slice "
         "(batch 0, up to 4 heads, 4 query rows, 6 keys), named in the evidence."
     )
     fix = """
@@ -252,3 +254,48 @@ scores = 50.0 * torch.tanh(scores / 50.0)        # or soft-capping
                     "slice": s["where"],
                 },
             )
+
+
+class ImplementationRaised(Check):
+    """The attention implementation under test raised an exception (gradcheck --impl)."""
+
+    code = "GRD004"
+    name = "implementation-raised"
+    severity = Severity.ERROR
+    rationale = (
+        "Reported by `attndbg gradcheck --impl`: the function under test raised for some "
+        "scenario and dtype — a TypeError on bfloat16 in an older helper, a causal buffer that "
+        "only fits q_len == k_len, a shape it does not broadcast. The exception is the "
+        "function's result for that input, given with its message and the scenarios it hit; "
+        "saved tensors (`inspect`) never trigger it."
+    )
+    fix = """
+# make the function accept the inputs it is meant to serve, or narrow what you test:
+attndbg gradcheck --impl my_attention.py:attention --quick
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        return iter(())
+
+
+class KVHeadMapping(Check):
+    """Grouped-query attention maps query heads to KV heads in another order than SDPA."""
+
+    code = "GRD005"
+    name = "kv-head-mapping"
+    severity = Severity.WARNING
+    rationale = (
+        "Reported by `attndbg gradcheck --impl`, which hands a function that takes grouped K/V "
+        "its K/V with fewer heads and compares against SDPA's enable_gqa: query head h reads KV "
+        "head h // (heads / kv_heads) (repeat_interleave, Hugging Face's repeat_kv). An "
+        "implementation that tiles the KV heads (einops '(r kvh)', Tensor.repeat, ONNX Tile) "
+        "pairs query head h with KV head h % kv_heads: consistent for checkpoints trained with "
+        "it, silently wrong for weights trained the usual way (onnx/onnx#7274)."
+    )
+    fix = """
+k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)   # not k.repeat(1, n_rep, 1, 1)
+v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        return iter(())

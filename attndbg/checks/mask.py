@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,49 @@ def fill_values(ctx: CaseContext) -> dict:
             if fill == float(torch.finfo(dtype).min):
                 named[fill] = f"torch.finfo({str(dtype)[6:]}).min"
     return {"neg_inf": bool(torch.isneginf(masked).any()), "finite": fills, "named": named}
+
+
+WEAK_FILL = math.log(LEAK_TOLERANCE)  # a fill above this leaves masked keys > 1e-4 of their weight
+
+
+def weak_fill(ctx: CaseContext) -> dict | None:
+    """An additive mask shaped like a padding mask or a causal triangle whose one non-zero
+    value does not mask: positive (the masked keys gain weight) or too close to 0."""
+    import torch
+
+    mask = ctx.raw["mask"].to(torch.float32)
+    values = torch.unique(mask[torch.isfinite(mask)])
+    if values.numel() != 2 or 0.0 not in (float(values[0]), float(values[1])):
+        return None
+    fill = float(values[0]) if float(values[1]) == 0.0 else float(values[1])
+    if fill == 1.0 or fill <= WEAK_FILL:
+        return None  # {0, 1} is MSK003's; far enough below 0 masks
+    filled = (mask == fill).reshape(-1, *mask.shape[-2:]) if mask.dim() >= 2 else (mask == fill)[None, None]
+    rows = filled.reshape(-1, filled.shape[-1])
+    flips = (rows[:, 1:] != rows[:, :-1]).sum(-1)
+    padding = bool((flips <= 1).all())
+    triangle = filled.shape[-2] > 1 and _structure(~filled[0]) in ("causal", "leaky-causal")
+    if not (padding or triangle):
+        return None  # a bias with structure of its own (relative positions), not a mask
+    return {
+        "fill": fill,
+        "filled_share": float((mask == fill).float().mean()),
+        "weight_factor": math.exp(min(fill, 50.0)),
+    }
+
+
+def padding_queries(ctx: CaseContext) -> torch.Tensor | None:
+    """(B or 1, Lq) bool: query rows that sit at a padding position — their own key is masked
+    for every query of the sample, while the sample has at least one attended key. Such rows
+    are fully masked by construction in a padded batch and their outputs are discarded."""
+    keep = keep_matrix(ctx)
+    sizes = ctx.sizes
+    if keep is None or sizes["Lk"] < sizes["Lq"]:
+        return None
+    pad_key = ~keep.any(dim=1).any(dim=1)  # (B or 1, Lk): no query of the sample attends it
+    sample_live = keep.reshape(keep.shape[0], -1).any(-1, keepdim=True)
+    own_key = pad_key[:, sizes["Lk"] - sizes["Lq"] :]  # queries are the last Lq positions
+    return own_key & sample_live
 
 
 def consequence(kind: str) -> dict[str, str]:
@@ -83,7 +127,11 @@ weights = weights.masked_fill(~keep, 0.0)                    # defined zeros, Na
         if not count:
             return
         total = full.shape[0] * full.shape[2]
-        first = [[b, i] for b, i in full.any(dim=1).nonzero()[:5].tolist()]
+        rows = full.any(dim=1)
+        padding = padding_queries(ctx)
+        expected = rows & padding.expand_as(rows) if padding is not None else rows & False
+        unexpected = rows & ~expected
+        first = [[b, i] for b, i in (unexpected if unexpected.any() else rows).nonzero()[:5].tolist()]
         kind = "-inf"
         if ctx.mask_semantics == MaskSemantics.ADDITIVE:
             fills = fill_values(ctx)
@@ -101,16 +149,29 @@ weights = weights.masked_fill(~keep, 0.0)                    # defined zeros, Na
         extra = {}
         if kind != "-inf":
             extra["masked_weight"] = round(float(stats.masked_mass[full].mean()), 4)
+        at_padding = int(expected.sum())
+        if at_padding == count:
+            where = (
+                "all at padding positions (their own key is masked for every query), as a padded "
+                "batch has them: their outputs are discarded"
+            )
+        elif at_padding:
+            where = f"{count - at_padding} of them at real tokens ({at_padding} at padding positions)"
+        else:
+            where = "at real tokens (their own position is attended by other queries)"
         yield Hit(
-            f"{count} of {total} query rows (batch, row) have every key masked (first {first}); " + effect,
+            f"{count} of {total} query rows (batch, row) have every key masked (first {first}), "
+            f"{where}; " + effect,
             {
                 "rows": count,
                 "of": total,
+                "at_padding_positions": at_padding,
                 "first": first,
                 "fill": kind,
                 "backends": outcome,
                 **extra,
             },
+            severity=Severity.INFO if at_padding == count else None,
         )
 
 
@@ -134,8 +195,13 @@ weights = torch.softmax(scores, dim=-1)
 """
 
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
-        stats = ctx.stats if ctx.has("weights") and ctx.has("mask") else None
-        if stats is None or stats.user_masked_mass is None:
+        if not ctx.has("mask"):
+            return
+        stats = ctx.stats
+        if stats.user_masked_mass is None:
+            v = explained(ctx, {Reading.MASK_IGNORED})  # only an output or scores were saved
+            if v:
+                yield Hit(v.sentence() + ": the mask was not passed to the attention", evidence(v))
             return
         live = ~stats.fully_masked
         leaked = (stats.user_masked_mass > LEAK_TOLERANCE) & live
@@ -254,7 +320,10 @@ class InvertedMask(Check):
         "padding is attended and real tokens are hidden, or a causal mask shows only the "
         "future. Decided from saved weights/out when present (the inverted reading matches), "
         "else from structure: a kept upper triangle, or a padding mask whose kept part is a "
-        "suffix while at least half the keys — or whole rows — are masked."
+        "suffix while whole samples — or, with more than one query, at least half the keys — "
+        "are masked. Additive masks are read the same way (an entry at or below -5000 is "
+        "masked): `keep * -1e9` fills the real tokens instead of the padding. A decode step "
+        "(q_len 1) over a left-padded cache keeps a suffix on purpose and is not reported."
     )
     fix = """
 attn_mask = ~key_padding_mask               # key_padding_mask: True = pad -> SDPA: True = attend
@@ -292,17 +361,23 @@ causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the dia
             )
             return
         rows_identical = lq == 1 or bool((keep == keep[..., :1, :]).all())
-        if rows_identical and h == 1 and ctx.mask_semantics in (MaskSemantics.KEEP, MaskSemantics.DROP):
+        if rows_identical and h == 1 and ctx.mask_semantics is not None:
             profile = _padding_profile(keep[:, 0, 0, :])
-            if (
-                profile
-                and profile["kept_suffix"]
-                and (profile["rows_fully_masked"] or profile["kept_fraction"] < 0.5)
-            ):
+            # a sample with no key at all is the strong sign (a batch is padded to its longest
+            # sample, which inverted has nothing left); a mostly masked prefix is a weak one, and
+            # none when decoding one token (q_len 1): a left-padded KV cache looks exactly so
+            weak = lq > 1 and profile is not None and profile["kept_fraction"] < 0.5
+            if profile and profile["kept_suffix"] and (profile["rows_fully_masked"] or weak):
+                looks_like = (
+                    "the fill marks the real tokens instead of the padding (an inverted keep mask "
+                    "times the fill)"
+                    if ctx.mask_semantics == MaskSemantics.ADDITIVE
+                    else "it looks like True = pad given where True = attend"
+                )
                 yield Hit(
                     f"read as {ctx.mask_semantics}, the padding mask keeps a suffix of each row "
                     f"({profile['kept_fraction']:.0%} of keys kept, {profile['rows_fully_masked']} "
-                    "samples fully masked): it looks like True = pad given where True = attend",
+                    f"samples fully masked): {looks_like}",
                     {**profile, "semantics": ctx.mask_semantics, "decided_from": "mask structure"},
                     severity=Severity.WARNING,
                 )
@@ -367,6 +442,20 @@ causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril
                 )
 
 
+def _upper_left_mask(ctx: CaseContext) -> bool:
+    """Is the mask (over the whole batch) exactly tril(ones(q_len, k_len)), q_len < k_len?"""
+    from attndbg.attention import causal_keep
+
+    keep = keep_matrix(ctx)
+    if keep is None:
+        return False
+    lq, lk = ctx.sizes["Lq"], ctx.sizes["Lk"]
+    if keep.shape[-2] != lq or keep.shape[-1] != lk:
+        return False
+    union = keep.reshape(-1, lq, lk).any(0)
+    return bool((union == causal_keep(lq, lk)).all())
+
+
 class CausalAlignment(Check):
     """is_causal with q_len != k_len: PyTorch aligns the causal mask to the upper left."""
 
@@ -380,7 +469,8 @@ class CausalAlignment(Check):
         "k_len) the new queries sit at the end, so they should see keys 0..i + k_len − q_len "
         "(lower-right alignment, FlashAttention's convention); with is_causal they miss almost "
         "the whole cache. Warning from the shapes alone; error when saved weights/out match "
-        "one alignment and not the other."
+        "one alignment and not the other. An explicit mask equal to tril(ones(q_len, k_len)) "
+        "with q_len < k_len is the same bug written by hand and is reported the same way."
     )
     fix = """
 # Decoding with a KV cache: build the lower-right aligned mask yourself
@@ -392,9 +482,25 @@ out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         sizes = ctx.sizes
-        if not ctx.is_causal or sizes["Lq"] == sizes["Lk"]:
+        if sizes["Lq"] == sizes["Lk"]:
             return
         lq, lk = sizes["Lq"], sizes["Lk"]
+        if not ctx.is_causal:
+            if lq < lk and _upper_left_mask(ctx):
+                yield Hit(
+                    f"the mask is tril(ones({lq}, {lk})): a causal mask aligned to the upper left, "
+                    f"so query {lq - 1} (the newest token) sees keys 0..{lq - 1} and never the last "
+                    f"{lk - lq} keys, as is_causal=True would; for a KV cache or chunked prefill "
+                    "the queries are the last positions (lower-right alignment)",
+                    {
+                        "q_len": lq,
+                        "k_len": lk,
+                        "keys_never_seen_by_last_query": lk - lq,
+                        "alignment": "upper-left",
+                        "decided_from": "mask structure",
+                    },
+                )
+            return
         v = explained(ctx, {Reading.CAUSAL_LOWER_RIGHT})
         if v:
             yield Hit(
@@ -430,7 +536,9 @@ class MaskFillValue(Check):
         "representable in float16 (it becomes -inf, and fully masked rows turn NaN); "
         "torch.finfo(dtype).min overflows to -inf when two masks are added (padding + causal); "
         "and a mask mixing -inf with finite fills gives different results for fully masked rows "
-        "depending on which one a row got. The check reports the fills found, the weight that "
+        "depending on which one a row got. A mask shaped like padding or a causal triangle whose "
+        "only non-zero value is positive (+1e4: the sign flipped) or barely negative (-1e-9: "
+        "an epsilon) masks nothing and is an error. The check reports the fills found, the weight that "
         f"masked keys still receive (above {LEAK_TOLERANCE:g} is a leak), and what each backend "
         "makes of a fully masked row with this fill."
     )
@@ -447,6 +555,30 @@ bias = torch.zeros(keep_mask.shape, dtype=q.dtype).masked_fill(~keep_mask, torch
         if not ctx.has("mask") or ctx.mask_semantics != MaskSemantics.ADDITIVE:
             return
         if not ctx.raw["mask"].is_floating_point():
+            return
+        weak = weak_fill(ctx)
+        if weak:
+            fill = weak["fill"]
+            if fill > 0:
+                effect = (
+                    f"a positive value multiplies their weight by e^{fill:.3g}: the sign is flipped, "
+                    "so attention goes to the keys meant to be masked"
+                )
+            else:
+                effect = (
+                    f"exp({fill:.3g}) = {math.exp(fill):.3g}, so the 'masked' keys keep "
+                    f"{math.exp(fill):.0%} of their weight: it masks nothing"
+                )
+            yield Hit(
+                f"the additive mask's only non-zero value is {fill:.3g}, on {weak['filled_share']:.0%} "
+                f"of its entries (a mask's shape); {effect}",
+                {**weak, "decided_from": "mask values"},
+                severity=Severity.ERROR,
+                fix="""
+# masked entries need -inf (or a large negative such as torch.finfo(dtype).min), not +x or -1e-9
+attn_mask = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-inf"))
+""",
+            )
             return
         fills = fill_values(ctx)
         if not fills["finite"] and not fills["neg_inf"]:

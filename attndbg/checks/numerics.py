@@ -22,6 +22,14 @@ def _named(ctx: CaseContext, role: str) -> str:
     return "" if key == role else f" ({key})"
 
 
+def nan_rows_note(tensor) -> tuple[int, str]:  # noqa: ANN001
+    """Rows (last axis) that are NaN throughout — softmax of an all -inf row — and a phrase for them."""
+    import torch
+
+    rows = int(torch.isnan(tensor).all(-1).sum()) if tensor.dim() else 0
+    return rows, (f"; {rows} rows are entirely NaN" if rows else "")
+
+
 class NonFiniteInput(Check):
     """An input tensor holds NaN or ±Inf."""
 
@@ -65,9 +73,10 @@ assert torch.isfinite(q).all(), "q is not finite: check the layer before the pro
                 parts = [
                     f"{n} {label}" for n, label in ((nan, "NaN"), (posinf, "+Inf"), (neginf, "-Inf")) if n
                 ]
+                rows_text = nan_rows_note(tensor)[1] if summary_role in ("scores", "weights", "out") else ""
                 yield Hit(
                     f"{summary_role}{_named(ctx, summary_role)} holds {', '.join(parts)} of "
-                    f"{tensor.numel()} values; first at index {first}",
+                    f"{tensor.numel()} values; first at index {first}{rows_text}",
                     {
                         "tensor": summary_role,
                         "nan": nan,
@@ -118,15 +127,17 @@ weights = weights.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # rows with not
                     bad |= torch.isneginf(tensor)
                 first = bad.nonzero()[0].tolist()
                 earlier = [s for s in PIPELINE[: PIPELINE.index(stage)] if user[s] in ctx.raw]
+                nan_rows, rows_text = nan_rows_note(tensor)
                 yield Hit(
                     f"the saved {stage}{_named(ctx, role)} hold {count} non-finite values "
-                    f"(first at {first})"
+                    f"(first at {first}{rows_text})"
                     + (f" while the saved {', '.join(earlier)} are finite" if earlier else "")
                     + self._why(ctx, stage),
                     {
                         "stage": stage,
                         "where": "saved",
                         "count": count,
+                        "nan_rows": nan_rows,
                         "first": first,
                         "fully_masked_rows": int(ctx.stats.fully_masked.any(dim=1).sum())
                         if ctx.has_qkv

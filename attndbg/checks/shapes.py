@@ -205,7 +205,8 @@ class BatchHeadMismatch(Check):
         "Q, K and V must share the batch size; K and V must have the same number of heads, and "
         "with grouped-query attention the query heads must be a whole multiple of the key/value "
         "heads (each group of Hq/Hk query heads reads one K/V head). SDPA raises unless "
-        "enable_gqa=True is passed when the counts differ. Saved weights, scores and output "
+        "enable_gqa=True is passed when the counts differ — except for a single K/V head "
+        "(multi-query attention, as Falcon passes it), which broadcasts. Saved weights, scores and output "
         "must have the shapes the inputs imply."
     )
     fix = """
@@ -240,7 +241,8 @@ v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)
                 {"q_heads": q["h"], "kv_heads": k["h"]},
                 blocking=True,
             )
-        elif q["h"] != k["h"] and ctx.settings.enable_gqa is False:
+        elif q["h"] != k["h"] and k["h"] != 1 and ctx.settings.enable_gqa is False:
+            # one K/V head (multi-query attention) broadcasts like any size-1 dim: SDPA runs
             yield Hit(
                 f"q has {q['h']} heads and k/v {k['h']}, but enable_gqa is false: SDPA raises for this call",
                 {"q_heads": q["h"], "kv_heads": k["h"], "enable_gqa": False},
@@ -334,6 +336,20 @@ def _padding_rows(mask2d) -> tuple[bool, bool]:
     return padding_like, triangular
 
 
+def _padding_over_queries(ctx: CaseContext, mask, batch: int, lq: int, lk: int) -> dict | None:  # noqa: ANN001
+    """A self-attention mask shaped (batch, 1, seq, 1) whose rows keep a prefix or suffix of
+    the queries that differs between samples: a padding mask unsqueezed on the wrong axis."""
+    if mask.dim() != 4 or mask.shape[-1] != 1 or mask.shape[-2] != lq or lq != lk or lq < 2:
+        return None
+    if mask.shape[0] not in (1, batch) or mask.shape[1] != 1:
+        return None
+    keep = ctx.keep_mask(mask)[:, 0, :, 0]  # (batch, seq)
+    flips = (keep[:, 1:] != keep[:, :-1]).sum(-1)
+    if not bool((flips <= 1).all()) or bool(keep.all()):
+        return None
+    return {"kept_lengths": keep.sum(-1).tolist()[:8], "masked_queries": int((~keep).sum())}
+
+
 class MaskBroadcastsSilentlyWrong(Check):
     """The mask broadcasts without error, but along the wrong axes."""
 
@@ -346,7 +362,9 @@ class MaskBroadcastsSilentlyWrong(Check):
         "seq no error is raised: query row i is masked with sample i's padding. Likewise a "
         "(batch, q_len, k_len) mask is read as (heads, q_len, k_len) when batch equals heads. "
         "The check decides from the mask's content: rows that each keep a prefix (padding) but "
-        "do not form a causal triangle are padding rows, not query rows."
+        "do not form a causal triangle are padding rows, not query rows. A padding mask "
+        "unsqueezed as (batch, 1, seq, 1) broadcasts too, over the keys: it masks padding "
+        "query rows and leaves the padding keys attended."
     )
     fix = """
 # (batch, k_len) padding mask -> (batch, 1, 1, k_len)
@@ -361,6 +379,20 @@ attn_mask = mask3d[:, None, :, :]
             return
         mask = ctx.raw["mask"]
         b, h, lq, lk = dims["q"]["b"], dims["q"]["h"], dims["q"]["s"], dims["k"]["s"]
+        over_queries = _padding_over_queries(ctx, mask, b, lq, lk)
+        if over_queries:
+            yield Hit(
+                f"mask {tuple(mask.shape)} varies along the query axis and not along the keys: "
+                "each sample's padding (kept lengths "
+                f"{over_queries['kept_lengths']}) masks whole query rows, so padding queries see "
+                "nothing while every real query still attends to the padding keys; a (batch, "
+                "seq) padding mask belongs on the key axis, (batch, 1, 1, seq)",
+                {**over_queries, "mask_shape": list(mask.shape), "decided_from": "mask shape and values"},
+                fix="""
+attn_mask = padding_mask[:, None, None, :].bool()     # (batch, 1, 1, k_len): masks keys
+# not padding_mask[:, None, :, None], which masks query rows
+""",
+            )
         if mask.dim() == 2 and b > 1 and tuple(mask.shape) == (b, lk) and b == lq:
             monotone, triangular = _padding_rows(mask)
             if monotone and not triangular:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from attndbg.hypotheses import DESCRIPTION, evidence, explained, verdict
+from attndbg.hypotheses import DESCRIPTION, evidence, explained, tolerance, verdict
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
 from attndbg.vocab import Artefact, Reading, Statistic
@@ -30,7 +30,24 @@ def _row_problems(ctx: CaseContext):
     bad = (sums - 1).abs() > tol
     bad &= ~(stats.fully_masked & (sums.abs() <= tol))
     finite = torch.isfinite(sums)
-    return bad & finite, sums
+    # a row holding NaN is not a normalisation problem: NUM001/NUM002 report it as a NaN row
+    nan_rows = torch.isnan(ctx.user_weights).any(-1).expand_as(sums)
+    return bad & finite & ~nan_rows, sums
+
+
+def _dropout_p(ctx: CaseContext) -> float | None:
+    """The dropout the weights carry: declared, or the one the DROPOUT reading found."""
+    if ctx.settings.dropout_p:
+        return ctx.settings.dropout_p
+    if explained(ctx, {Reading.DROPOUT}):
+        return ctx.stats.fits.dropout_p
+    return None
+
+
+def _weights_explained(ctx: CaseContext) -> Reading | None:
+    """The reading that explains the saved weights, when one other than the assumed does."""
+    w = verdict(ctx, Artefact.WEIGHTS)
+    return w.explained_by if w is not None else None
 
 
 def _columns_sum_to_one(ctx: CaseContext) -> tuple[bool, float]:
@@ -64,8 +81,31 @@ assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-4)
 """
 
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
-        if not ctx.has("weights"):
+        if not ctx.has("weights") or ctx.settings.dropout_p:
+            return  # declared dropout: rows need not sum to 1; the weights are verified against it
+        v = explained(ctx, {Reading.DROPOUT})
+        if v:
+            fits = ctx.stats.fits
+            yield Hit(
+                f"{v.sentence()}: dropout with p ≈ {fits.dropout_p:.3g} ({fits.dropout_zero_share:.1%} "
+                "of the weights are exactly 0, the rest scaled by "
+                f"{1 / (1 - fits.dropout_p):.4g}) was applied before the weights were saved, and "
+                "dropout_p is not declared",
+                {
+                    **evidence(v),
+                    "dropout_p": fits.dropout_p,
+                    "zero_share": fits.dropout_zero_share,
+                    "weights_counted": fits.dropout_weights,
+                },
+                fix="""
+# declare it, so that attndbg verifies the weights against the dropout:
+save_file(tensors, path, metadata={"dropout_p": str(p)})
+# or save the probabilities before F.dropout(weights, p)
+""",
+            )
             return
+        if _weights_explained(ctx):
+            return  # the check of that reading names the cause
         bad, sums = _row_problems(ctx)
         if not bad.any():
             return
@@ -84,6 +124,19 @@ assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-4)
         )
 
 
+AXIS_READINGS = {
+    Reading.SOFTMAX_OVER_QUERIES: """
+weights = torch.softmax(scores, dim=-1)   # over keys; not dim=-2 / dim=1
+""",
+    Reading.SOFTMAX_OVER_HEADS: """
+weights = torch.softmax(scores, dim=-1)   # over keys; dim=1 of (batch, heads, q, k) is the heads
+""",
+    Reading.WEIGHTS_TRANSPOSED: """
+save_file({"weights": weights.contiguous(), ...})   # (batch, heads, q_len, k_len), not .transpose(-1, -2)
+""",
+}
+
+
 class SoftmaxWrongAxis(Check):
     """The saved weights were normalised over the query axis instead of the key axis."""
 
@@ -95,21 +148,27 @@ class SoftmaxWrongAxis(Check):
         "softmax(scores, dim=-2) (or dim=1 on 3-D scores, or a transposed layout) normalises each "
         "key's column over the queries: columns sum to 1, rows do not, and every query's output "
         "is a wrong mix of values. The check compares row sums and column sums of the saved "
-        "weights, and, with Q and K, recomputes softmax over the query axis to confirm."
+        "weights, and, with Q and K, recomputes softmax over the query axis to confirm. With Q "
+        "and K it also names a softmax over the heads axis (dim=1 of 4-D scores) and weights "
+        "saved transposed (keys × queries), from saved weights or the output."
     )
     fix = """
 weights = torch.softmax(scores, dim=-1)   # over keys; not dim=-2 / dim=1
 """
 
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        v = explained(ctx, set(AXIS_READINGS))
+        if v:
+            ev = evidence(v)
+            if ctx.has("weights"):
+                ev["rows_not_summing_to_one"] = int(_row_problems(ctx)[0].sum())
+            yield Hit(v.sentence(), ev, fix=AXIS_READINGS[v.explained_by])
+            return
         if not ctx.has("weights"):
             return
-        v = explained(ctx, {Reading.SOFTMAX_OVER_QUERIES})
         bad, sums = _row_problems(ctx)
         columns_ok, deviation = _columns_sum_to_one(ctx)
-        if v:
-            yield Hit(v.sentence(), {**evidence(v), "rows_not_summing_to_one": int(bad.sum())})
-        elif bad.any() and columns_ok:
+        if bad.any() and columns_ok:
             yield Hit(
                 f"columns of the saved weights sum to 1 (max deviation {deviation:.2g}) but "
                 f"{int(bad.sum())} of {bad.numel()} rows do not: softmax ran over the query axis",
@@ -148,12 +207,28 @@ weights = torch.softmax(scores, dim=-1)        # not log_softmax, not the raw sc
         if lo is None or hi is None:
             return
         slack = _sum_tolerance(ctx)
-        if lo < -slack or hi > 1 + slack:
+        p = _dropout_p(ctx)
+        top = 1 / (1 - p) if p else 1.0  # dropout rescales the kept weights by 1/(1 − p)
+        if lo < -slack or hi > top + slack:
             hint = " (log-probabilities?)" if hi <= 0 else " (raw scores?)" if lo < -slack and hi > 1 else ""
             yield Hit(
                 f"the saved weights range from {lo:.4g} to {hi:.4g}, outside [0, 1]{hint}",
                 {"min": lo, "max": hi},
             )
+
+
+OWN_READINGS = {
+    Reading.SOFTMAX_TWICE: """
+weights = torch.softmax(scores, dim=-1)    # once; F.scaled_dot_product_attention already applies it
+out = weights @ v                          # not torch.softmax(weights, -1) @ v
+""",
+    Reading.GQA_REPEAT: """
+# query head h shares KV head h // (n_heads // n_kv_heads): interleave, do not tile
+k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)     # not k.repeat(1, n_rep, 1, 1)
+v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)
+# or: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+""",
+}
 
 
 class OutputDiffers(Check):
@@ -172,7 +247,8 @@ class OutputDiffers(Check):
         "Tolerance: 5e-4 on weights in float32 (2e-3 float16, 1.6e-2 bfloat16), and 4 × that × "
         "max|V| on outputs. When one specific cause (missing scale, mask convention, causal "
         "flag, wrong axis, unnormalised rows) explains the difference, that check reports it "
-        "and this one stays quiet."
+        "and this one stays quiet. Two causes are named here: softmax applied twice, and "
+        "grouped-query KV heads tiled with repeat() where they must be interleaved."
     )
     fix = """
 ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal)
@@ -183,18 +259,28 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
         if not ctx.has_qkv:
             return
         stats = ctx.stats
+        named = explained(ctx, set(OWN_READINGS))
+        if named:
+            yield Hit(named.sentence(), evidence(named), fix=OWN_READINGS[named.explained_by])
+            return
+        weights_reading = _weights_explained(ctx)
+        out_vs_weights = stats.user_out_vs_weights
+        consistent = out_vs_weights is not None and out_vs_weights <= tolerance(ctx, Artefact.OUT)
         v = verdict(ctx, Artefact.OUT)
+        if out_vs_weights is not None and not consistent and not weights_reading:
+            ev = {"error_vs_weights_at_v": out_vs_weights, "tolerance": tolerance(ctx, Artefact.OUT)}
+            message = f"the saved output differs from the saved weights @ v by up to {out_vs_weights:.3g}"
+            if v is not None:
+                message += f" (reference error {v.reference_error:.3g})"
+                ev["error_vs_reference"] = v.reference_error
+            yield Hit(message, ev)
+            return
         if v is not None:
             ev = {"error_vs_reference": v.reference_error, "tolerance": v.tolerance}
-            if stats.user_out_vs_weights is not None:
-                ev["error_vs_weights_at_v"] = stats.user_out_vs_weights
-            if stats.user_out_vs_weights is not None and stats.user_out_vs_weights > v.tolerance:
-                yield Hit(
-                    f"the saved output differs from the saved weights @ v by up to "
-                    f"{stats.user_out_vs_weights:.3g} (reference error {v.reference_error:.3g})",
-                    ev,
-                )
-                return
+            if out_vs_weights is not None:
+                ev["error_vs_weights_at_v"] = out_vs_weights
+            if weights_reading and consistent:
+                return  # the output is the saved weights @ v, whose reading names the cause
             if not (v.reference_matches or v.explained_by):
                 yield Hit(self._message("output", v), {**ev, **evidence(v)})
                 return

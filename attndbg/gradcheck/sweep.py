@@ -1,6 +1,6 @@
 """`attndbg gradcheck --impl`: a conformance sweep of an attention implementation against the
 float64 reference, forward and backward, in every dtype, over the shapes and masks that break
-attention code. Returns data; the CLI renders it.
+attention code. Returns data; the renderers print it.
 
 Comparison rule (as in the best kernel test suites): three results on identical inputs —
 *test* (the implementation in dtype D), *golden* (plain math attention in float64 for float32
@@ -8,22 +8,29 @@ inputs, float32 otherwise), *lowp* (the same math in D). For out, dQ, dK, dV:
 ``max|test − golden| ≤ k·max|lowp − golden| + floor`` with k = 2 for the output and 3 for
 gradients (×2 with ``lenient``), ``floor = max(2·max|(golden + 0.3 − 0.3) − golden| in D, 1e-5)``,
 and ``mean|test − golden| ≤ 1.5·mean|lowp − golden| + floor`` against systematic bias.
+
+Rows with nothing to attend are compared apart: their upstream gradient is zero and their
+outputs are classified (NaN, uniform over the masked keys, zeros) instead of being compared,
+so that what an implementation does there is named, with its own severity.
 """
 
 from __future__ import annotations
 
 import inspect as pyinspect
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from attndbg.attention import causal_keep, expand_kv_heads, reference_attention
+from attndbg.attention import MASKED_BIAS, causal_keep, expand_kv_heads, reference_attention
 from attndbg.errors import InputError, UsageError, first_line
 from attndbg.gradcheck.gradients import gradients
+from attndbg.report import FAIL_ON_RANK, Severity
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CUSTOM_SCALE = 0.3  # far from 1/√d for every head size the scenarios use
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class Scenario:
     dv: int | None = None
     mask: str = "none"  # none | bool-padding | additive-padding | fully-masked
     causal: bool = False
+    scale: float | None = None  # passed only to implementations that take a scale
 
 
 QUICK = [
@@ -54,6 +62,7 @@ DEFAULT = [
     Scenario("empty-query", lq=0, lk=5),
     Scenario("padding-additive", mask="additive-padding"),
     Scenario("causal q_len<k_len", lq=4, lk=8, causal=True),
+    Scenario("custom-scale", scale=CUSTOM_SCALE),
 ]
 THOROUGH = [
     *DEFAULT,
@@ -63,6 +72,7 @@ THOROUGH = [
     Scenario("single-key", lq=4, lk=1),
 ]
 LEVELS = {"quick": QUICK, "default": DEFAULT, "thorough": THOROUGH}
+SCENARIOS = {s.name: s for s in THOROUGH}
 
 
 @dataclass
@@ -75,6 +85,7 @@ class Result:
     gradient_error: float | None = None
     gradient_bound: float | None = None
     reasons: list[str] = field(default_factory=list)
+    masked_rows: str | None = None  # fully masked rows: zeros | uniform | nan | other
 
 
 @dataclass
@@ -82,6 +93,9 @@ class Diagnosis:
     code: str
     message: str
     scenarios: list[str] = field(default_factory=list)
+    severity: str = "error"
+    dtypes: list[str] = field(default_factory=list)
+    evidence: str = ""
 
 
 @dataclass
@@ -95,53 +109,102 @@ class SweepReport:
     gradcheck_float64: str = "not run"
     mask_perturbation: str = "not run"
     notes: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)  # what the implementation was handed
+    precision: str = "float64"  # the precision it computes in when handed float64
+    fail_on: str = "error"
 
     def counts(self) -> dict[str, int]:
+        """Every criterion: each scenario × dtype, the float64 gradcheck, the mask perturbation."""
         counts: dict[str, int] = {}
-        for result in self.results:
-            counts[result.verdict] = counts.get(result.verdict, 0) + 1
+        verdicts = [r.verdict for r in self.results] + [self.gradcheck_float64, self.mask_perturbation]
+        for verdict in verdicts:
+            key = "skipped" if verdict == "not run" else verdict
+            counts[key] = counts.get(key, 0) + 1
         return counts
 
-    def exit_code(self) -> int:
-        failed = any(r.verdict in ("fail", "error") for r in self.results)
-        return 1 if failed or self.gradcheck_float64 == "fail" or self.mask_perturbation == "fail" else 0
+    def exit_code(self, fail_on: str | None = None) -> int:
+        threshold = FAIL_ON_RANK[fail_on or self.fail_on]
+        return 1 if any(Severity(d.severity).rank >= threshold for d in self.diagnoses) else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": 1, **asdict(self), "exit_code": self.exit_code()}
+        return {"schema_version": 2, **asdict(self), "counts": self.counts(), "exit_code": self.exit_code()}
 
 
 # ---- the implementation under test ---------------------------------------------------------
+CAUSAL_PARAMETERS = ("is_causal", "causal")
+SCALE_PARAMETERS = ("scale", "softmax_scale", "sm_scale", "scaling")
+
+
 @dataclass
 class Implementation:
+    """The user's function and what its signature accepts. Only what it accepts is passed:
+    a mask (``attn_mask``: SDPA semantics; ``mask``: True/1 = attend), a causal flag, a scale,
+    ``enable_gqa``. Without a causal flag the causal mask is built here, aligned as asked."""
+
     name: str
     fn: Callable
-    convention: str  # "sdpa" | "seeds" | "qkv"
-    gqa: bool = False
+    mask_parameter: str | None = None
+    causal_parameter: str | None = None
+    scale_parameter: str | None = None
+    gqa: bool = False  # takes enable_gqa
+    grouped_kv: bool = False  # handles K/V with fewer heads by itself (probed)
+    align: str = "upper-left"
+    backend: bool = False  # one of PyTorch's SDPA backends: "no kernel for this input" is a refusal
 
-    def __call__(self, q, k, v, keep=None, bias=None, causal=False):  # noqa: ANN001, ANN204
-        """keep: bool (…, Lq, Lk) True = attend; bias: additive float; causal already folded in
-        by the caller when a mask is given (SDPA refuses both)."""
-        if k.shape[-3] != q.shape[-3] and not self.gqa:
-            k, v = expand_kv_heads(k, q.shape[-3]), expand_kv_heads(v, q.shape[-3])
+    @property
+    def convention(self) -> str:
+        return {"attn_mask": "sdpa", "attention_mask": "sdpa", "mask": "seeds"}.get(
+            self.mask_parameter or "", "qkv"
+        )
+
+    def accepts(self, s: Scenario) -> str | None:
+        """Why the scenario cannot be run, or None."""
+        if s.mask != "none" and self.mask_parameter is None:
+            return "the implementation takes no mask"
+        if s.causal and self.causal_parameter is None and self.mask_parameter is None:
+            return "the implementation takes neither a mask nor a causal flag"
+        if s.scale is not None and self.scale_parameter is None:
+            return "the implementation takes no scale"
+        return None
+
+    def __call__(self, q, k, v, keep=None, bias=None, causal=False, scale=None):  # noqa: ANN001, ANN204
+        """keep: bool (…, Lq, Lk) True = attend; bias: additive float. A causal flag goes to
+        the function when it takes one and no mask is given (SDPA refuses both); otherwise
+        the causal mask is folded into the mask, aligned as ``self.align``."""
         kwargs: dict[str, Any] = {}
-        if self.convention == "sdpa":
+        if k.shape[-3] != q.shape[-3]:
+            if self.gqa:
+                kwargs["enable_gqa"] = True
+            elif not self.grouped_kv:
+                k, v = expand_kv_heads(k, q.shape[-3]), expand_kv_heads(v, q.shape[-3])
+        if causal and self.causal_parameter and keep is None and bias is None:
+            kwargs[self.causal_parameter] = True
+        elif causal:
+            tri = causal_keep(q.shape[-2], k.shape[-2], self.align, q.device)
+            if bias is not None:
+                bias = bias.masked_fill(~tri, float("-inf"))
+            else:
+                keep = tri if keep is None else keep & tri
+        if self.mask_parameter == "attn_mask":
             if bias is not None:
                 kwargs["attn_mask"] = bias.to(q.dtype)
             elif keep is not None:
                 kwargs["attn_mask"] = keep
-            if causal:
-                kwargs["is_causal"] = True
-            if self.gqa and k.shape[-3] != q.shape[-3]:
-                kwargs["enable_gqa"] = True
-        elif self.convention == "seeds":
-            if causal:  # the seeds' signature has no is_causal: the mask carries it
-                lq, lk = q.shape[-2], k.shape[-2]
-                tri = causal_keep(lq, lk, "upper-left", q.device)
-                keep = tri if keep is None else keep & tri
+        elif self.mask_parameter == "attention_mask":
             if bias is not None:
-                keep = bias > -1e4 if keep is None else keep & (bias > -1e4)
+                kwargs["attention_mask"] = bias.to(q.dtype)
+            elif keep is not None:
+                hidden = torch.finfo(q.dtype).min
+                kwargs["attention_mask"] = torch.zeros(
+                    keep.shape, dtype=q.dtype, device=q.device
+                ).masked_fill(~keep, hidden)
+        elif self.mask_parameter == "mask":
+            if bias is not None:
+                keep = bias > MASKED_BIAS if keep is None else keep & (bias > MASKED_BIAS)
             if keep is not None:
-                kwargs["mask"] = keep.to(torch.int64)
+                kwargs["mask"] = keep
+        if scale is not None and self.scale_parameter:
+            kwargs[self.scale_parameter] = scale
         out = self.fn(q, k, v, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -156,27 +219,46 @@ def load_implementation(spec: str) -> Implementation:
     fn = getattr(module, split[1], None)
     if not callable(fn):
         raise InputError(f"--impl {spec}: {split[0]} has no function {split[1]}")
+    return implementation_of(spec, fn)
+
+
+def implementation_of(name: str, fn: Callable) -> Implementation:
+    """Read what ``fn``'s signature accepts."""
     try:
-        params = pyinspect.signature(fn).parameters
+        names = set(pyinspect.signature(fn).parameters)
     except (TypeError, ValueError):
-        params = {}
-    names = set(params)
-    if {"attn_mask", "is_causal"} & names:
-        convention = "sdpa"
-    elif "mask" in names:
-        convention = "seeds"
-    else:
-        convention = "qkv"
-    return Implementation(spec, fn, convention, gqa="enable_gqa" in names)
+        names = set()
+    # attention_mask is Hugging Face's name: an additive float mask, 0 or finfo(dtype).min
+    mask = next((n for n in ("attn_mask", "attention_mask", "mask") if n in names), None)
+    return Implementation(
+        name,
+        fn,
+        mask_parameter=mask,
+        causal_parameter=next((n for n in CAUSAL_PARAMETERS if n in names), None),
+        scale_parameter=next((n for n in SCALE_PARAMETERS if n in names), None),
+        gqa="enable_gqa" in names,
+    )
 
 
 def describe_convention(impl: Implementation) -> str:
-    return {
-        "sdpa": "SDPA style (query, key, value, attn_mask=None, is_causal=False, scale=None): bool "
-        "masks True = attend, float masks added",
-        "seeds": "seeds style (query, key, value, mask=None): mask 1 = attend, 0 = masked",
-        "qkv": "(query, key, value) only: mask and causal scenarios are skipped",
-    }[impl.convention] + ("; passes enable_gqa" if impl.gqa else "; K/V heads expanded before the call")
+    masks = {
+        "attn_mask": "attn_mask (bool True = attend, float added)",
+        "attention_mask": "attention_mask (additive float: 0, or finfo(dtype).min where masked)",
+        "mask": "mask (bool, True = attend)",
+    }
+    taken = [masks[impl.mask_parameter]] if impl.mask_parameter else []
+    if impl.causal_parameter:
+        taken.append(f"{impl.causal_parameter}=True")
+    if impl.scale_parameter:
+        taken.append(f"{impl.scale_parameter}")
+    if impl.gqa:
+        taken.append("enable_gqa")
+    text = "(query, key, value" + "".join(f", {t}" for t in taken) + ")"
+    if impl.mask_parameter is None:
+        text += ": mask scenarios skipped"
+    if impl.causal_parameter is None and impl.mask_parameter is not None:
+        text += f": causal masks built by attndbg, aligned {impl.align}"
+    return text
 
 
 # ---- inputs --------------------------------------------------------------------------------
@@ -200,6 +282,13 @@ def make_case(s: Scenario, seed: int, device: str, align: str) -> dict[str, Any]
         keep = keep & causal_keep(s.lq, s.lk, align)
     if s.mask == "additive-padding":
         bias = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    dead = None
+    if keep is not None:
+        dead = ~keep.expand(s.b, s.h, s.lq, s.lk).any(-1)  # (B, H, Lq): nothing to attend
+        if bool(dead.any()):
+            upstream = upstream.masked_fill(dead[..., None], 0.0)
+        else:
+            dead = None
     move = {"device": device}
     return {
         "q": q.to(**move),
@@ -208,6 +297,7 @@ def make_case(s: Scenario, seed: int, device: str, align: str) -> dict[str, Any]
         "upstream": upstream.to(**move),
         "keep": None if keep is None else keep.to(**move),
         "bias": None if bias is None else bias.to(**move),
+        "dead": None if dead is None else dead.to(**move),
     }
 
 
@@ -240,6 +330,29 @@ def _errors(test: torch.Tensor, golden: torch.Tensor) -> tuple[float, float]:
     return float(diff.max()), float(diff.mean())
 
 
+def call_with(impl: Implementation, s: Scenario, c: dict, causal_only: bool) -> Callable:
+    """The implementation as a function of (q, k, v), with the scenario's mask, causal flag, scale."""
+    return lambda q, k, v: impl(q, k, v, keep=c["keep"], bias=c["bias"], causal=causal_only, scale=s.scale)
+
+
+def masked_row_behaviour(out: torch.Tensor, v: torch.Tensor, dead: torch.Tensor) -> str:
+    """What the output is on rows with nothing to attend: nan, zeros, uniform (the mean of V
+    over every key, which a finite fill gives) or other."""
+    rows = out[dead].double()  # (n, Dv)
+    if rows.numel() == 0:
+        return "zeros"
+    if not bool(torch.isfinite(rows).all()):
+        return "nan"
+    values = expand_kv_heads(v, out.shape[-3]).double()
+    mean = values.mean(-2, keepdim=True).expand(*out.shape[:-1], values.shape[-1])[dead]
+    tolerance = 2e-2 * max(1.0, float(values.abs().max())) if out.dtype != torch.float32 else 1e-4
+    if float(rows.abs().max()) <= tolerance:
+        return "zeros"
+    if float((rows - mean).abs().max()) <= tolerance:
+        return "uniform"
+    return "other"
+
+
 def run_scenario(
     impl: Implementation,
     s: Scenario,
@@ -250,26 +363,35 @@ def run_scenario(
     seed: int = 0,
 ) -> Result:
     dtype = DTYPES[dtype_name]
-    if impl.convention == "qkv" and (s.mask != "none" or s.causal):
-        return Result(s.name, dtype_name, "skipped", reasons=["the implementation takes no mask"])
+    why_not = impl.accepts(s)
+    if why_not:
+        return Result(s.name, dtype_name, "skipped", reasons=[why_not])
     c = make_case(s, seed, device, align)
     causal_only = s.causal and c["keep"] is None  # a mask, when present, already holds causality
     golden_dtype = torch.float64 if dtype == torch.float32 else torch.float32
-    test_fn = lambda q, k, v: impl(q, k, v, keep=c["keep"], bias=c["bias"], causal=causal_only)  # noqa: E731
     try:
-        test = _grads(test_fn, c, dtype)
+        test = _grads(call_with(impl, s, c, causal_only), c, dtype)
+        if test[0].shape != (s.b, s.h, s.lq, s.dv or s.d):
+            raise ValueError(f"output shape {tuple(test[0].shape)}, expected {(s.b, s.h, s.lq, s.dv or s.d)}")
     except Exception as exc:  # the implementation's own failure is a result, not a crash
         message = f"{type(exc).__name__}: {first_line(exc)}"
-        refused = "available kernel" in message or "not supported" in message.lower()
+        # a user's function that raises has failed; only PyTorch's backends may decline an input
+        refused = impl.backend and ("available kernel" in message or "not supported" in message.lower())
         return Result(s.name, dtype_name, "refused" if refused else "error", reasons=[message])
     # golden and lowp see the same (rounded) inputs as the test
     rounded = {**c, **{n: c[n].to(dtype) for n in "qkv"}}
-    golden = _grads(
-        _reference_fn(rounded, causal_only, align),
-        {**rounded, **{n: rounded[n].to(golden_dtype) for n in "qkv"}},
-        golden_dtype,
-    )
-    lowp = _grads(_reference_fn(rounded, causal_only, align), rounded, dtype)
+    variant = {"scale": s.scale} if s.scale is not None else {}
+    reference = _reference_fn(rounded, causal_only, align, **variant)
+    golden = _grads(reference, {**rounded, **{n: rounded[n].to(golden_dtype) for n in "qkv"}}, golden_dtype)
+    lowp = _grads(reference, rounded, dtype)
+    masked_rows = None
+    if c["dead"] is not None:
+        masked_rows = masked_row_behaviour(test[0], rounded["v"], c["dead"])
+        # rows with nothing to attend are classified, not compared
+        live = ~c["dead"][..., None]
+        test = (test[0].masked_fill(~live, 0.0), *test[1:])
+        golden = (golden[0].masked_fill(~live, 0.0), *golden[1:])
+        lowp = (lowp[0].masked_fill(~live, 0.0), *lowp[1:])
     factor = 2.0 if lenient else 1.0
     reasons = []
     worst_forward = worst_grad = None
@@ -278,7 +400,8 @@ def run_scenario(
         t, gld, low = test[index], golden[index], lowp[index]
         bad_test = ~torch.isfinite(t)
         if bool((bad_test & torch.isfinite(gld.to(t.dtype))).any()):
-            reasons.append(f"{label} has {int(bad_test.sum())} non-finite values the reference does not")
+            if masked_rows != "nan":  # NaN rows poison every gradient: named once, as MSK001
+                reasons.append(f"{label} has {int(bad_test.sum())} non-finite values the reference does not")
             continue
         floor = _floor(gld, dtype)
         max_t, mean_t = _errors(t, gld)
@@ -292,111 +415,31 @@ def run_scenario(
             reasons.append(f"{label}: max error {max_t:.2e} > bound {bound:.2e}")
         elif mean_t > 1.5 * factor * mean_l + floor:
             reasons.append(f"{label}: mean error {mean_t:.2e} > 1.5 × lowp's {mean_l:.2e} (bias)")
-    if s.mask == "fully-masked":
-        dead = ~c["keep"].expand(s.b, s.h, s.lq, s.lk).any(-1)
-        out = test[0]
-        if out.numel() and bool((out[dead] != 0).any()):
-            reasons.append("fully masked rows are not exactly 0 in the output")
     verdict = "fail" if reasons else "pass"
-    return Result(s.name, dtype_name, verdict, worst_forward, bound_forward, worst_grad, bound_grad, reasons)
+    return Result(
+        s.name,
+        dtype_name,
+        verdict,
+        worst_forward,
+        bound_forward,
+        worst_grad,
+        bound_grad,
+        reasons,
+        masked_rows,
+    )
 
 
-def diagnose_failures(impl: Implementation, report: SweepReport, device: str, align: str) -> None:
-    """Name the bug where the failure has a recognisable signature."""
-    failing = [r for r in report.results if r.verdict == "fail"]
-    if not failing:
-        return
-    scenarios = {s.name: s for s in THOROUGH}
-    signatures = [
-        (
-            "SCL001",
-            "outputs match the reference computed without the 1/√d scale: missing scale",
-            {"scale": 1.0},
-        ),
-        (
-            "SMX002",
-            "outputs match softmax over the query axis: softmax over the wrong dim",
-            {"softmax_dim": -2},
-        ),
-    ]
-    other = "lower-right" if align == "upper-left" else "upper-left"
-    named: dict[str, Diagnosis] = {}
-    for result in failing:
-        s = scenarios.get(result.scenario)
-        if s is None or result.dtype != "float32":
-            continue
-        c = make_case(s, 0, device, align)
-        causal_only = s.causal and c["keep"] is None
-        test = (
-            impl(c["q"], c["k"], c["v"], keep=c["keep"], bias=c["bias"], causal=causal_only).detach().double()
-        )
-        c64 = {**c, **{n: c[n].double() for n in "qkv"}}
-        for code, message, variant in signatures:
-            alt = _reference_fn(c64, causal_only, align, **variant)(c64["q"], c64["k"], c64["v"])
-            if test.numel() and float((test - alt).abs().max()) < 1e-4:
-                named.setdefault(code, Diagnosis(code, message)).scenarios.append(s.name)
-        if s.causal:
-            keep = c["keep"]
-            c_alt = make_case(s, 0, device, other)
-            alt = _reference_fn({**c_alt, **{n: c_alt[n].double() for n in "qkv"}}, causal_only, other)(
-                c64["q"], c64["k"], c64["v"]
-            )
-            if test.numel() and keep is None and float((test - alt).abs().max()) < 1e-4:
-                named.setdefault(
-                    "MSK006",
-                    Diagnosis(
-                        "MSK006",
-                        f"causal outputs match the {other} alignment, not {align}: the causal mask "
-                        "is aligned the other way (PyTorch's is_causal is upper-left; "
-                        "FlashAttention's is lower-right)",
-                    ),
-                ).scenarios.append(s.name)
-    nan_grads = [
-        r
-        for r in failing
-        if any("non-finite" in reason and reason[:2] in ("dQ", "dK") for reason in r.reasons)
-    ]
-    if nan_grads and all(scenarios.get(r.scenario, Scenario("")).mask == "fully-masked" for r in nan_grads):
-        forward_ok = all(not any(reason.startswith("out") for reason in r.reasons) for r in nan_grads)
-        if forward_ok:
-            named["GRD002"] = Diagnosis(
-                "GRD002",
-                "NaN gradients only on fully masked rows while the forward is finite: "
-                "nan_to_num hides the NaN in the forward pass only (-inf added to the scores); use "
-                "masked_fill, or SDPA",
-                sorted({r.scenario for r in nan_grads}),
-            )
-    low_only = [r for r in failing if r.dtype != "float32"]
-    if low_only and len(low_only) == len(failing):
-        masked = [r for r in low_only if scenarios.get(r.scenario, Scenario("")).mask != "none"]
-        if masked and len(masked) == len(low_only):
-            named["MSK007"] = Diagnosis(
-                "MSK007",
-                "failures only in float16/bfloat16 with masks: -inf / finfo.min handling in low precision",
-                sorted({r.scenario for r in masked}),
-            )
-    gradient_only = [
-        r for r in failing if r.reasons and all(not reason.startswith("out") for reason in r.reasons)
-    ]
-    if gradient_only and not named and not report.diagnoses:
-        named["GRD001"] = Diagnosis(
-            "GRD001",
-            "the forward matches but the gradients do not: the backward is wrong",
-            sorted({r.scenario for r in gradient_only}),
-        )
-    report.diagnoses.extend(named.values())
-
-
+# ---- whole-function criteria ---------------------------------------------------------------
 def mask_perturbation(impl: Implementation, device: str, align: str) -> tuple[str, str]:
     """Huge values in the masked keys and values must change neither the output nor dQ: an
     implementation that masks after the softmax, or with a weak fill, lets them through even
     when its outputs look close. (NaN there is not required to stay out: 0·NaN is NaN in every
     matmul, PyTorch's own kernels included.)"""
-    if impl.convention == "qkv":
+    if impl.mask_parameter is None:
         return "skipped", "the implementation takes no mask"
     s = Scenario("perturbation", mask="bool-padding")
     c = make_case(s, 1, device, align)
-    fn = lambda q, k, v: impl(q, k, v, keep=c["keep"])  # noqa: E731
+    fn = call_with(impl, s, c, False)
     try:
         base = _grads(fn, c, torch.float32)
         masked_keys = ~c["keep"][:, 0, 0]  # (B, Lk)
@@ -414,19 +457,82 @@ def mask_perturbation(impl: Implementation, device: str, align: str) -> tuple[st
     return "pass", "output and dQ unchanged with ±1e4 in the masked keys and values"
 
 
-def gradcheck_float64(impl: Implementation, device: str) -> tuple[str, str]:
+def working_precision(impl: Implementation, device: str) -> tuple[str, str]:
+    """float64, or float32 when the function narrows inside (softmax(dtype=torch.float32),
+    .float() upcasts…) though handed float64: its central difference along a random direction
+    with a step of 1e-9 then disagrees with the one with a step of 1e-4, where a float64
+    function gives the same derivative at both steps."""
+    c = make_case(Scenario("precision", b=1, lq=6, lk=6), 3, device, "upper-left")
+    q, k, v = (c[n].double() for n in "qkv")
+    direction = torch.randn(q.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(
+        device
+    )
+    try:
+        with torch.no_grad():
+
+            def derivative(step: float) -> torch.Tensor:
+                plus, minus = impl(q + step * direction, k, v), impl(q - step * direction, k, v)
+                return (plus - minus) / (2 * step)
+
+            fine, coarse = derivative(1e-9), derivative(1e-4)
+    except Exception as exc:
+        return "none", f"does not run in float64 ({type(exc).__name__}: {first_line(exc)})"
+    if not torch.is_tensor(fine) or fine.dtype != torch.float64:
+        return "none", "returns no float64 attention output for float64 inputs"
+    disagreement = float((fine - coarse).abs().max()) / max(float(coarse.abs().max()), 1e-12)
+    if disagreement < 1e-3:
+        return "float64", "computes in float64 when handed float64"
+    return "float32", (
+        "computes in lower precision than float64 when handed float64 (a float32 softmax or "
+        f"upcast: derivatives at steps 1e-9 and 1e-4 differ by {disagreement:.0%})"
+    )
+
+
+def gradcheck_float64(impl: Implementation, device: str, precision: str = "float64") -> tuple[str, str]:
+    """torch.autograd.gradcheck, with the step and tolerances the function's own precision
+    allows: a function that computes its softmax in float32 differs from float64 finite
+    differences by float32 rounding, which is not a wrong backward."""
+    if precision not in ("float64", "float32"):
+        return "skipped", "not run: the function computes in low precision even from float64 inputs"
     s = Scenario("gradcheck", b=1, h=1, lq=3, lk=4, d=4)
     c = make_case(s, 2, device, "upper-left")
     inputs = tuple(c[n].double().requires_grad_(True) for n in "qkv")
+    options: dict[str, float] = {}
+    if precision == "float32":
+        eps = torch.finfo(torch.float32).eps
+        options = {"eps": eps ** (1 / 3), "atol": 100 * eps ** (2 / 3), "rtol": 100 * eps ** (2 / 3)}
     try:
-        ok = torch.autograd.gradcheck(lambda q, k, v: impl(q, k, v), inputs, raise_exception=False)
+        ok = torch.autograd.gradcheck(lambda q, k, v: impl(q, k, v), inputs, raise_exception=False, **options)
     except Exception as exc:
-        return "skipped", f"does not run in float64 ({type(exc).__name__})"
-    return (
-        ("pass", "float64 gradcheck passes")
-        if ok
-        else ("fail", "float64 gradcheck fails: the backward disagrees with finite differences")
+        return "skipped", f"not run: does not run in float64 ({type(exc).__name__})"
+    judged = (
+        f" (judged at float32 precision: step {options['eps']:.1e}, tolerance {options['atol']:.1e})"
+        if options
+        else ""
     )
+    if ok:
+        return "pass", "analytic gradients agree with finite differences" + judged
+    return "fail", "analytic gradients disagree with finite differences" + judged
+
+
+def probe_grouped_kv(impl: Implementation, device: str) -> str:
+    """Whether the function takes K/V with fewer heads than Q by itself; if so, its own GQA
+    code is what the gqa scenarios test."""
+    if impl.gqa:
+        return "grouped K/V passed with enable_gqa=True"
+    s = Scenario("probe", h=4, hk=2)
+    c = make_case(s, 4, device, "upper-left")
+    try:
+        with torch.no_grad():
+            out = impl.fn(c["q"], c["k"], c["v"])
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if torch.is_tensor(out) and out.shape == c["q"].shape:
+            impl.grouped_kv = True
+            return "grouped K/V passed as they are (2 KV heads for 4 query heads): its own GQA code is tested"
+    except Exception as exc:
+        raised = f"{type(exc).__name__}: {first_line(exc)[:80]}"
+        return f"K/V heads expanded before the call (grouped K/V raised {raised})"
+    return "K/V heads expanded before the call (grouped K/V gave a wrongly shaped output)"
 
 
 def sweep(
@@ -437,23 +543,31 @@ def sweep(
     lenient: bool = False,
     dtypes: list[str] | None = None,
     on_step: Callable[[str], None] | None = None,
+    fail_on: str = "error",
 ) -> SweepReport:
-    report = SweepReport(impl.name, describe_convention(impl), device, align)
+    from attndbg.gradcheck.diagnose import diagnose
+
+    impl.align = align
+    report = SweepReport(impl.name, describe_convention(impl), device, align, fail_on=fail_on)
     dtypes = dtypes or list(DTYPES)
-    for s in LEVELS[level]:
-        for dtype in dtypes:
-            if on_step:
-                on_step(f"{s.name} {dtype}")
-            report.results.append(run_scenario(impl, s, dtype, device, align, lenient))
-    report.mask_perturbation, note = mask_perturbation(impl, device, align)
-    report.notes.append(note)
-    report.gradcheck_float64, note = gradcheck_float64(impl, device)
-    report.notes.append(note)
-    if report.mask_perturbation == "fail":
-        report.diagnoses.append(Diagnosis("MSK002", "masked key/value positions leak: " + report.notes[0]))
-    diagnose_failures(impl, report, device, align)
-    if report.gradcheck_float64 == "fail" and not any(d.code == "GRD001" for d in report.diagnoses):
-        report.diagnoses.append(Diagnosis("GRD001", report.notes[1]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if any(s.hk for s in LEVELS[level]):
+            report.passed.append(probe_grouped_kv(impl, device))
+        if impl.scale_parameter and any(s.scale for s in LEVELS[level]):
+            report.passed.append(f"{impl.scale_parameter}={CUSTOM_SCALE:g} in scenario custom-scale")
+        for s in LEVELS[level]:
+            for dtype in dtypes:
+                if on_step:
+                    on_step(f"{s.name} {dtype}")
+                report.results.append(run_scenario(impl, s, dtype, device, align, lenient))
+        report.mask_perturbation, perturbation_note = mask_perturbation(impl, device, align)
+        report.precision, precision_note = working_precision(impl, device)
+        report.gradcheck_float64, gradcheck_note = gradcheck_float64(impl, device, report.precision)
+    report.notes = [perturbation_note, gradcheck_note, precision_note]
+    messages = sorted({f"{w.category.__name__}: {first_line(str(w.message))}" for w in caught})
+    report.notes.extend(f"the implementation warned — {m}" for m in messages[:3])
+    diagnose(impl, report, device, align)
     return report
 
 
@@ -471,11 +585,28 @@ def sdpa_backends(device: str) -> list[tuple[str, Implementation]]:
         if backend is None:
             continue
 
-        def run(query, key, value, attn_mask=None, is_causal=False, enable_gqa=False, backend=backend):  # noqa: ANN001, ANN202
+        def run(  # noqa: ANN202
+            query,  # noqa: ANN001
+            key,  # noqa: ANN001
+            value,  # noqa: ANN001
+            attn_mask=None,  # noqa: ANN001
+            is_causal=False,  # noqa: ANN001
+            scale=None,  # noqa: ANN001
+            enable_gqa=False,  # noqa: ANN001
+            backend=backend,  # noqa: ANN001
+        ):
             with sdpa_kernel([backend]):
                 return F.scaled_dot_product_attention(
-                    query, key, value, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=enable_gqa
+                    query,
+                    key,
+                    value,
+                    attn_mask=attn_mask,
+                    is_causal=is_causal,
+                    scale=scale,
+                    enable_gqa=enable_gqa,
                 )
 
-        backends.append((name.lower(), Implementation(f"sdpa[{name.lower()}]", run, "sdpa", gqa=True)))
+        implementation = implementation_of(f"sdpa[{name.lower()}]", run)
+        implementation.backend = True
+        backends.append((name.lower(), implementation))
     return backends

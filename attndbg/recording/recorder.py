@@ -1,9 +1,12 @@
-"""Record every attention call of a model without editing its code (design §6).
+"""Record every attention call of a model without editing its code.
 
 A ``TorchFunctionMode`` sees each ``F.scaled_dot_product_attention`` call (HF ``sdpa``,
 nanoGPT, LLaMA-style, timm), copies q, k, v, attn_mask, is_causal, scale and enable_gqa
 with the name of the innermost module that was running, and lets the call proceed
-unchanged. Module names come from forward pre/post hooks.
+unchanged. Module names come from forward pre/post hooks. Hand-written attention is traced
+from its QK product to its PV product (:mod:`attndbg.recording.trace`); which operations the
+mode looks at is one table (:mod:`attndbg.recording.intercepts`). Every call keeps the user's
+source line of each step (:mod:`attndbg.recording.location`).
 
     with attndbg.capture(model) as calls:
         model(**inputs)
@@ -14,8 +17,8 @@ unchanged. Module names come from forward pre/post hooks.
 from __future__ import annotations
 
 import fnmatch
-import os
-import tempfile
+import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from attndbg._io import atomic_write
 from attndbg.case import Case, Settings
+from attndbg.recording import trace
+from attndbg.recording.intercepts import INTERCEPTS
+from attndbg.recording.location import Location, user_location
 
 
 @dataclass
@@ -39,19 +46,32 @@ class CapturedCall:
     scale: float | None = None
     enable_gqa: bool = False
     dropout_p: float = 0.0
-    kind: str = "sdpa"  # "sdpa", "multi_head_attention" or "eager" (recorded at its softmax)
+    # "sdpa", "multi_head_attention", "traced" (hand-written, followed from the QK product) or
+    # "eager" (recorded at its softmax only; ``notes`` says why)
+    kind: str = "sdpa"
     scores: torch.Tensor | None = None
     weights: torch.Tensor | None = None
+    out: torch.Tensor | None = None
+    semantics: str | None = None  # the mask's convention, when the code said it (masked_fill: drop)
+    locations: dict[str, Location | None] = field(default_factory=dict)  # step -> the user's line
+    notes: list[str] = field(default_factory=list)
+    softmax: str = "softmax"
+    lead: tuple[int, ...] = ()  # (batch, heads) of a traced call
 
     @property
     def mask_semantics(self) -> str | None:
         if self.mask is None:
             return None
+        if self.semantics:
+            return self.semantics
         return "additive" if self.mask.is_floating_point() else "keep"
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        roles = ("q", "k", "v", "mask", "scores", "weights")
+        roles = ("q", "k", "v", "mask", "scores", "weights", "out")
         return {role: getattr(self, role) for role in roles if getattr(self, role) is not None}
+
+    def location_metadata(self) -> dict[str, dict]:
+        return {step: where.to_dict() for step, where in self.locations.items() if where is not None}
 
 
 @dataclass
@@ -94,12 +114,21 @@ class Calls:
             )
             origins = {k: "capture" for k, v in vars(settings).items() if v is not None}
             cases.append(
-                Case(name=name, file="<capture>", tensors=tensors, settings=settings, origins=origins)
+                Case(
+                    name=name,
+                    file="<capture>",
+                    tensors=tensors,
+                    settings=settings,
+                    origins=origins,
+                    notes=list(call.notes),
+                    locations=call.location_metadata(),
+                )
             )
         return cases
 
     def save(self, path: str | Path) -> Path:
-        """Write the design §2 format atomically: a temporary file in the same folder, then rename."""
+        """Write the capture as a safetensors file of cases (``NAME.q``, ``NAME.weights``, … and
+        ``NAME.*`` metadata) atomically (:func:`attndbg._io.atomic_write`)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -121,87 +150,64 @@ class Calls:
                 metadata[f"{name}.dropout_p"] = repr(float(call.dropout_p))
             metadata[f"{name}.source"] = call.module
             metadata[f"{name}.captured_from"] = call.kind
+            if call.locations:
+                metadata[f"{name}.locations"] = json.dumps(call.location_metadata())
+            if call.notes:
+                metadata[f"{name}.notes"] = "\n".join(call.notes)
+            if call.softmax != "softmax":
+                metadata[f"{name}.softmax"] = call.softmax
         metadata["case_order"] = "\n".join(self.names())
         if self.tokens:
-            import json
-
             metadata["tokens"] = json.dumps(self.tokens)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, temporary, metadata=metadata)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
 
-def _sdpa_arguments(args: tuple, kwargs: dict) -> dict:
-    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-    bound = dict(zip(names, args))
-    bound.update(kwargs)
-    return bound
-
-
-_SDPA = {F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default}
-_SOFTMAX = {torch.softmax, F.softmax, torch.Tensor.softmax, torch.nn.functional.softmax}
-_MHA_ARGS = (
-    "query",
-    "key",
-    "value",
-    "embed_dim_to_check",
-    "num_heads",
-    "in_proj_weight",
-    "in_proj_bias",
-    "bias_k",
-    "bias_v",
-    "add_zero_attn",
-    "dropout_p",
-    "out_proj_weight",
-    "out_proj_bias",
-    "training",
-    "key_padding_mask",
-    "need_weights",
-    "attn_mask",
-    "use_separate_proj_weight",
-    "q_proj_weight",
-    "k_proj_weight",
-    "v_proj_weight",
-    "static_k",
-    "static_v",
-    "average_attn_weights",
-    "is_causal",
+NO_QK_PRODUCT = (
+    "q/k/v not recorded: the softmax input does not come from a matmul, @, bmm, baddbmm or "
+    "einsum seen while recording"
 )
+NO_PV_PRODUCT = "v/out not recorded: the weights did not reach a matmul, @, bmm or einsum"
 
 
 def _copy(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().to("cpu", copy=True)
 
 
-class _Recorder(TorchFunctionMode):
+def _four_d(t: torch.Tensor) -> torch.Tensor:
+    while t.dim() < 4:
+        t = t.unsqueeze(0)
+    return t.reshape(-1, *t.shape[-3:]) if t.dim() > 4 else t
+
+
+class Recorder(TorchFunctionMode):
     """Sees SDPA (also as the aten op inside torch.export programs), the functional core of
-    nn.MultiheadAttention (which hides its SDPA call), and 4-D softmaxes (eager attention)."""
+    nn.MultiheadAttention (which hides its SDPA call), and hand-written attention: the chain
+    from a QK product through scale, masks and softmax to the PV product (see
+    :mod:`attndbg.recording.intercepts` for the table of operations)."""
 
     def __init__(self, calls: Calls, stack: list[str], layers: str | None, max_calls: int | None):
         super().__init__()
         self.calls, self.stack, self.layers, self.max_calls = calls, stack, layers, max_calls
+        self.traces = trace.Traces()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        if func in _SDPA:
-            self._record_sdpa(_sdpa_arguments(args, kwargs))
-        elif func is F.multi_head_attention_forward:
-            self._record_mha(dict(zip(_MHA_ARGS, args)) | kwargs)
-        elif func in _SOFTMAX:
-            result = func(*args, **kwargs)
-            self._record_softmax(args, kwargs, result)
-            return result
-        return func(*args, **kwargs)
+        handler = INTERCEPTS.get(func)
+        if handler is not None:
+            return handler(self, func, args, kwargs)
+        result = func(*args, **kwargs)
+        if isinstance(result, torch.Tensor):
+            for arg in args:
+                record = self.traces.get(arg)
+                if isinstance(record, (trace.ScoreTrace, trace.Broken)):
+                    self.broken(record, result, func)
+                    break
+        return result
+
+    # ---- services for the handlers -----------------------------------------------------------
+    def here(self) -> Location | None:
+        return user_location()
 
     def _wanted(self) -> str | None:
         module = self.stack[-1] if self.stack else ""
@@ -211,7 +217,56 @@ class _Recorder(TorchFunctionMode):
             return None
         return module
 
-    def _record_sdpa(self, call: dict) -> None:
+    def broken(self, record: object, result: object, func: object) -> None:
+        """A traced score tensor went through ``func``, which the tracer does not follow."""
+        if isinstance(record, trace.Broken) and isinstance(result, torch.Tensor):
+            self.traces.set(result, record)  # the first reason stays the reason
+        elif isinstance(record, trace.ScoreTrace) and isinstance(result, torch.Tensor):
+            name = getattr(func, "__name__", str(func))
+            where = self.here()
+            at = f" at {where.file}:{where.line}" if where else ""
+            self.traces.set(
+                result,
+                trace.Broken(
+                    f"q/k/v not recorded: the scores go through {name}{at}, which attndbg does not follow"
+                ),
+            )
+
+    def start(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        result: torch.Tensor,
+        prescales: tuple,
+        scale: float | None = None,
+    ) -> trace.ScoreTrace | None:
+        if q.shape[-1] != k.shape[-1] or q.dim() < 2:
+            return None
+        started = trace.start(q, k, result, self.here(), prescales, scale)
+        self.traces.set(result, started)
+        return started
+
+    def mask_step(
+        self,
+        record: object,
+        result: torch.Tensor,
+        kind: str,
+        condition: object,
+        fill: float | None,
+        func: object,
+    ) -> None:
+        if not isinstance(record, trace.ScoreTrace):
+            return
+        if fill is None or not isinstance(condition, torch.Tensor):
+            self.broken(record, result, func)
+            return
+        try:
+            self.traces.set(result, trace.masked(record, kind, condition, result.shape, self.here(), fill))
+        except trace.Untraceable as reason:
+            self.traces.set(result, trace.Broken(f"q/k/v not recorded: {reason}"))
+
+    # ---- recording calls ---------------------------------------------------------------------
+    def record_sdpa(self, call: dict) -> None:
         module = self._wanted()
         if module is None:
             return
@@ -226,10 +281,11 @@ class _Recorder(TorchFunctionMode):
                 scale=None if call.get("scale") is None else float(call["scale"]),
                 enable_gqa=bool(call.get("enable_gqa", False)),
                 dropout_p=float(call.get("dropout_p", 0.0) or 0.0),
+                locations={"call": self.here()},
             )
         )
 
-    def _record_mha(self, call: dict) -> None:
+    def record_mha(self, call: dict) -> None:
         """Re-derive q, k, v the way F.multi_head_attention_forward does (inputs are
         (seq, batch, embed)), and express its masks (True = *not* allowed) as one SDPA mask."""
         module = self._wanted()
@@ -266,16 +322,54 @@ class _Recorder(TorchFunctionMode):
                 scale=None,
                 dropout_p=float(call.get("dropout_p") or 0.0) if call.get("training") else 0.0,
                 kind="multi_head_attention",
+                locations={"call": self.here()},
             )
         )
 
-    def _record_softmax(self, args: tuple, kwargs: dict, result: torch.Tensor) -> None:
-        scores = args[0] if args else kwargs.get("input")
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-        if not isinstance(scores, torch.Tensor) or scores.dim() != 4 or dim not in (-1, 3):
-            return
+    def record_softmax(self, scores: torch.Tensor, dim: int, result: torch.Tensor, log: bool) -> None:
+        record = self.traces.get(scores)
+        rank = scores.dim()
+        over = dim + rank if dim < 0 else dim
+        weights = result.exp() if log else result
+        if isinstance(record, trace.ScoreTrace) and rank >= 2 and over in (rank - 1, rank - 2):
+            try:
+                finished = trace.finish(record, scores, weights)
+            except trace.Untraceable as reason:
+                self._record_scores_only(scores, weights, f"q/k/v not recorded: {reason}", log)
+                return
+            module = self._wanted()
+            if module is None:
+                return
+            locations = dict(finished.locations)
+            locations["softmax"] = self.here()
+            call = CapturedCall(
+                module=module,
+                q=_copy(finished.q),
+                k=_copy(finished.k),
+                v=None,
+                mask=_copy(finished.mask),
+                semantics=finished.mask_semantics,
+                is_causal=finished.is_causal,
+                scale=finished.scale,
+                kind="traced",
+                scores=_copy(finished.scores),
+                weights=_copy(finished.weights),
+                locations=locations,
+                notes=[*finished.notes, NO_PV_PRODUCT],
+                softmax="log_softmax" if log else "softmax",
+                lead=finished.lead,
+            )
+            self.calls.calls.append(call)
+            self.traces.set(result, trace.WeightsTrace(call))
+        elif over == rank - 1 and (isinstance(record, trace.Broken) or rank == 4):
+            reason = record.reason if isinstance(record, trace.Broken) else NO_QK_PRODUCT
+            self._record_scores_only(scores, weights, reason, log)
+
+    def _record_scores_only(
+        self, scores: torch.Tensor, weights: torch.Tensor, reason: str, log: bool
+    ) -> None:
         module = self._wanted()
-        if module is None:
+        if module is None or not scores.dim() >= 2:
             return
         self.calls.calls.append(
             CapturedCall(
@@ -283,11 +377,48 @@ class _Recorder(TorchFunctionMode):
                 q=None,
                 k=None,
                 v=None,
-                scores=_copy(scores),
-                weights=_copy(result),
+                scores=_copy(_four_d(scores)),
+                weights=_copy(_four_d(weights)),
                 kind="eager",
+                locations={"softmax": self.here()},
+                notes=[reason],
+                softmax="log_softmax" if log else "softmax",
             )
         )
+
+    def complete(self, record: trace.WeightsTrace, v: torch.Tensor, out: torch.Tensor) -> None:
+        """The PV product of a traced call: its v and out."""
+        call = record.call
+        if call.v is not None or not isinstance(v, torch.Tensor):
+            return
+        lead = call.lead
+        if record.reordered or v.shape[:-2].numel() != math.prod(lead) or v.shape[-2] != call.k.shape[-2]:
+            call.notes = [n for n in call.notes if n != NO_PV_PRODUCT]
+            call.notes.append(
+                f"v/out not recorded: the PV product's v is {tuple(v.shape)}, which does not line up "
+                f"with weights {tuple(call.weights.shape)}"
+            )
+            return
+        call.v = _copy(v.reshape(*lead, *v.shape[-2:]))
+        call.out = _copy(out.reshape(*lead, *out.shape[-2:]))
+        call.locations["pv"] = self.here()
+        call.notes = [n for n in call.notes if n != NO_PV_PRODUCT]
+        group = _shared_heads(call.k, call.v)
+        if group > 1:  # repeat_kv before the products: record what SDPA with enable_gqa sees
+            call.k, call.v, call.enable_gqa = call.k[:, ::group].clone(), call.v[:, ::group].clone(), True
+
+
+def _shared_heads(k: torch.Tensor, v: torch.Tensor) -> int:
+    """The largest number of consecutive query heads that read identical k and v heads (the
+    grouped-query layout ``repeat_kv`` / ``repeat_interleave`` produces), else 1."""
+    heads = k.shape[1]
+    for group in range(heads, 1, -1):
+        if heads % group:
+            continue
+        grouped = [t.reshape(t.shape[0], heads // group, group, *t.shape[2:]) for t in (k, v)]
+        if all(bool((t == t[:, :, :1]).all()) for t in grouped):
+            return group
+    return 1
 
 
 def _mha_mask(attn_mask, key_padding_mask, batch, heads, lq, lk):  # noqa: ANN001, ANN202
@@ -343,7 +474,7 @@ def capture(
             handles.append(module.register_forward_pre_hook(push))
             handles.append(module.register_forward_hook(pop))
     try:
-        with _Recorder(calls, stack, layers, max_calls):
+        with Recorder(calls, stack, layers, max_calls):
             yield calls
     finally:
         for handle in handles:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 
 from attndbg.attention import expand_kv_heads, reference_attention
-from attndbg.errors import InputError, UsageError, first_line
+from attndbg.errors import AttndbgError, InputError, UsageError, first_line
 
 
 @dataclass
@@ -30,6 +32,7 @@ class LoadedModel:
     name: str
     tokenizer: Any = None
     example: tuple[tuple, dict] | None = None  # an exported program's own example inputs
+    directory: Path | None = None  # a Hugging Face checkpoint's folder (its preprocessor config)
 
 
 def is_model_source(text: str) -> bool:
@@ -76,14 +79,16 @@ def load_model(
             model = transformers.AutoModel.from_pretrained(
                 str(path), attn_implementation=attn_implementation, **kwargs
             )
-        except (OSError, ValueError) as exc:
+        except AttndbgError:
+            raise
+        except Exception as exc:  # an unknown model type, a missing optional dependency, bad weights
             raise InputError(f"{path}: cannot load the checkpoint ({first_line(exc)})") from None
         tokenizer = None
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), **kwargs)
         except Exception:  # a checkpoint without tokenizer files: random ids still work
             tokenizer = None
-        return LoadedModel(model.eval().to(device), "hf", path.name, tokenizer)
+        return LoadedModel(model.eval().to(device), "hf", path.name, tokenizer, directory=path)
     if path.suffix == ".pt2":
         if not path.exists():
             raise InputError(f"{path}: no such file")
@@ -175,15 +180,113 @@ def make_inputs(
         args, kwargs = loaded.example
         return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args), dict(kwargs or {})
     generator = torch.Generator().manual_seed(seed)
+    if loaded.kind == "hf":
+        inputs = hf_inputs(loaded.model, loaded.directory, batch, seq_len, generator)
+        return (), {k: v.to(device) for k, v in inputs.items()}
     embedding = next((m for m in loaded.model.modules() if isinstance(m, torch.nn.Embedding)), None)
     if embedding is not None:
-        vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None) or embedding.num_embeddings
-        ids = torch.randint(0, vocab, (batch, seq_len), generator=generator)
-        if loaded.kind == "hf":
-            return (), {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+        ids = torch.randint(0, embedding.num_embeddings, (batch, seq_len), generator=generator)
         return (ids.to(device),), {}
     width = _input_width(loaded.model)
     return (torch.randn(batch, seq_len, width, generator=generator).to(device),), {}
+
+
+def hf_inputs(
+    model: torch.nn.Module,
+    directory: Path | None,
+    batch: int,
+    seq_len: int,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Default inputs for a Hugging Face model of any modality, read from what its forward takes
+    and its config (or preprocessor config): token ids (text, and the text tower of an
+    image-text model), pixel values (vision), input features or raw audio (speech), and decoder
+    ids for encoder-decoders."""
+    config = model.config
+    accepts = inspect.signature(model.forward).parameters
+    main = getattr(model, "main_input_name", "input_ids")
+    preprocessor = _preprocessor_config(directory)
+    inputs: dict[str, torch.Tensor] = {}
+    # A dual encoder (CLIP, SigLIP …) needs both towers' inputs; other models only their main one.
+    dual = hasattr(model, "get_text_features") and hasattr(model, "get_image_features")
+    if main == "input_ids" or (dual and "input_ids" in accepts):
+        vocab = _config_value(config, "vocab_size", ("text_config",)) or 2
+        inputs["input_ids"] = torch.randint(0, vocab, (batch, seq_len), generator=generator)
+        if "attention_mask" in accepts:
+            inputs["attention_mask"] = torch.ones(batch, seq_len, dtype=torch.long)
+    if main == "pixel_values" or (dual and "pixel_values" in accepts):
+        channels = _config_value(config, "num_channels", ("vision_config",)) or 3
+        height, width = _image_size(config, preprocessor)
+        inputs["pixel_values"] = torch.randn(batch, channels, height, width, generator=generator)
+    if main == "input_features":
+        shape = _feature_shape(config, preprocessor, batch)
+        inputs["input_features"] = torch.randn(shape, generator=generator)
+    if main == "input_values":
+        # enough samples for seq_len frames after the convolutional feature encoder
+        stride = math.prod(getattr(config, "conv_stride", None) or (320,))
+        inputs["input_values"] = torch.randn(batch, max(seq_len, 2) * stride, generator=generator)
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in accepts:
+        vocab = _config_value(config, "vocab_size", ("text_config", "decoder")) or 2
+        ids = torch.randint(0, vocab, (batch, seq_len), generator=generator)
+        start = getattr(config, "decoder_start_token_id", None)
+        if isinstance(start, int) and 0 <= start < vocab:
+            ids[:, 0] = start
+        inputs["decoder_input_ids"] = ids
+    if not inputs:
+        raise UsageError(
+            f"cannot build a default input for {type(model).__name__} (main input {main!r}); "
+            "pass --input FILE.safetensors with its named inputs"
+        )
+    return inputs
+
+
+def _config_value(config: Any, name: str, parts: tuple[str, ...]) -> Any:
+    """``config.name``, else the first sub-config (text_config, vision_config …) that has it."""
+    value = getattr(config, name, None)
+    for part in parts:
+        if value is not None:
+            break
+        value = getattr(getattr(config, part, None), name, None)
+    return value
+
+
+def _preprocessor_config(directory: Path | None) -> dict[str, Any]:
+    if directory is None or not (directory / "preprocessor_config.json").exists():
+        return {}
+    import json
+
+    try:
+        data = json.loads((directory / "preprocessor_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{directory}/preprocessor_config.json: unreadable ({first_line(exc)})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _image_size(config: Any, preprocessor: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) the model is fed: the preprocessor's crop or resize size when the
+    checkpoint has one, else the config's image_size, else 224."""
+    for key in ("crop_size", "size"):
+        size = preprocessor.get(key)
+        if isinstance(size, int):
+            return size, size
+        if isinstance(size, dict):
+            if "height" in size and "width" in size:
+                return int(size["height"]), int(size["width"])
+            if "shortest_edge" in size:
+                return int(size["shortest_edge"]), int(size["shortest_edge"])
+    size = _config_value(config, "image_size", ("vision_config",)) or 224
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _feature_shape(config: Any, preprocessor: dict[str, Any], batch: int) -> tuple[int, int, int]:
+    """(batch, mel bins, frames) of a Whisper-style spectrogram encoder: its convolutions halve
+    the frames to max_source_positions, which the encoder requires exactly."""
+    bins = getattr(config, "num_mel_bins", None) or preprocessor.get("feature_size")
+    positions = getattr(config, "max_source_positions", None)
+    frames = 2 * positions if positions else preprocessor.get("nb_max_frames")
+    if not bins or not frames:
+        raise UsageError("cannot size this model's input features; pass --input FILE.safetensors")
+    return batch, int(bins), int(frames)
 
 
 def _input_width(model: torch.nn.Module) -> int:
@@ -217,7 +320,11 @@ def capture_source(
     try:
         with torch.no_grad(), capture(loaded.model, layers=layers, max_calls=max_calls) as calls:
             loaded.model(*args, **kwargs)
-    except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+    except AttndbgError:
+        raise
+    except Exception as exc:
+        if _raised_inside_attndbg(exc):
+            raise  # attndbg's own failure while recording: an internal error, not the model's
         raise InputError(
             f"{source}: the model raised {type(exc).__name__} on the capture input: {first_line(exc)}"
         ) from None
@@ -226,9 +333,25 @@ def capture_source(
     if not len(calls):
         raise InputError(
             f"{source}: the model ran but made no attention call attndbg can see "
-            "(SDPA, nn.MultiheadAttention or a 4-D softmax)"
+            "(SDPA, nn.MultiheadAttention, or a softmax of a q·k product)"
         )
     return calls
+
+
+def _raised_inside_attndbg(exc: BaseException) -> bool:
+    """True when attndbg's own recording code raised (the recorder runs inside the model's
+    forward). An op the recorder merely passes on (``__torch_function__`` calling it) that
+    raises is the model's error, as is anything raised in the model's or a library's code."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    package = Path(__file__).resolve().parents[1]
+    innermost = frames[-1]
+    return (
+        Path(innermost.filename).resolve().is_relative_to(package) and innermost.name != "__torch_function__"
+    )
 
 
 def compare_eager(source: str, **options: Any) -> list[dict[str, Any]]:

@@ -1,8 +1,15 @@
-"""Rich rendering of a conformance sweep (attndbg gradcheck --impl / no argument)."""
+"""Rendering of conformance sweeps (attndbg gradcheck --impl / no argument): Rich, JSON and
+SARIF, from finished :class:`~attndbg.gradcheck.sweep.SweepReport` data. The Rich report leads
+with the verdict and the diagnoses, groups repeated failures under them, then shows the table
+and counts every criterion that decides the exit code."""
 
 from __future__ import annotations
 
-from rich.console import Console
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -15,6 +22,7 @@ MARK = {
     "refused": ("–", "dim"),
     "skipped": ("·", "dim"),
 }
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def sweep_table(report: SweepReport) -> Table:
@@ -25,11 +33,11 @@ def sweep_table(report: SweepReport) -> Table:
         title_justify="left",
         title=f"{report.implementation} on {report.device}",
     )
-    table.add_column("case")
+    table.add_column("scenario", no_wrap=True)
     for dtype in dtypes:
         table.add_column(dtype, justify="left", no_wrap=True)
-    table.caption = "cells: max error of the output / of the gradients, against the float64 reference"
-    by_case: dict[str, dict[str, object]] = {}
+    table.caption = "max error of the output / of the gradients against the float64 reference"
+    by_case: dict[str, dict[str, Any]] = {}
     for result in report.results:
         by_case.setdefault(result.scenario, {})[result.dtype] = result
     for case, cells in by_case.items():
@@ -50,28 +58,148 @@ def sweep_table(report: SweepReport) -> Table:
     return table
 
 
-def render_sweep(report: SweepReport, console: Console) -> None:
-    console.print(Text(f"convention: {report.convention}", style="dim"))
-    console.print(Text(f"causal reference aligned {report.causal_align}", style="dim"))
-    console.print(sweep_table(report))
-    for result in report.results:
-        if result.verdict in ("fail", "error"):
-            console.print(
-                Text(f"  {result.scenario} [{result.dtype}]: " + "; ".join(result.reasons), style="red")
-            )
+def verdict_line(report: SweepReport) -> Text:
+    code = report.exit_code()
+    gating = [d for d in report.diagnoses if _gates(report, d.severity)]
+    text = Text()
+    if code:
+        text.append(f"✗ {report.implementation}: ", style="bold red")
+        text.append(f"{len(gating)} diagnosis(es) at or above --fail-on {report.fail_on}", style="bold")
+    else:
+        text.append(f"✓ {report.implementation}: ", style="bold green")
+        rest = f" ({len(report.diagnoses)} below --fail-on {report.fail_on})" if report.diagnoses else ""
+        text.append("conforms to the reference" + rest, style="bold")
+    return text
+
+
+def _gates(report: SweepReport, severity: str) -> bool:
+    from attndbg.report import FAIL_ON_RANK, Severity
+
+    return Severity(severity).rank >= FAIL_ON_RANK[report.fail_on]
+
+
+def diagnosis_lines(report: SweepReport) -> list[Text]:
+    lines = []
+    for diagnosis in report.diagnoses:
+        text = Text("  ")
+        text.append(f"{diagnosis.severity:<7} {diagnosis.code} ", style=SEVERITY_STYLE[diagnosis.severity])
+        text.append(diagnosis.message)
+        where = ", ".join(diagnosis.scenarios)
+        if diagnosis.dtypes:
+            where += f" [{', '.join(diagnosis.dtypes)}]"
+        if where:
+            text.append(f"\n      scenarios: {where}", style="dim")
+        if diagnosis.evidence:
+            text.append(f"\n      evidence: {diagnosis.evidence}", style="dim")
+        lines.append(text)
+    return lines
+
+
+def tally(report: SweepReport) -> Text:
+    counts = report.counts()
+    total = sum(counts.values())
+    parts = ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items()))
+    return Text(
+        f"{total} criteria (scenarios × dtypes, mask perturbation, float64 gradcheck): {parts} "
+        f"→ exit {report.exit_code()}",
+        style="bold",
+    )
+
+
+def sweep_renderable(report: SweepReport) -> Group:
+    parts: list[Any] = [verdict_line(report), *diagnosis_lines(report), Text(""), sweep_table(report)]
+    parts.append(Text(f"called as {report.convention}", style="dim"))
+    for note in report.passed:
+        parts.append(Text(f"  {note}", style="dim"))
+    parts.append(Text(f"mask perturbation: {report.mask_perturbation} — {report.notes[0]}"))
+    parts.append(Text(f"float64 gradcheck: {report.gradcheck_float64} — {report.notes[1]}"))
+    parts.extend(Text(note, style="dim") for note in report.notes[2:])
     refused = [r for r in report.results if r.verdict == "refused"]
     if refused:
         reasons = sorted({r.reasons[0] for r in refused if r.reasons})
-        console.print(Text(f"  refused {len(refused)} case(s): " + " | ".join(reasons)[:300], style="dim"))
-    console.print(Text(f"mask perturbation: {report.mask_perturbation} — {report.notes[0]}"))
-    console.print(Text(f"float64 gradcheck: {report.gradcheck_float64} — {report.notes[1]}"))
-    for diagnosis in report.diagnoses:
-        text = Text()
-        text.append(f"diagnosis {diagnosis.code}: ", style="bold red")
-        text.append(diagnosis.message)
-        if diagnosis.scenarios:
-            text.append(f" (cases: {', '.join(sorted(set(diagnosis.scenarios)))})", style="dim")
-        console.print(text)
-    counts = report.counts()
-    summary = ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items()))
-    console.print(Text(f"{summary} → exit {report.exit_code()}", style="bold"))
+        parts.append(Text(f"refused {len(refused)} case(s): " + " | ".join(reasons)[:300], style="dim"))
+    parts.append(tally(report))
+    return Group(*parts)
+
+
+def render_sweep(report: SweepReport, console: Console) -> None:
+    console.print(sweep_renderable(report))
+
+
+def sweep_json(reports: list[SweepReport], single: bool) -> str:
+    from attndbg.render.json_report import _clean
+
+    data = [r.to_dict() for r in reports]
+    return json.dumps(_clean(data[0] if single else data), indent=2, allow_nan=False) + "\n"
+
+
+def sweep_sarif(reports: list[SweepReport]) -> str:
+    """SARIF 2.1.0: one result per diagnosis, its rule from the check registry."""
+    from attndbg import __version__
+    from attndbg.registry import load_checks
+    from attndbg.render.json_report import _clean
+    from attndbg.render.sarif import LEVEL, SCHEMA
+
+    checks = load_checks()
+    codes = sorted({d.code for r in reports for d in r.diagnoses})
+    rules = [
+        {
+            "id": code,
+            "name": "".join(part.capitalize() for part in checks[code].name.split("-")),
+            "shortDescription": {"text": checks[code].summary},
+            "fullDescription": {"text": checks[code].rationale},
+            "defaultConfiguration": {"level": LEVEL[checks[code].severity.value]},
+        }
+        for code in codes
+    ]
+    index = {rule["id"]: i for i, rule in enumerate(rules)}
+    results = []
+    for report in reports:
+        file = report.implementation.rsplit(":", 1)[0]
+        location: dict[str, Any] = {
+            "logicalLocations": [{"name": report.implementation, "kind": "function"}],
+        }
+        if file.endswith(".py"):
+            path = Path(file)
+            uri = path.as_uri() if path.is_absolute() else path.as_posix()
+            location["physicalLocation"] = {"artifactLocation": {"uri": uri}}
+        for diagnosis in report.diagnoses:
+            results.append(
+                {
+                    "ruleId": diagnosis.code,
+                    "ruleIndex": index[diagnosis.code],
+                    "level": LEVEL[diagnosis.severity],
+                    "message": {"text": diagnosis.message},
+                    "locations": [location],
+                    "partialFingerprints": {"attndbg/v1": f"{report.implementation}:{diagnosis.code}"},
+                    "properties": {
+                        "scenarios": diagnosis.scenarios,
+                        "dtypes": diagnosis.dtypes,
+                        "evidence": diagnosis.evidence,
+                    },
+                }
+            )
+    sarif = {
+        "$schema": SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "attndbg",
+                        "version": __version__,
+                        "informationUri": "https://github.com/attndbg/attndbg",
+                        "rules": rules,
+                    }
+                },
+                "invocations": [
+                    {
+                        "executionSuccessful": True,
+                        "exitCode": max((r.exit_code() for r in reports), default=0),
+                    }
+                ],
+                "results": results,
+            }
+        ],
+    }
+    return json.dumps(_clean(sarif), indent=2, allow_nan=False) + "\n"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.columns import Columns
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.style import Style
 from rich.text import Text
@@ -43,61 +45,119 @@ def _diverging(t: float) -> tuple[int, int, int]:
     return (round(255 * (1 + t)), round(255 * (1 + t)), 255)
 
 
+# Without colour (pipes, -o files, CI logs, NO_COLOR) a cell is drawn with a glyph whose density
+# follows the weight, so the map never turns into an empty grid. Masked cells keep their dots.
+GLYPHS = " ░▒▓█"
+DIVERGING_GLYPHS = "=- +#"  # strongly negative … strongly positive
+MASKED = "·"
+_MASKED_STYLE = Style(color="grey35", bgcolor="grey7")
+
+
+def _render_mode(console: Console) -> str:
+    """``background`` (256 colours or more), ``coloured-glyphs`` (8/16 colours) or ``glyphs``."""
+    if console.color_system is None or console.no_color:
+        return "glyphs"
+    if console.color_system in ("standard", "windows"):  # few colours: the glyph carries the level
+        return "coloured-glyphs"
+    return "background"
+
+
+def _glyph(t: float, diverging: bool) -> str:
+    if diverging:
+        t = min(max(t, -1.0), 1.0)
+        return DIVERGING_GLYPHS[round((t + 1) / 2 * (len(DIVERGING_GLYPHS) - 1))]
+    t = min(max(t, 0.0), 1.0)
+    return GLYPHS[min(len(GLYPHS) - 1, math.ceil(t * (len(GLYPHS) - 1)))]
+
+
+def _cell(t: float, width: int, diverging: bool, mode: str) -> Text:
+    """One cell at level ``t`` (0…1, or -1…1 when diverging) in the console's mode."""
+    rgb = _diverging(t) if diverging else _ramp(t)
+    colour = f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"
+    if mode == "background":
+        return Text(" " * width, style=Style(bgcolor=colour))
+    return Text(_glyph(t, diverging) * width, style=Style(color=colour) if mode == "coloured-glyphs" else "")
+
+
+def _fit(label: str, width: int) -> str:
+    """``label`` in at most ``width`` characters, ellipsised rather than silently cut."""
+    if len(label) <= width:
+        return label
+    return label[: width - 1] + "…" if width > 1 else label[:width]
+
+
+class HeatmapView:
+    """One head's map; drawn when printed, because how to draw it depends on the console."""
+
+    def __init__(self, h: Heatmap, cell: int = 2, diverging: bool = False, title: bool = True) -> None:
+        self.h, self.cell, self.diverging, self.title = h, cell, diverging, title
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Group(*self.lines(_render_mode(console)))
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, Group(*self.lines(_render_mode(console))))
+
+    def lines(self, mode: str) -> list[Text]:
+        h, cell, diverging = self.h, self.cell, self.diverging
+        rows, cols = h.shape
+        top = max((abs(x) for row in h.weights for x in row), default=0.0) or 1.0
+        label_width = max((len(s) for s in h.row_labels), default=1)
+        lines: list[Text] = []
+        if self.title:
+            scale = (
+                f"{h.row_step} query rows × {h.col_step} keys per cell, max-pooled"
+                if h.row_step > 1 or h.col_step > 1
+                else "1 cell = 1 weight"
+            )
+            heading = f"{h.case} · batch {h.batch} · head {h.head} · {h.q_len}×{h.k_len} · {scale}"
+            lines.append(Text(heading, style="bold"))
+        # A label every few cells, as wide as the gap to the next one (minus a space).
+        every = max(1, 8 // cell)
+        axis = Text(" " * (label_width + 1))
+        for j in range(0, cols, every):
+            width = min(every, cols - j) * cell
+            label = h.col_labels[j] if j < len(h.col_labels) and (j == 0 or width > 2) else ""
+            axis.append(_fit(label, max(cell, width - 1)).ljust(width), style="dim")
+        lines.append(axis)
+        for i in range(rows):
+            label = h.row_labels[i] if i < len(h.row_labels) else ""
+            line = Text()
+            line.append(label.rjust(label_width) + " ", style="dim")
+            for j in range(cols):
+                if h.masked[i][j] and not diverging:
+                    line.append(MASKED * cell, style=_MASKED_STYLE if mode != "glyphs" else "")
+                else:
+                    line.append_text(_cell(h.weights[i][j] / top, cell, diverging, mode))
+            lines.append(line)
+        lines.append(self.legend(top, label_width, mode))
+        return lines
+
+    def legend(self, top: float, label_width: int, mode: str) -> Text:
+        if self.diverging:
+            legend = Text(" " * (label_width + 1))
+            legend.append(f"-{top:.3g} ", style="dim")
+            for t in (-1, -0.5, 0, 0.5, 1):
+                legend.append_text(_cell(t, 2, True, mode))
+            legend.append(f" +{top:.3g}", style="dim")
+            return legend
+        if self.cell == 1 and mode == "background":
+            return Text(f"max {top:.3g}", style="dim")
+        legend = Text(" " * (label_width + 1) if self.cell > 1 else "")
+        legend.append("0 ", style="dim")
+        steps = len(GLYPHS) if mode != "background" else 8
+        for k in range(steps):
+            legend.append_text(_cell(k / (steps - 1), self.cell, False, mode))
+        legend.append(f" {top:.3g}   ", style="dim")
+        legend.append(MASKED * self.cell, style=_MASKED_STYLE if mode != "glyphs" else "")
+        legend.append(" masked", style="dim")
+        return legend
+
+
 def heatmap_renderable(
     h: Heatmap, cell: int = 2, diverging: bool = False, title: bool = True
 ) -> RenderableType:
-    rows, cols = h.shape
-    flat = [x for row in h.weights for x in row]
-    top = max((abs(x) for x in flat), default=0.0) or 1.0
-    label_width = max((len(s) for s in h.row_labels), default=1)
-    lines: list[Text] = []
-    if title:
-        scale = (
-            f"{h.row_step} query rows × {h.col_step} keys per cell, max-pooled"
-            if h.row_step > 1 or h.col_step > 1
-            else "1 cell = 1 weight"
-        )
-        lines.append(
-            Text(f"{h.case} · batch {h.batch} · head {h.head} · {h.q_len}×{h.k_len} · {scale}", style="bold")
-        )
-    axis = Text(" " * (label_width + 1))
-    every = max(1, 8 // cell)
-    for j in range(cols):
-        label = h.col_labels[j] if j < len(h.col_labels) else ""
-        axis.append(
-            (label if j % every == 0 else "").ljust(cell)[:cell] if j % every == 0 else " " * cell,
-            style="dim",
-        )
-    lines.append(axis)
-    for i in range(rows):
-        line = Text((h.row_labels[i] if i < len(h.row_labels) else "").rjust(label_width) + " ", style="dim")
-        for j in range(cols):
-            value = h.weights[i][j]
-            if h.masked[i][j] and not diverging:
-                line.append("·" * cell, style=Style(color="grey35", bgcolor="grey7"))
-                continue
-            rgb = _diverging(value / top) if diverging else _ramp(value / top)
-            line.append(" " * cell, style=Style(bgcolor=f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"))
-        lines.append(line)
-    legend = Text(" " * (label_width + 1))
-    if diverging:
-        legend.append(f"-{top:.3g} ", style="dim")
-        for t in (-1, -0.5, 0, 0.5, 1):
-            rgb = _diverging(t)
-            legend.append("  ", style=Style(bgcolor=f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"))
-        legend.append(f" +{top:.3g}", style="dim")
-    elif cell == 1:
-        legend = Text(f"max {top:.3g}", style="dim")
-    else:
-        legend.append("0 ", style="dim")
-        for k in range(8):
-            rgb = _ramp(k / 7)
-            legend.append("  ", style=Style(bgcolor=f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"))
-        legend.append(f" {top:.3g}   ", style="dim")
-        legend.append("··", style=Style(color="grey35", bgcolor="grey7"))
-        legend.append(" masked", style="dim")
-    lines.append(legend)
-    return Group(*lines)
+    return HeatmapView(h, cell=cell, diverging=diverging, title=title)
 
 
 def grid_renderable(heatmaps: list[Heatmap], width: int) -> RenderableType:

@@ -168,6 +168,7 @@ def finding_block(finding: Finding, show_fix: bool = True) -> RenderableType:
     parts: list[RenderableType] = [
         head,
         Padding(Text(finding.message), (0, 0, 0, 8)),
+        *([Padding(Text(str(finding.location), style="cyan"), (0, 0, 0, 8))] if finding.location else []),
     ]
     if finding.evidence:
         parts.append(Padding(Text("evidence: " + _evidence(finding.evidence), style="dim"), (0, 0, 0, 8)))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from attndbg import __version__
-from attndbg.report import Report
+from attndbg.report import Location, Report
 
 LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -42,6 +42,17 @@ def _uri(file: str) -> str:
     return path.as_posix() if not path.is_absolute() else path.as_uri()
 
 
+def _physical(location: Location | None, file: str) -> dict[str, Any]:
+    """The user's source line when the capture recorded one (code scanning annotates it),
+    else the tensor file."""
+    if location is None:
+        return {"artifactLocation": {"uri": _uri(file)}}
+    region: dict[str, Any] = {"startLine": location.line}
+    if location.code:
+        region["snippet"] = {"text": location.code}
+    return {"artifactLocation": {"uri": _uri(location.file)}, "region": region}
+
+
 def render_sarif(report: Report) -> str:
     rules = _rules()
     index = {rule["id"]: i for i, rule in enumerate(rules)}
@@ -55,7 +66,7 @@ def render_sarif(report: Report) -> str:
                 "message": {"text": f"case {finding.case}: {finding.message}"},
                 "locations": [
                     {
-                        "physicalLocation": {"artifactLocation": {"uri": _uri(case.file)}},
+                        "physicalLocation": _physical(finding.location, case.file),
                         "logicalLocations": [
                             {
                                 "name": case.name,
@@ -77,6 +88,16 @@ def render_sarif(report: Report) -> str:
                 result["baselineState"] = "unchanged"
                 result["suppressions"] = [{"kind": "external", "justification": "in the baseline"}]
             results.append(result)
+    invocation = {"executionSuccessful": True, "exitCode": report.exit_code()}
+    return _log(rules, results, invocations=[invocation])
+
+
+def render_sarif_rules() -> str:
+    """The rule registry alone (``attndbg rules --format sarif``): a run with no results."""
+    return _log(_rules(), [])
+
+
+def _log(rules: list[dict[str, Any]], results: list[dict[str, Any]], **run: Any) -> str:
     sarif = {
         "$schema": SCHEMA,
         "version": "2.1.0",
@@ -90,7 +111,7 @@ def render_sarif(report: Report) -> str:
                         "rules": rules,
                     }
                 },
-                "invocations": [{"executionSuccessful": True, "exitCode": report.exit_code()}],
+                **run,
                 "results": results,
             }
         ],

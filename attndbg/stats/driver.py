@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from attndbg.attention import MASKED_BIAS
 from attndbg.stats.chunks import (
     TEMPORARIES_PER_ELEMENT,
     Accumulator,
@@ -20,6 +21,7 @@ from attndbg.stats.chunks import (
     chunk_rows,
     chunk_shape,
 )
+from attndbg.stats.readings import add_readings
 from attndbg.stats.reducers import GRAM_ROWS, REDUCERS, row_positions
 from attndbg.stats.result import ROW_STATISTICS, AttentionStats
 from attndbg.stats.saved import saved_pass
@@ -41,6 +43,7 @@ def compute_stats(ctx: CaseContext) -> AttentionStats:
     saved = ctx.has_qkv and any(ctx.has(r) for r in Artefact) or ctx.has(Artefact.WEIGHTS)
     if saved and wants(ctx, Statistic.SAVED):
         saved_pass(ctx, stats)
+        add_readings(ctx, stats)  # fitted scale, dropout, …: only when the assumed reading fails
     return stats
 
 
@@ -134,6 +137,9 @@ def _chunk(ctx: CaseContext, batch: Batch, heads: slice, rows: slice) -> Chunk:
     bias = ctx.combined_bias(batch.index, rows, ctx.mask_semantics, ctx.causal_align)
     if bias is not None and bias.dim() == 3 and bias.shape[0] > 1:
         bias = bias[heads]
+    if bias is None and batch.q is None and bool((scores <= MASKED_BIAS).any()):
+        # scores saved after a mask was applied (eager capture): fills are masked keys, not logits
+        bias = torch.where(scores <= MASKED_BIAS, float("-inf"), 0.0)
     chunk.bias = bias
     return chunk
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from attndbg.vocab import Artefact, Reading
+
+if TYPE_CHECKING:
+    from attndbg.stats.readings import Fits
 
 
 @dataclass
@@ -43,6 +47,7 @@ class AttentionStats:
     user_above_diagonal: torch.Tensor | None = None
     user_out_vs_weights: float | None = None
     hypotheses: dict[Artefact, dict[Reading, float]] = field(default_factory=dict)
+    fits: Fits | None = None  # the scale and dropout fitted to the saved artefacts (readings.py)
 
     @property
     def fully_masked(self) -> torch.Tensor:

@@ -169,6 +169,24 @@ def test_help_rules_explain_do_not_import_torch() -> None:
     assert result.stdout.strip().splitlines()[-1] == "False", result.stdout + result.stderr
 
 
+def test_help_through_the_entry_point_does_not_import_torch() -> None:
+    # The console script goes through main(), which also strips --debug before Typer parses.
+    code = (
+        "import sys\n"
+        "from attndbg.cli import main\n"
+        "sys.argv = ['attndbg', '--help', '--debug']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exit:\n"
+        "    print('exit', exit.code)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2:] == ["exit 0", "False"], result.stdout + result.stderr
+    assert "inspect" in result.stdout
+
+
 def test_internal_error_is_exit_3_one_line(tmp_path: Path) -> None:
     # A check that crashes is attndbg's own failure: exit 3, one line, traceback only with --debug.
     plugin = tmp_path / "crash.py"

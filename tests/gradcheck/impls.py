@@ -107,3 +107,77 @@ class _HalfBackward(torch.autograd.Function):
 def wrong_backward(query, key, value):
     """A custom autograd.Function whose forward is right and whose backward is not."""
     return _HalfBackward.apply(query, key, value)
+
+
+def float32_softmax(query, key, value, attn_mask=None, is_causal=False):
+    """Correct, with the softmax computed in float32 on purpose (as Hugging Face's eager
+    attention does): handed float64 it narrows to float32 inside."""
+    scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(query.size(-1))
+    lq, lk = scores.shape[-2:]
+    if is_causal:
+        scores = scores.masked_fill(~torch.ones(lq, lk, dtype=torch.bool).tril(), float("-inf"))
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value)
+
+
+def finite_fill(query, key, value, mask=None):
+    """Correct on every row that has a key; -1e4 fill: rows with nothing to attend are a
+    uniform average of the values."""
+    scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(query.size(-1))
+    if mask is not None:
+        scores = scores.masked_fill(~mask.bool(), -1e4)
+    return torch.matmul(torch.softmax(scores, dim=-1), value)
+
+
+def no_bfloat16(query, key, value):
+    """An older helper that rejects bfloat16 with a TypeError of its own."""
+    if query.dtype == torch.bfloat16:
+        raise TypeError("bfloat16 is not supported by this helper")
+    return F.scaled_dot_product_attention(query, key, value)
+
+
+def noisy(query, key, value):
+    """Correct, but warns on every call."""
+    import warnings
+
+    warnings.warn("this attention is deprecated", UserWarning, stacklevel=2)
+    return F.scaled_dot_product_attention(query, key, value)
+
+
+def hf_style(query, key, value, attention_mask=None):
+    """Hugging Face's eager convention: an additive float mask, softmax in float32."""
+    scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(query.size(-1))
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype), value)
+
+
+def scale_twice(query, key, value, attn_mask=None, is_causal=False):
+    """q is pre-scaled by 1/sqrt(d) and the scores are divided by sqrt(d) again."""
+    return _math(query / math.sqrt(query.size(-1)), key, value, attn_mask, is_causal)
+
+
+def causal_off_by_one(query, key, value, is_causal=False):
+    """Its own causal mask keeps one key too many (tril(1))."""
+    scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(query.size(-1))
+    if is_causal:
+        lq, lk = scores.shape[-2:]
+        scores = scores.masked_fill(~torch.ones(lq, lk, dtype=torch.bool).tril(1), float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), value)
+
+
+def mask_after_softmax(query, key, value, mask=None):
+    """Multiplies the weights by the mask after the softmax and does not renormalise."""
+    weights = torch.softmax(torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(query.size(-1)), dim=-1)
+    if mask is not None:
+        weights = weights * mask
+    return torch.matmul(weights, value)
+
+
+def ignores_scale(query, key, value, scale=None):
+    """Takes a scale and drops it."""
+    return F.scaled_dot_product_attention(query, key, value)

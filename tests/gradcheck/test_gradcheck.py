@@ -23,13 +23,14 @@ def test_correct_implementation_passes() -> None:
     assert {r["verdict"] for r in data["results"]} == {"pass"}
     assert {r["dtype"] for r in data["results"]} == {"float32", "float16", "bfloat16"}
     assert data["mask_perturbation"] == "pass" and data["gradcheck_float64"] == "pass"
-    assert data["convention"].startswith("SDPA style")
+    assert "attn_mask" in data["convention"] and "enable_gqa" in data["convention"]
+    assert any("custom-scale" in note for note in data["passed"])
 
 
 def test_seeds_style_signature_is_detected_and_passes() -> None:
     result = run_cli("gradcheck", "--impl", f"{IMPLS}:seeds_style")
     assert result.returncode == 0, result.stdout[-2000:]
-    assert "seeds style (query, key, value, mask=None)" in result.stdout
+    assert "mask (bool, True = attend)" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,10 @@ def test_seeds_style_signature_is_detected_and_passes() -> None:
         ("lower_right_causal", "MSK006", "causal q_len<k_len"),
         ("leaky_mask", "MSK002", None),
         ("wrong_backward", "GRD001", "basic"),
+        ("scale_twice", "SCL002", "basic"),
+        ("causal_off_by_one", "MSK005", "causal q_len<k_len"),
+        ("mask_after_softmax", "SMX001", "padding-bool"),
+        ("ignores_scale", "SCL002", "custom-scale"),
     ],
 )
 def test_buggy_implementation_fails_with_the_right_diagnosis(name: str, code: str, where: str | None) -> None:
@@ -109,3 +114,78 @@ def test_bad_implementation_spec_exits_2() -> None:
     assert run_cli("gradcheck", "--impl", "no_such_module_xyz:fn").returncode == 2
     assert run_cli("gradcheck", "--impl", f"{IMPLS}:does_not_exist").returncode == 2
     assert run_cli("gradcheck", "--impl", "not a spec").returncode == 2
+
+
+def test_float32_softmax_is_judged_at_its_precision() -> None:
+    code, data = sweep("float32_softmax")
+    assert code == 0, data["diagnoses"]
+    assert data["precision"] == "float32" and data["gradcheck_float64"] == "pass"
+    assert "judged at float32 precision" in data["notes"][1]
+
+
+def test_mask_style_causal_is_built_with_the_requested_alignment() -> None:
+    code, data = sweep("seeds_style", "--causal-align", "lower-right")
+    assert code == 0, data["diagnoses"]
+    assert "aligned lower-right" in data["convention"]
+
+
+def test_fully_masked_rows_are_named_and_gated_by_fail_on() -> None:
+    from attndbg.gradcheck.sweep import load_implementation
+    from attndbg.gradcheck.sweep import sweep as run_sweep
+
+    impl = load_implementation(f"{IMPLS}:finite_fill")
+    report = run_sweep(impl, "quick")
+    masked = next(d for d in report.diagnoses if d.code == "MSK001")
+    assert masked.severity == "warning" and "uniform" in masked.evidence
+    assert report.exit_code() == 0 and report.exit_code("warning") == 1
+    spec = f"{IMPLS}:finite_fill"
+    assert run_cli("gradcheck", "--impl", spec, "--quick", "--fail-on", "warning").returncode == 1
+    code, data = sweep("seeds_style")
+    masked = next(d for d in data["diagnoses"] if d["code"] == "MSK001")
+    assert masked["severity"] == "info" and code == 0
+
+
+def test_exception_in_the_function_is_its_failure_for_that_dtype() -> None:
+    code, data = sweep("no_bfloat16", "--quick")
+    assert code == 1
+    raised = next(d for d in data["diagnoses"] if d["code"] == "GRD004")
+    assert raised["dtypes"] == ["bfloat16"] and "bfloat16 is not supported" in raised["evidence"]
+    assert {r["verdict"] for r in data["results"] if r["dtype"] == "float32"} <= {"pass", "skipped"}
+
+
+def test_every_criterion_is_counted_and_warnings_do_not_leak() -> None:
+    result = run_cli("gradcheck", "--impl", f"{IMPLS}:noisy", "--quick", "--format", "json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 0 and "UserWarning" not in result.stderr
+    assert any("deprecated" in note for note in data["notes"])
+    assert sum(data["counts"].values()) == len(data["results"]) + 2
+    text = run_cli("gradcheck", "--impl", f"{IMPLS}:wrong_backward", "--quick").stdout
+    assert text.lstrip().startswith("✗") and "GRD001" in "".join(text.splitlines()[:4])
+    assert "criteria" in text and text.rstrip().endswith("exit 1")
+
+
+def test_output_file_and_formats_as_inspect(tmp_path) -> None:  # noqa: ANN001
+    import jsonschema
+
+    schema = json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
+    spec = f"{IMPLS}:missing_scale"
+    report = tmp_path / "report.txt"
+    result = run_cli("gradcheck", "--impl", spec, "--quick", "-o", str(report))
+    assert result.returncode == 1 and result.stdout == ""
+    assert report.read_text().startswith("✗") and "SCL001" in report.read_text()
+    sarif_file = tmp_path / "report.sarif"
+    result = run_cli("gradcheck", "--impl", spec, "--quick", "--format", "sarif", "-o", str(sarif_file))
+    sarif = json.loads(sarif_file.read_text())
+    jsonschema.validate(sarif, schema)
+    assert result.returncode == 1 and sarif["runs"][0]["results"][0]["ruleId"] == "SCL001"
+    assert sarif["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    fixture = ROOT / "fixtures" / "clean_basic.safetensors"
+    assert run_cli("gradcheck", str(fixture), "--impl", spec, "-o", str(fixture)).returncode == 2
+
+
+def test_hugging_face_attention_mask_gets_an_additive_mask() -> None:
+    code, data = sweep("hf_style", "--quick")
+    assert code == 0, data["diagnoses"]
+    assert "attention_mask (additive float" in data["convention"]
+    masked = next(d for d in data["diagnoses"] if d["code"] == "MSK001")
+    assert masked["severity"] == "warning"  # finfo.min: a uniform average, as Hugging Face gives

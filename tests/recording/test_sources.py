@@ -55,7 +55,9 @@ def test_minilm_capture_cli_then_inspect(minilm: str, implementation: str, tmp_p
     cases = list(iter_cases([out]))
     assert [c.name for c in cases] == [f"encoder.layer.{i}.attention.self" for i in range(6)]
     roles = set(cases[0].tensors)
-    assert roles == ({"q", "k", "v", "mask"} if implementation == "sdpa" else {"scores", "weights"})
+    # eager attention is traced from its QK product to its PV product: a full case
+    traced = {"q", "k", "v", "mask", "scores", "weights", "out"}
+    assert roles == ({"q", "k", "v", "mask"} if implementation == "sdpa" else traced)
     inspected = run_cli("inspect", str(out))
     assert inspected.returncode == 0, inspected.stdout[-3000:]
 

@@ -1,0 +1,66 @@
+"""The check registry as data and as Markdown (``attndbg rules --format json|markdown``).
+
+``docs/rules.md`` is this Markdown, committed; a test keeps it in step with the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from attndbg.registry import Check
+
+REGENERATE = "attndbg rules --format markdown > docs/rules.md"
+
+
+def rule_dicts(checks: Iterable[Check]) -> list[dict[str, Any]]:
+    """One dict per check, in registry order (the JSON of ``attndbg rules --format json``)."""
+    return [
+        {
+            "code": c.code,
+            "name": c.name,
+            "stage": c.stage,
+            "severity": c.severity.value,
+            "summary": c.summary,
+            "thresholds": dict(c.thresholds),
+            "rationale": c.rationale,
+            "fix": c.fix.strip(),
+        }
+        for c in checks
+    ]
+
+
+def rules_markdown(checks: Iterable[Check]) -> str:
+    """Every check as a Markdown page: an index table, then one section per check."""
+    rules = rule_dicts(checks)
+    lines = [
+        "# Rules",
+        "",
+        f"Generated from the check registry by `{REGENERATE}`; do not edit by hand.",
+        "`attndbg explain CODE` prints the same text in the terminal.",
+        "",
+        "| code | name | stage | severity | summary |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| [{r['code']}](#{r['code'].lower()}) | {r['name']} | {r['stage']} | {r['severity']} "
+        f"| {_cell(r['summary'])} |"
+        for r in rules
+    ]
+    for r in rules:
+        lines += ["", f"## {r['code']}", "", f"**{r['name']}** · stage {r['stage']}", ""]
+        lines += [f"Default severity: {r['severity']}. {r['summary']}", "", r["rationale"].strip(), ""]
+        if r["thresholds"]:
+            values = ", ".join(f"`{name} = {value:g}`" for name, value in r["thresholds"].items())
+            lines += [
+                f"Thresholds: {values} — override in `pyproject.toml` under "
+                f"`[tool.attndbg.thresholds]`, e.g. `{r['code']} = {{ {next(iter(r['thresholds']))} = … }}`.",
+                "",
+            ]
+        lines += ["Fix:", "", "```python", r["fix"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

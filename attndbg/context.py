@@ -103,7 +103,7 @@ class CaseContext:
                 "D": q["d"],
                 "Dv": v["d"],
             }
-        probs = self.raw.get("weights", self.raw.get("scores"))
+        probs = self.raw["weights"] if "weights" in self.raw else self.raw["scores"]
         shape = list(probs.shape)
         while len(shape) < 4:
             shape.insert(0, 1)

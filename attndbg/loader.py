@@ -7,6 +7,7 @@ import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from attndbg.case import (
@@ -35,7 +36,7 @@ class CasePlan:
     origins: dict[str, str]
     notes: list[str] = field(default_factory=list)
     tokens: list[str] | None = None
-    locations: dict[str, dict] = field(default_factory=dict)
+    locations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _sniff(path: Path) -> None:
@@ -88,7 +89,7 @@ def _read_header(path: Path) -> tuple[list[str], dict[str, str]]:
     return keys, metadata
 
 
-def _natural(name: str) -> list:
+def _natural(name: str) -> list[int | str]:
     """Sort key that puts layer.2 before layer.10."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 

@@ -85,7 +85,7 @@ class Chunk:
 
     @property
     def n_heads(self) -> int:
-        return self.heads.stop - self.heads.start
+        return int(self.heads.stop) - int(self.heads.start)
 
 
 @dataclass

@@ -7,7 +7,7 @@ and the reducers read those. No float tensor of shape (B, H, Lq, Lk) is ever hel
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -89,8 +89,12 @@ def reference_pass(ctx: CaseContext) -> AttentionStats:
         head_gram=acc.totals["head_gram"].cpu(),
         nonfinite=acc.totals["nonfinite"],
         first_nonfinite=acc.totals["first_nonfinite"],
-        **{name: tensor.cpu() for name, tensor in acc.rows.items()},
+        **_on_cpu(acc.rows),
     )
+
+
+def _on_cpu(rows: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {name: tensor.cpu() for name, tensor in rows.items()}
 
 
 def _runs(ctx: CaseContext, reducer: type[Reducer]) -> bool:

@@ -57,7 +57,7 @@ class Verdict:
         return self.reference_error <= self.tolerance
 
     @property
-    def explained_by(self) -> str | None:
+    def explained_by(self) -> Reading | None:
         """The alternative that matches when the assumed reading does not."""
         if self.reference_matches or self.best_error > self.tolerance or self.best == Reading.REFERENCE:
             return None

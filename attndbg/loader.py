@@ -1,4 +1,5 @@
-"""Read cases from safetensors files (design §2) without ever unpickling anything."""
+"""Read cases from safetensors files without ever unpickling anything: the header is JSON and
+the tensors are raw bytes, so a hostile file can fail to load but cannot run code."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from attndbg.case import (
     ALIAS_TO_ROLE,

@@ -14,7 +14,7 @@ Shapes: batch 1, 8 heads, d = 64, float32. Every measurement runs in a fresh chi
   for each family of checks, since a stage's statistics are computed only when it runs;
 * at the same N: a profile of the statistics pass (Q·Kᵀ, the softmax core, each reducer).
 
-``--sizes 65536 --repeats 1 --no-stages`` measures the large case (``make bench-large``).
+``--sizes 65536 --repeats 1 --no-stages --no-warmup`` measures the large case (``make bench-large``).
 """
 
 from __future__ import annotations
@@ -71,12 +71,15 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child(mode: str, n: int, device: str, repeats: int) -> dict[str, Any]:
+def child(mode: str, n: int, device: str, repeats: int, threads: int, warmup: bool) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
     import attndbg
     from attndbg.registry import load_checks
+
+    if threads:
+        torch.set_num_threads(threads)
 
     load_checks()  # import every module before the baseline: their memory is not the run's
     torch.manual_seed(0)
@@ -93,8 +96,9 @@ def child(mode: str, n: int, device: str, repeats: int) -> dict[str, Any]:
     else:
         select = None if mode == "inspect" else mode.split(":", 1)[1]
         run = lambda: attndbg.diagnose(q, k, v, device=device, select=select)  # noqa: E731
-    run()  # warm-up: kernels, allocator pools, lazily imported modules
-    sync()
+    if warmup:
+        run()  # kernels, allocator pools, lazily imported modules
+        sync()
     # The peak covers every timed run, so memory pooled by an earlier run is counted.
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -160,9 +164,10 @@ def profile_pass(q: Any, k: Any, v: Any) -> dict[str, Any]:
     return {"total": total, "parts": parts}
 
 
-def measure(mode: str, n: int, device: str, repeats: int) -> dict[str, Any] | None:
-    command = [sys.executable, __file__, "--child", mode, "--sizes", str(n)]
-    command += ["--device", device, "--repeats", str(repeats)]
+def measure(mode: str, n: int, args: argparse.Namespace, repeats: int | None = None) -> dict[str, Any] | None:
+    command = [sys.executable, __file__, "--child", mode, "--sizes", str(n), "--device", args.device]
+    command += ["--repeats", str(repeats or args.repeats), "--threads", str(args.threads)]
+    command += [] if args.warmup else ["--no-warmup"]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         print(f"  {mode} at N = {n} failed: {result.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -199,24 +204,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stages-at", type=int, default=4096)
     parser.add_argument("--no-stages", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--child", default=None)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.child:
-        print(json.dumps(child(args.child, sizes[0], args.device, args.repeats)))
+        print(json.dumps(child(args.child, sizes[0], args.device, args.repeats, args.threads, args.warmup)))
         return
     mib = 1 << 20
     print(f"attndbg benchmark: batch 1, {HEADS} heads, d={DIM}, float32, device {args.device}")
     print(f"machine: {machine(args.device)}")
-    print(f"seconds as min / median / max of {args.repeats} runs, each after a warm-up\n")
+    warm = "after a warm-up run" if args.warmup else "without a warm-up run"
+    print(f"seconds as min / median / max of {args.repeats} runs, {warm}\n")
     print(
         f"{'N':>6}  {'sdpa s':>23}  {'inspect s':>23}  {'ratio':>6}  {'cpu ratio':>9}  "
         f"{'inputs MiB':>10}  {'peak MiB':>8}"
     )
     threads = "?"
     for n in sizes:
-        sdpa = measure("sdpa", n, args.device, args.repeats)
-        inspect = measure("inspect", n, args.device, args.repeats)
+        sdpa = measure("sdpa", n, args)
+        inspect = measure("inspect", n, args)
         if sdpa is None or inspect is None:
             continue
         threads = sdpa["threads"]
@@ -237,10 +245,10 @@ def main() -> None:
     n = args.stages_at
     print(f"\nwhat each stage costs at N = {n} (diagnose with only that stage's checks selected):")
     for stage, select in STAGE_SELECTIONS.items():
-        result = measure(f"select:{select}", n, args.device, args.repeats)
+        result = measure(f"select:{select}", n, args)
         if result:
             print(f"  {stage:<26} {statistics.median(result['wall']):>7.3f} s   --select {select}")
-    profile = measure("profile", n, args.device, 1)
+    profile = measure("profile", n, args, repeats=1)
     if profile:
         print(f"\nwhere the statistics pass spends its CPU time at N = {n} ({profile['total']:.3f} s):")
         for part, seconds in sorted(profile["parts"].items(), key=lambda kv: -kv[1]):

@@ -118,7 +118,7 @@ def _batch(ctx: CaseContext, b: int) -> Batch:
         return Batch(b, None, None, None)
     q = ctx.q[min(b, ctx.q.shape[0] - 1)] * ctx.scale
     kt = ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2)
-    if kt.numel() * kt.element_size() <= ctx.max_memory // 4:
+    if kt.numel() * kt.element_size() <= ctx.max_memory // 8:
         kt = kt.contiguous()  # a plain (D, Lk) right operand: ~25% faster Q·Kᵀ on CPU (torch 2.13)
     return Batch(b, q, kt, ctx.v[min(b, ctx.v.shape[0] - 1)])
 

@@ -16,6 +16,8 @@ REGENERATE = "attndbg rules --format markdown > docs/rules.md"
 
 def rule_dicts(checks: Iterable[Check]) -> list[dict[str, Any]]:
     """One dict per check, in registry order (the JSON of ``attndbg rules --format json``)."""
+    from attndbg.registry import supersedes
+
     return [
         {
             "code": c.code,
@@ -26,6 +28,8 @@ def rule_dicts(checks: Iterable[Check]) -> list[dict[str, Any]]:
             "thresholds": dict(c.thresholds),
             "rationale": c.rationale,
             "fix": c.fix.strip(),
+            "superseded_by": list(c.superseded_by),
+            "supersedes": supersedes(c.code),
         }
         for c in checks
     ]
@@ -56,6 +60,12 @@ def rules_markdown(checks: Iterable[Check]) -> str:
             lines += [
                 f"Thresholds: {values} — override in `pyproject.toml` under "
                 f"`[tool.attndbg.thresholds]`, e.g. `{r['code']} = {{ {next(iter(r['thresholds']))} = … }}`.",
+                "",
+            ]
+        if r["superseded_by"]:
+            codes = ", ".join(f"[{code}](#{code.lower()})" for code in r["superseded_by"])
+            lines += [
+                f"Superseded by {codes}: silent on a case where one of them fires (it names the cause).",
                 "",
             ]
         lines += ["Fix:", "", "```python", r["fix"], "```"]

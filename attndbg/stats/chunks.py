@@ -56,7 +56,9 @@ class Batch:
 class Chunk:
     """A block of (heads, query rows) of one sample, as the driver hands it to the reducers.
 
-    Before the softmax (``Reducer.scores``): ``scores`` are the scaled logits, non-finite
+    One product (``block`` rows of a group of heads) is cut into chunks of rows that stay in
+    cache; the chunks of a block come in row order, and every head group of a block before the
+    next block. Before the softmax (``Reducer.scores``): ``scores`` are the scaled logits, non-finite
     values already counted and NaN turned to -inf, ``high``/``low`` their row max/min (0 where
     not finite), ``bias`` the mask and causal bias of the assumed reading (None without).
     After it (``Reducer.weights``): ``exp`` = exp(logits − shift), ``total`` its row sum,
@@ -70,6 +72,7 @@ class Chunk:
     scores: torch.Tensor
     high: torch.Tensor
     low: torch.Tensor
+    block: slice  # the rows of the product this chunk is a slice of
     bias: torch.Tensor | None = None
     shift: torch.Tensor | None = None
     exp: torch.Tensor | None = None

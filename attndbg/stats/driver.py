@@ -7,12 +7,14 @@ and the reducers read those. No float tensor of shape (B, H, Lq, Lk) is ever hel
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from attndbg.attention import MASKED_BIAS
 from attndbg.stats.chunks import (
+    CHUNK_ELEMENTS,
     TEMPORARIES_PER_ELEMENT,
     Accumulator,
     Batch,
@@ -76,7 +78,8 @@ def reference_pass(ctx: CaseContext) -> AttentionStats:
                 if not has_qkv and ctx.user_scores is None:
                     _weights_only_chunk(ctx, acc, b, rows, gram_stride)
                     continue
-                _reduce_chunk(ctx, reducers, _chunk(ctx, batch, heads, rows))
+                for chunk in _chunks(ctx, batch, heads, rows):
+                    _reduce_chunk(ctx, reducers, chunk)
     for reducer in reducers:
         reducer.finish()
     return AttentionStats(
@@ -123,21 +126,34 @@ def _batch(ctx: CaseContext, b: int) -> Batch:
     return Batch(b, q, kt, ctx.v[min(b, ctx.v.shape[0] - 1)])
 
 
-def _chunk(ctx: CaseContext, batch: Batch, heads: slice, rows: slice) -> Chunk:
-    """The scores of a chunk, from q·kᵀ or from the user's saved scores, with their row max/min
-    (amax and amin beat aminmax by ~20x on CPU, torch 2.13) and the bias of the reading."""
+def _chunks(ctx: CaseContext, batch: Batch, heads: slice, block: slice) -> Iterator[Chunk]:
+    """The scores of a block of rows — one product, from q·kᵀ, or the user's saved scores —
+    handed on in slices of rows small enough to stay in cache through every element-wise pass
+    (on a GPU, whole: its cache is not the limit)."""
     if batch.q is not None and batch.kt is not None:
-        scores = torch.matmul(batch.q[heads, rows], batch.kt[heads])
+        scores = torch.matmul(batch.q[heads, block], batch.kt[heads])
     else:
         saved = ctx.user_scores
         assert saved is not None
         scores = (
-            saved[min(batch.index, saved.shape[0] - 1), :, rows]
+            saved[min(batch.index, saved.shape[0] - 1), :, block]
             .to(ctx.device, torch.float32)
             .expand(ctx.sizes["Hq"], -1, -1)[heads]
             .clone()
         )
-    chunk = Chunk(batch, heads, rows, scores, high=scores.amax(-1), low=scores.amin(-1))
+    n_heads, n_rows, n_keys = scores.shape
+    step = n_rows if str(ctx.device) != "cpu" else max(1, CHUNK_ELEMENTS // max(1, n_heads * n_keys))
+    for first in range(0, n_rows, step):
+        rows = slice(block.start + first, block.start + min(n_rows, first + step))
+        yield _chunk(ctx, batch, heads, rows, block, scores[:, first : first + step])
+
+
+def _chunk(
+    ctx: CaseContext, batch: Batch, heads: slice, rows: slice, block: slice, scores: torch.Tensor
+) -> Chunk:
+    """One chunk with its row max/min (amax and amin beat aminmax by ~20x on CPU, torch 2.13)
+    and the bias of the reading."""
+    chunk = Chunk(batch, heads, rows, scores, high=scores.amax(-1), low=scores.amin(-1), block=block)
     bias = ctx.combined_bias(batch.index, rows, ctx.mask_semantics, ctx.causal_align)
     if bias is not None and bias.dim() == 3 and bias.shape[0] > 1:
         bias = bias[heads]

@@ -185,19 +185,22 @@ class HeadGram(Reducer):
         self.stride = max(1, self.acc.shape[2] // GRAM_ROWS)
         self._block: torch.Tensor | None = None
 
+    def _sampled(self, rows: slice) -> range:
+        return range(rows.start + (-rows.start % self.stride), rows.stop, self.stride)
+
     def weights(self, chunk: Chunk) -> None:
         assert chunk.exp is not None and chunk.safe_total is not None
-        first = -chunk.rows.start % self.stride
-        if first >= chunk.rows.stop - chunk.rows.start:
-            return
-        sampled = slice(first, None, self.stride)
-        probs = chunk.exp[:, sampled] / chunk.safe_total[:, sampled, None]
-        heads = self.acc.shape[1]
-        if chunk.heads.start == 0:
-            self._block = torch.zeros((heads, *probs.shape[1:]), device=probs.device)
-        assert self._block is not None
-        self._block[chunk.heads] = torch.nan_to_num(probs, nan=0.0)
-        if chunk.heads.stop == heads:
+        heads, block = self.acc.shape[1], self._sampled(chunk.block)
+        if chunk.heads.start == 0 and chunk.rows.start == chunk.block.start:
+            shape = (heads, len(block), chunk.exp.shape[-1])
+            self._block = torch.zeros(shape, device=chunk.exp.device) if len(block) else None
+        mine = self._sampled(chunk.rows)
+        if self._block is not None and len(mine):
+            local = slice(mine.start - chunk.rows.start, None, self.stride)
+            probs = chunk.exp[:, local] / chunk.safe_total[:, local, None]
+            at = block.index(mine.start)
+            self._block[chunk.heads, at : at + len(mine)] = torch.nan_to_num(probs, nan=0.0)
+        if self._block is not None and chunk.heads.stop == heads and chunk.rows.stop == chunk.block.stop:
             flat = self._block.reshape(heads, -1)
             self.acc.totals["head_gram"][chunk.batch.index] += (flat @ flat.T).to(torch.float64)
             self._block = None

@@ -142,8 +142,9 @@ def profile_pass(q: Any, k: Any, v: Any) -> dict[str, Any]:
 
         return wrapper
 
-    originals = [(driver, "_chunk", driver._chunk), (driver, "_reduce_chunk", driver._reduce_chunk)]
-    driver._chunk = timed("Q·Kᵀ, row max/min, bias", driver._chunk)
+    originals = [(driver, name, getattr(driver, name)) for name in ("_product", "_chunk", "_reduce_chunk")]
+    driver._product = timed("Q·Kᵀ", driver._product)
+    driver._chunk = timed("row max/min, bias", driver._chunk)
     driver._reduce_chunk = timed("after Q·Kᵀ", driver._reduce_chunk)
     for reducer in REDUCERS:
         for hook in ("scores", "weights", "finish"):
@@ -158,7 +159,7 @@ def profile_pass(q: Any, k: Any, v: Any) -> dict[str, Any]:
         setattr(owner, name, original)
     reducer_names = {r.__name__ for r in REDUCERS}
     reducers = sum(seconds for name, seconds in spent.items() if name in reducer_names)
-    parts = {"Q·Kᵀ, row max/min, bias": spent.get("Q·Kᵀ, row max/min, bias", 0.0)}
+    parts = {name: spent.get(name, 0.0) for name in ("Q·Kᵀ", "row max/min, bias")}
     parts["exp, row sums, entropy dot"] = spent.get("after Q·Kᵀ", 0.0) - reducers
     parts.update({name: seconds for name, seconds in spent.items() if name in reducer_names})
     return {"total": total, "parts": parts}
@@ -243,11 +244,13 @@ def main() -> None:
     if args.no_stages:
         return
     n = args.stages_at
-    print(f"\nwhat each stage costs at N = {n} (diagnose with only that stage's checks selected):")
+    print(f"\nwhat each stage costs at N = {n} (diagnose with only that stage's checks selected;")
+    print("median seconds, wall clock and process CPU):")
     for stage, select in STAGE_SELECTIONS.items():
         result = measure(f"select:{select}", n, args)
         if result:
-            print(f"  {stage:<26} {statistics.median(result['wall']):>7.3f} s   --select {select}")
+            wall, cpu = statistics.median(result["wall"]), statistics.median(result["cpu"])
+            print(f"  {stage:<26} {wall:>7.3f} s  {cpu:>7.3f} s cpu   --select {select}")
     profile = measure("profile", n, args, repeats=1)
     if profile:
         print(f"\nwhere the statistics pass spends its CPU time at N = {n} ({profile['total']:.3f} s):")

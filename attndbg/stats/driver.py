@@ -130,22 +130,26 @@ def _chunks(ctx: CaseContext, batch: Batch, heads: slice, block: slice) -> Itera
     """The scores of a block of rows — one product, from q·kᵀ, or the user's saved scores —
     handed on in slices of rows small enough to stay in cache through every element-wise pass
     (on a GPU, whole: its cache is not the limit)."""
-    if batch.q is not None and batch.kt is not None:
-        scores = torch.matmul(batch.q[heads, block], batch.kt[heads])
-    else:
-        saved = ctx.user_scores
-        assert saved is not None
-        scores = (
-            saved[min(batch.index, saved.shape[0] - 1), :, block]
-            .to(ctx.device, torch.float32)
-            .expand(ctx.sizes["Hq"], -1, -1)[heads]
-            .clone()
-        )
+    scores = _product(ctx, batch, heads, block)
     n_heads, n_rows, n_keys = scores.shape
     step = n_rows if str(ctx.device) != "cpu" else max(1, CHUNK_ELEMENTS // max(1, n_heads * n_keys))
     for first in range(0, n_rows, step):
         rows = slice(block.start + first, block.start + min(n_rows, first + step))
         yield _chunk(ctx, batch, heads, rows, block, scores[:, first : first + step])
+
+
+def _product(ctx: CaseContext, batch: Batch, heads: slice, block: slice) -> torch.Tensor:
+    """(q·scale)·kᵀ for a group of heads and a block of rows, or the saved scores there."""
+    if batch.q is not None and batch.kt is not None:
+        return torch.matmul(batch.q[heads, block], batch.kt[heads])
+    saved = ctx.user_scores
+    assert saved is not None
+    return (
+        saved[min(batch.index, saved.shape[0] - 1), :, block]
+        .to(ctx.device, torch.float32)
+        .expand(ctx.sizes["Hq"], -1, -1)[heads]
+        .clone()
+    )
 
 
 def _chunk(

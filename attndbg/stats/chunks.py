@@ -44,10 +44,10 @@ def chunk_shape(ctx: CaseContext) -> tuple[int, int]:
 
 @dataclass
 class Batch:
-    """One sample's inputs, normalised once: q already scaled, k transposed."""
+    """One sample's inputs, normalised once: k transposed (q is scaled per block, not copied)."""
 
     index: int
-    q: torch.Tensor | None  # (H, Lq, D) · scale
+    q: torch.Tensor | None  # (H, Lq, D), not yet scaled
     kt: torch.Tensor | None  # (H, D, Lk)
     v: torch.Tensor | None  # (H, Lk, Dv)
 

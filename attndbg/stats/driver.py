@@ -112,14 +112,15 @@ def _runs(ctx: CaseContext, reducer: type[Reducer]) -> bool:
 
 
 def output_may_overflow(ctx: CaseContext) -> bool:
-    largest = float(ctx.v.abs().amax()) if ctx.v.numel() else 0.0
+    v = ctx.v
+    largest = max(float(v.amax()), -float(v.amin())) if v.numel() else 0.0  # no |v| temporary
     return not largest * max(ctx.sizes["Lk"], 1) < torch.finfo(torch.float32).max / 4
 
 
 def _batch(ctx: CaseContext, b: int) -> Batch:
     if not ctx.has_qkv:
         return Batch(b, None, None, None)
-    q = ctx.q[min(b, ctx.q.shape[0] - 1)] * ctx.scale
+    q = ctx.q[min(b, ctx.q.shape[0] - 1)]  # scaled per block: no copy of q
     kt = ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2)
     if kt.numel() * kt.element_size() <= ctx.max_memory // 8:
         kt = kt.contiguous()  # a plain (D, Lk) right operand: ~25% faster Q·Kᵀ on CPU (torch 2.13)
@@ -141,7 +142,7 @@ def _chunks(ctx: CaseContext, batch: Batch, heads: slice, block: slice) -> Itera
 def _product(ctx: CaseContext, batch: Batch, heads: slice, block: slice) -> torch.Tensor:
     """(q·scale)·kᵀ for a group of heads and a block of rows, or the saved scores there."""
     if batch.q is not None and batch.kt is not None:
-        return torch.matmul(batch.q[heads, block], batch.kt[heads])
+        return torch.matmul(batch.q[heads, block] * ctx.scale, batch.kt[heads])
     saved = ctx.user_scores
     assert saved is not None
     return (

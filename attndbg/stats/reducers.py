@@ -75,7 +75,7 @@ class Logits(Reducer):
             rows["max_logit"][at] = torch.maximum(chunk.high, -chunk.low)
             if chunk.batch.q is not None:
                 k_mean, k_cov = self._key_moments(chunk)
-                q_chunk = chunk.batch.q[chunk.heads, chunk.rows]
+                q_chunk = chunk.batch.q[chunk.heads, chunk.rows] * self.ctx.scale
                 q64 = q_chunk.double()
                 variance = ((q64 @ k_cov[chunk.heads]) * q64).sum(-1)
                 rows["logit_mean"][at] = (q_chunk * k_mean[chunk.heads, None, :]).sum(-1)

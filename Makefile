@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-all test sweep lint docs fixtures bench bench-large clean
+.PHONY: install demo demo-all test sweep lint docs fixtures bench bench-large bench-watch clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,9 +51,11 @@ sweep: install
 	ATTNDBG_SWEEP_TABLE=$(VENV)/sweep-table.md $(BIN)/python -m pytest tests/architectures -q
 	cat $(VENV)/sweep-table.md
 
+# Style and types: ruff, then mypy (config in pyproject.toml: the whole package, strict core).
 lint: install
 	$(BIN)/ruff check attndbg tests scripts
 	$(BIN)/ruff format --check attndbg tests scripts
+	$(BIN)/mypy
 
 # attndbg's inspection vs one SDPA forward at N = 4,096 / 16,384, min/median/max of 3 runs, the
 # cost of each stage and a profile of the statistics pass (a few minutes).
@@ -63,6 +65,10 @@ bench: install
 # N = 65,536: one run of each, no warm-up (minutes on a laptop CPU); memory stays bounded.
 bench-large: install
 	$(BIN)/python scripts/bench.py --sizes 65536 --repeats 1 --no-stages --no-warmup
+
+# One run: a small GPT's training step with attndbg.watch(every=10) and (every=1) against none.
+bench-watch: install
+	$(BIN)/python scripts/bench_watch.py --runs 5 --steps 40
 
 # Generated documents; tests/test_docs.py fails when they are stale.
 docs: install

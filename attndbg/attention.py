@@ -9,7 +9,7 @@ with nothing to attend give zeros.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 if TYPE_CHECKING:  # torch is imported inside the functions: `attndbg rules` must not load it
     import torch
@@ -54,6 +54,35 @@ def expand_kv_heads(tensor: torch.Tensor, n_heads: int, dim: int = -3) -> torch.
     return tensor.repeat_interleave(n_heads // kv_heads, dim=dim)
 
 
+@overload
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    align: str = "upper-left",
+    softmax_dim: int = -1,
+    return_weights: Literal[False] = False,
+) -> torch.Tensor: ...
+
+
+@overload
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    align: str = "upper-left",
+    softmax_dim: int = -1,
+    *,
+    return_weights: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def reference_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -75,7 +104,7 @@ def reference_attention(
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
     if is_causal:
-        keep = causal_keep(*scores.shape[-2:], align, q.device)
+        keep = causal_keep(scores.shape[-2], scores.shape[-1], align, q.device)
     if mask is not None and mask.dtype == torch.bool:
         keep = keep & mask
     elif mask is not None:

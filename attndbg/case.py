@@ -67,9 +67,29 @@ class Case:
     settings: Settings = field(default_factory=Settings)
     origins: dict[str, str] = field(default_factory=dict)  # setting -> "flag" | "metadata"
     notes: list[str] = field(default_factory=list)
-    tokens: list[str] | None = None  # from metadata "tokens" (a JSON list), for labels
+    tokens: list[list[str]] | None = None  # per batch row, from metadata "tokens", for labels
     # recorded step ("qk", "scale", "mask", "softmax", "pv", "call") -> the user's source line
     locations: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse q/k/v that cannot be attention inputs; read storage-only floats as float32."""
+        for role in ("q", "k", "v"):
+            tensor = self.tensors.get(role)
+            if tensor is not None and not tensor.is_floating_point():
+                raise InputError(
+                    f"{self.file}: case {self.name}: {role} is {str(tensor.dtype).removeprefix('torch.')}; "
+                    "q, k and v must be floating point (integers are token ids or quantised values: "
+                    "save them dequantised)"
+                )
+        for role in [r for r in ROLE_ORDER if r in self.tensors]:
+            tensor = self.tensors[role]
+            # float8 (and smaller) types are storage formats without arithmetic kernels
+            if tensor.is_floating_point() and tensor.element_size() == 1:
+                import torch
+
+                self.tensors[role] = tensor.to(torch.float32)
+                dtype = str(tensor.dtype).removeprefix("torch.")
+                self.notes.append(f"{role} is {dtype}, read as float32 (no arithmetic in {dtype})")
 
     @property
     def mask_key(self) -> str:
@@ -132,14 +152,19 @@ def settings_from_strings(values: dict[str, str], where: str) -> Settings:
     return Settings(**parsed)
 
 
-def tokens_from_metadata(value: str | None) -> list[str] | None:
+def tokens_from_metadata(value: str | None) -> list[list[str]] | None:
+    """Tokens per batch row: metadata ``tokens`` is a JSON list of rows (lists of strings), or
+    one flat list — the first row's, as older captures wrote it."""
     if not value:
         return None
     try:
         tokens = json.loads(value)
     except ValueError:
         return None
-    return [str(t) for t in tokens] if isinstance(tokens, list) else None
+    if not isinstance(tokens, list) or not tokens:
+        return None
+    rows = tokens if all(isinstance(row, list) for row in tokens) else [tokens]
+    return [[str(t) for t in row] for row in rows]
 
 
 def locations_from_metadata(value: str | None) -> dict[str, dict[str, Any]]:

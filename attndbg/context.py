@@ -103,7 +103,8 @@ class CaseContext:
                 "D": q["d"],
                 "Dv": v["d"],
             }
-        probs = self.raw["weights"] if "weights" in self.raw else self.raw["scores"]
+        probs = self.raw.get("weights", self.raw.get("scores"))
+        assert probs is not None  # the loader refuses a case with neither q/k/v nor weights/scores
         shape = list(probs.shape)
         while len(shape) < 4:
             shape.insert(0, 1)

@@ -85,9 +85,10 @@ def summarize_tensor(
     )
 
 
-def run_case(case: Case, options: Options) -> CaseReport:
-    """One case through the pipeline: the planned checks stage by stage, then the report."""
-    ctx = CaseContext(
+def run_case(case: Case, options: Options, ctx: CaseContext | None = None) -> CaseReport:
+    """One case through the pipeline: the planned checks stage by stage, then the report.
+    ``ctx``: a context the caller keeps, to read its statistics afterwards (attndbg.watch)."""
+    ctx = ctx or CaseContext(
         case, device=options.device, max_memory=options.max_memory, thresholds=options.thresholds
     )
     plan = plan_checks(options.select, options.ignore, grad=options.grad)

@@ -14,11 +14,12 @@ from attndbg.context import CaseContext
 from attndbg.report import Heatmap
 
 
-def _labels(ctx: CaseContext, n: int, step: int) -> list[str]:
-    """Token strings when a capture recorded them (metadata ``tokens``), else positions."""
-    tokens = ctx.case.tokens
+def _labels(ctx: CaseContext, batch: int, n: int, step: int) -> list[str]:
+    """This batch row's tokens when a capture recorded them (metadata ``tokens``), else positions."""
+    rows = ctx.case.tokens or []
+    tokens = rows[batch] if batch < len(rows) else None
     if tokens and step == 1 and len(tokens) >= n:
-        return [str(t) for t in tokens[:n]]
+        return tokens[:n]
     return [str(i * step) for i in range(math.ceil(n / step))]
 
 
@@ -50,11 +51,13 @@ def head_weights(ctx: CaseContext, batch: int, head: int, rows: slice) -> tuple[
         )
         return torch.nan_to_num(weights), masked
     if ctx.has_qkv:
+        assert ctx.q is not None and ctx.k is not None
         q = ctx.q[min(batch, ctx.q.shape[0] - 1), head, rows] * ctx.scale
         logits = q @ ctx.k[min(batch, ctx.k.shape[0] - 1), head].T
     else:
-        s = ctx.user_scores
-        logits = s[min(batch, s.shape[0] - 1), min(head, s.shape[1] - 1), rows].float()
+        scores = ctx.user_scores
+        assert scores is not None  # a case without q/k/v has saved scores (or weights, handled above)
+        logits = scores[min(batch, scores.shape[0] - 1), min(head, scores.shape[1] - 1), rows].float()
     masked = torch.zeros_like(logits, dtype=torch.bool)
     if bias is not None:
         logits = logits + bias
@@ -87,16 +90,16 @@ def build_heatmap(
         case=ctx.case.name,
         batch=batch,
         head=head,
-        weights=[[round(float(x), 6) for x in row] for row in weights.cpu()],
-        masked=[[bool(x) for x in row] for row in masked.cpu()],
+        weights=[[round(x, 6) for x in row] for row in weights.cpu().tolist()],  # tolist: no 0-d tensors
+        masked=masked.cpu().tolist(),
         row_step=row_step,
         col_step=col_step,
         q_len=lq,
         k_len=lk,
         source="saved weights" if ctx.user_weights is not None else "recomputed",
     )
-    heatmap.row_labels = _labels(ctx, lq, row_step)
-    heatmap.col_labels = _labels(ctx, lk, col_step)
+    heatmap.row_labels = _labels(ctx, batch, lq, row_step)
+    heatmap.col_labels = _labels(ctx, batch, lk, col_step)
     return heatmap
 
 

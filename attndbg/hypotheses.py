@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from attndbg.stats import AttentionStats
 
 # Max-abs-error tolerances on probabilities, by the dtype the artefact was saved in.
-# float32 allows weights printed/rounded to 4 decimals (the seeds' hand-computed example).
+# float32 allows weights printed/rounded to 4 decimals (a hand-computed example, as in the
+# clean_seeds_example fixture).
 WEIGHT_TOLERANCE = {"float64": 1e-6, "float32": 5e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
 DESCRIPTION: dict[Reading, str] = {
     Reading.REFERENCE: "the assumed reading",
@@ -90,15 +91,29 @@ def verdict(ctx: CaseContext, artefact: Artefact) -> Verdict | None:
     if not errors or Reading.REFERENCE not in errors:
         return None
     if ctx.settings.dropout_p:
-        # dropout makes the output random: only the weights, each 0 or reference/(1 − p), can be
-        # verified; the assumed reading of the weights is the declared dropout
+        # dropout makes the output random: only the weights can be verified, saved after the
+        # dropout (each 0 or reference/(1 − p)) or before it (the probabilities)
         if artefact != Artefact.WEIGHTS or Reading.DROPOUT not in errors:
             return None
-        errors = {**errors, Reading.REFERENCE: errors[Reading.DROPOUT]}
-        del errors[Reading.DROPOUT]
+        errors = dict(errors)
+        dropped = errors.pop(Reading.DROPOUT)
+        errors[Reading.REFERENCE] = min(errors[Reading.REFERENCE], dropped)
     best = min(errors, key=lambda k: (errors[k], k != Reading.REFERENCE))
     reference = errors[Reading.REFERENCE]
     return Verdict(artefact, errors, tolerance(ctx, artefact), reference, best, errors[best])
+
+
+def weights_explained_by(ctx: CaseContext) -> Reading | None:
+    """The reading that explains the saved weights, when one other than the assumed does: the
+    weights' other symptoms (row sums, weight on masked or future keys) are its consequences."""
+    v = verdict(ctx, Artefact.WEIGHTS)
+    return v.explained_by if v is not None else None
+
+
+def weights_after_dropout(ctx: CaseContext) -> bool:
+    """Do the saved weights carry dropout (each 0 or reference/(1 − p))? Then out = weights @ v."""
+    errors = ctx.stats.hypotheses.get(Artefact.WEIGHTS, {})
+    return Reading.DROPOUT in errors and errors[Reading.DROPOUT] <= tolerance(ctx, Artefact.WEIGHTS)
 
 
 def verdicts(ctx: CaseContext) -> list[Verdict]:
@@ -123,3 +138,10 @@ def evidence(v: Verdict) -> dict[str, Any]:
         "tolerance": v.tolerance,
         "errors": {k: round(e, 6) for k, e in sorted(v.errors.items(), key=lambda kv: kv[1])},
     }
+
+
+def explained_as(ctx: CaseContext, labels: set[Reading], consequence: str) -> tuple[str, dict] | None:
+    """Message and evidence of a finding that names the reading explaining a saved artefact:
+    what matched, then ``consequence`` (what it means for the user's code)."""
+    v = explained(ctx, labels)
+    return None if v is None else (f"{v.sentence()}: {consequence}", evidence(v))

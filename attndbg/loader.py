@@ -1,5 +1,5 @@
-"""Read cases from safetensors files without ever unpickling anything: the header is JSON and
-the tensors are raw bytes, so a hostile file can fail to load but cannot run code."""
+"""Read cases from safetensors files without ever unpickling anything (the format:
+docs/architecture.md, "Input format")."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class CasePlan:
     settings: Settings
     origins: dict[str, str]
     notes: list[str] = field(default_factory=list)
-    tokens: list[str] | None = None
+    tokens: list[list[str]] | None = None
     locations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from attndbg.errors import UsageError
 from attndbg.report import STAGES, Severity
-from attndbg.vocab import Stage, Statistic
+from attndbg.vocab import Reading, Stage, Statistic
 
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
@@ -64,6 +64,12 @@ class Check:
     superseded_by: ClassVar[tuple[str, ...]] = ()
     # A shape check whose hit can block the later stages: it runs even when not selected.
     can_block: ClassVar[bool] = False
+    # Readings of the saved artefacts that this check names when they match: every reading the
+    # hypotheses can prove is named by some check, whatever subset of weights/scores/out exists.
+    reports: ClassVar[frozenset[Reading]] = frozenset()
+    # Reported only by `attndbg gradcheck --impl` (it needs the implementation, not saved
+    # tensors): `inspect` never runs it, and its triggers live in the gradcheck corpus.
+    gradcheck_only: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

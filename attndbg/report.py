@@ -76,7 +76,11 @@ class Finding:
     location: Location | None = None  # the step of the user's code it is about (captures)
 
     def fingerprint(self, file: str) -> str:
-        return f"{file}::{self.case}::{self.code}::{self.head}"
+        """The baseline key: the file relative to its project root, so it does not depend on
+        the folder attndbg runs from or on how the path was typed."""
+        from attndbg._io import project_relative
+
+        return f"{project_relative(file)}::{self.case}::{self.code}::{self.head}"
 
 
 @dataclass
@@ -160,6 +164,18 @@ class Report:
 
     def counts(self) -> dict[str, int]:
         return count_by_severity(self.findings)
+
+    def __rich__(self) -> Any:
+        """``rich.print(report)`` and Rich-aware notebooks draw the terminal report."""
+        from attndbg.render.rich_report import report_renderable
+
+        return report_renderable(self)
+
+    def _repr_html_(self) -> str:
+        """Jupyter draws the report as the terminal would, in colour."""
+        from attndbg.render.rich_report import recorded
+
+        return recorded(self, colour=True).export_html(inline_styles=True)
 
     def exit_code(self, fail_on: str | None = None) -> int:
         threshold = FAIL_ON_RANK[fail_on or self.fail_on]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -105,6 +108,35 @@ def test_baseline_round_trip(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
     assert run_cli("inspect", known, "--baseline", str(bad)).returncode == 2
+
+
+def test_a_baseline_matches_however_the_path_is_typed(tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    relative = "fixtures/SCL001_missing_scale.safetensors"  # typed from the repository root
+    assert run_cli("inspect", relative, "--write-baseline", str(baseline)).returncode == 0
+    entry = json.loads(baseline.read_text())["findings"][0]["fingerprint"]
+    assert entry.startswith(relative + "::")
+    elsewhere = tmp_path / "somewhere"
+    elsewhere.mkdir()
+    absolute = str(ROOT / relative)  # the same file, from another folder
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's attndbg, whatever the cwd
+
+    def inspect_from_elsewhere(*args: str) -> int:
+        command = [sys.executable, "-m", "attndbg", "inspect", absolute, *args]
+        return subprocess.run(command, capture_output=True, cwd=elsewhere, env=env).returncode
+
+    assert inspect_from_elsewhere("--baseline", str(baseline)) == 0
+    assert inspect_from_elsewhere() == 1
+
+
+def test_quiet_output_marks_baselined_findings(tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    known = fx("SCL001_missing_scale")
+    assert run_cli("inspect", known, "--write-baseline", str(baseline)).returncode == 0
+    quiet = run_cli("inspect", known, fx("SMX002_softmax_over_queries"), "-q", "--baseline", str(baseline))
+    errors = [line for line in quiet.stdout.splitlines() if ": error " in line]
+    lines = {line.split(": ", 1)[1].split()[1]: line for line in errors}
+    assert "(baseline)" in lines["SCL001"] and "(baseline)" not in lines["SMX002"]
 
 
 def test_json_is_byte_identical_without_timings_across_runs() -> None:

@@ -10,7 +10,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_cli
+from safetensors.torch import save_file
 
 
 def digest(path: Path) -> str | None:
@@ -160,3 +162,29 @@ def test_one_bad_file_among_good_ones_fails_before_any_report(hostile, fixtures_
     result = run_cli("inspect", str(fixtures_dir / "clean_basic.safetensors"), str(hostile["pickle"]))
     assert result.returncode == 2
     assert result.stdout == ""
+
+
+def test_odd_dtypes_are_read_or_refused_clearly(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 8, generator=g) for _ in range(3))
+    float8 = tmp_path / "float8.safetensors"
+    save_file({n: t.to(torch.float8_e4m3fn) for n, t in zip("qkv", (q, k, v))}, str(float8))
+    result = run_cli("inspect", str(float8))
+    assert result.returncode == 0, result.stderr
+    assert "assumed: q is float8_e4m3fn, read as float32" in result.stdout
+    integers = tmp_path / "integers.safetensors"
+    save_file({n: (t * 10).to(torch.int32) for n, t in zip("qkv", (q, k, v))}, str(integers))
+    result = run_cli("inspect", str(integers))
+    assert result.returncode == 2 and "q is int32" in result.stderr and "floating point" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_layout_typo_is_flagged_by_the_mask_it_contradicts(tmp_path: Path) -> None:
+    # bhds for bhsd swaps seq and dim: the (6, 6) mask no longer fits an 8-long sequence
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 8, generator=g) for _ in range(3))
+    path = tmp_path / "masked.safetensors"
+    save_file({"q": q, "k": k, "v": v, "mask": torch.ones(1, 1, 6, 6, dtype=torch.bool).tril()}, str(path))
+    assert run_cli("inspect", str(path), "--layout", "bhsd").returncode == 0
+    typo = run_cli("inspect", str(path), "--layout", "bhds", "-q")
+    assert typo.returncode == 1 and "SHP005" in typo.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from attndbg._io import atomic_write, atomic_write_text
+from attndbg._io import atomic_write, atomic_write_text, project_relative
 
 
 def test_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -41,3 +41,20 @@ def test_the_file_gets_ordinary_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_project_relative_names_do_not_depend_on_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "repo" / "saved").mkdir(parents=True)
+    (tmp_path / "repo" / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    target = tmp_path / "repo" / "saved" / "attn.safetensors"
+    target.write_bytes(b"")
+    names = set()
+    for cwd, typed in ((tmp_path / "repo", "saved/attn.safetensors"), (tmp_path, str(target))):
+        monkeypatch.chdir(cwd)
+        names.add(project_relative(typed))
+    monkeypatch.chdir(tmp_path / "repo" / "saved")
+    names.add(project_relative("./attn.safetensors"))
+    assert names == {"saved/attn.safetensors"}
+    assert project_relative("<tensors>") == "<tensors>"

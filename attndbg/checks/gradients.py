@@ -262,6 +262,7 @@ class ImplementationRaised(Check):
     code = "GRD004"
     name = "implementation-raised"
     severity = Severity.ERROR
+    gradcheck_only = True
     rationale = (
         "Reported by `attndbg gradcheck --impl`: the function under test raised for some "
         "scenario and dtype — a TypeError on bfloat16 in an older helper, a causal buffer that "
@@ -270,8 +271,10 @@ class ImplementationRaised(Check):
         "saved tensors (`inspect`) never trigger it."
     )
     fix = """
-# make the function accept the inputs it is meant to serve, or narrow what you test:
-attndbg gradcheck --impl my_attention.py:attention --quick
+# make the function accept the inputs it is meant to serve, e.g. a causal buffer sized by the
+# keys rather than the queries (or narrow what you test: attndbg gradcheck --impl ... --quick)
+causal = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
+scores = scores.masked_fill(~causal, float("-inf"))
 """
 
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
@@ -284,6 +287,7 @@ class KVHeadMapping(Check):
     code = "GRD005"
     name = "kv-head-mapping"
     severity = Severity.WARNING
+    gradcheck_only = True
     rationale = (
         "Reported by `attndbg gradcheck --impl`, which hands a function that takes grouped K/V "
         "its K/V with fewer heads and compares against SDPA's enable_gqa: query head h reads KV "

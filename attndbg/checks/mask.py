@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from attndbg.attention import MASKED_BIAS
-from attndbg.hypotheses import evidence, explained, verdicts
+from attndbg.hypotheses import evidence, explained, explained_as, verdicts, weights_explained_by
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
 from attndbg.vocab import MaskSemantics, Reading, Statistic
@@ -181,6 +181,7 @@ class MaskedKeysReceiveWeight(Check):
     code = "MSK002"
     name = "masked-keys-weighted"
     severity = Severity.ERROR
+    reports = frozenset({Reading.MASK_IGNORED})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     superseded_by = ("MSK003", "MSK004")
     rationale = (
@@ -199,10 +200,13 @@ weights = torch.softmax(scores, dim=-1)
             return
         stats = ctx.stats
         if stats.user_masked_mass is None:
-            v = explained(ctx, {Reading.MASK_IGNORED})  # only an output or scores were saved
-            if v:
-                yield Hit(v.sentence() + ": the mask was not passed to the attention", evidence(v))
+            # only an output or scores were saved
+            named = explained_as(ctx, {Reading.MASK_IGNORED}, "the mask was not passed to the attention")
+            if named:
+                yield Hit(*named)
             return
+        if weights_explained_by(ctx) not in (None, Reading.MASK_IGNORED):
+            return  # the weights are explained otherwise (softmax twice, transposed…): named there
         live = ~stats.fully_masked
         leaked = (stats.user_masked_mass > LEAK_TOLERANCE) & live
         if not leaked.any():
@@ -232,6 +236,8 @@ class FloatMaskAdded(Check):
     code = "MSK003"
     name = "float-01-mask-added"
     severity = Severity.ERROR
+    # added where it is applied, or applied (as keep or drop) where it was assumed added
+    reports = frozenset({Reading.MASK_AS_ADDITIVE, Reading.MASK_AS_KEEP, Reading.MASK_AS_DROP})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "SDPA adds a float attn_mask to the scores. A float mask of 0s and 1s (e.g. HF's "
@@ -249,9 +255,26 @@ attn_mask = torch.zeros_like(attention_mask, dtype=q.dtype).masked_fill(attentio
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
         import torch
 
-        if not ctx.has("mask") or ctx.mask_semantics != MaskSemantics.ADDITIVE:
+        if not ctx.has("mask"):
             return
         mask = ctx.raw["mask"]
+        if ctx.mask_semantics != MaskSemantics.ADDITIVE:
+            consequence = f"the {str(mask.dtype)[6:]} mask was added to the scores, so nothing is masked"
+            named = explained_as(ctx, {Reading.MASK_AS_ADDITIVE}, consequence)
+            if named:
+                yield Hit(*named)
+            return
+        applied = explained(ctx, {Reading.MASK_AS_KEEP, Reading.MASK_AS_DROP})
+        if applied:
+            semantics = "keep" if applied.explained_by == Reading.MASK_AS_KEEP else "drop"
+            yield Hit(
+                f"{applied.sentence()}: the code applies this float mask instead of adding it, "
+                f"which is correct; set mask_semantics={semantics} so that attndbg reads it so",
+                evidence(applied),
+                severity=Severity.INFO,
+                fix=f'save_file(tensors, path, metadata={{"mask_semantics": "{semantics}"}})',
+            )
+            return
         values = set(torch.unique(mask.to(torch.float32))[:3].tolist())
         if values != {0.0, 1.0}:
             return  # all ones is a constant shift (harmless); all zeros masks nothing on purpose
@@ -313,6 +336,7 @@ class InvertedMask(Check):
     code = "MSK004"
     name = "inverted-mask"
     severity = Severity.ERROR
+    reports = frozenset({Reading.MASK_AS_KEEP, Reading.MASK_AS_DROP})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "SDPA's bool attn_mask means True = attend; nn.MultiheadAttention's key_padding_mask "
@@ -389,6 +413,7 @@ class CausalLeakage(Check):
     code = "MSK005"
     name = "causal-leakage"
     severity = Severity.ERROR
+    reports = frozenset({Reading.NOT_CAUSAL, Reading.CAUSAL})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "In a causal (decoder) case, query i may only see keys j ≤ i. Weight above the diagonal "
@@ -421,21 +446,30 @@ causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril
             return
         causal = ctx.is_causal or structure == "causal"
         if not causal:
+            consequence = "the code is causal but the case does not say so; set is_causal"
+            named = explained_as(ctx, {Reading.CAUSAL}, consequence)
+            if named:
+                yield Hit(
+                    *named,
+                    severity=Severity.INFO,
+                    fix='save_file(tensors, path, metadata={"is_causal": "true"})',
+                )
             return
         v = explained(ctx, {Reading.NOT_CAUSAL})
         if v:
             yield Hit(v.sentence(), evidence(v))
             return
         stats = ctx.stats
-        if stats.user_above_diagonal is not None:
-            leaked = stats.user_above_diagonal > LEAK_TOLERANCE
+        if stats.user_above_diagonal is not None and weights_explained_by(ctx) is None:
+            # a row whose every key is masked has no past to keep to (MSK001 reports it)
+            leaked = (stats.user_above_diagonal > LEAK_TOLERANCE) & ~stats.fully_masked
             if leaked.any():
                 yield Hit(
-                    f"the saved weights put up to {float(stats.user_above_diagonal.max()):.3g} of a "
+                    f"the saved weights put up to {float(stats.user_above_diagonal[leaked].max()):.3g} of a "
                     f"row on future keys, in {int(leaked.sum())} (batch, head, row)s",
                     {
                         "rows": int(leaked.sum()),
-                        "max_future_weight": float(stats.user_above_diagonal.max()),
+                        "max_future_weight": float(stats.user_above_diagonal[leaked].max()),
                         "first": leaked.nonzero()[0].tolist(),
                         "decided_from": "saved weights",
                     },
@@ -462,6 +496,7 @@ class CausalAlignment(Check):
     code = "MSK006"
     name = "causal-alignment"
     severity = Severity.WARNING
+    reports = frozenset({Reading.CAUSAL_LOWER_RIGHT})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "F.scaled_dot_product_attention(is_causal=True) builds tril(ones(q_len, k_len)), aligned "

@@ -53,6 +53,7 @@ class MissingScale(Check):
     code = "SCL001"
     name = "missing-scale"
     severity = Severity.ERROR
+    reports = frozenset({Reading.NO_SCALE})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "With unit-variance q and k, q·k has variance d, so for d = 64 the logits spread ~8× "
@@ -102,6 +103,7 @@ class WrongScale(Check):
     code = "SCL002"
     name = "wrong-scale"
     severity = Severity.ERROR
+    reports = frozenset({Reading.SCALE_1_D, Reading.SCALE_1_SQRT_D, Reading.FITTED_SCALE})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "A scale of 1/d instead of 1/√d — typically q pre-divided by √d and SDPA's default scale "

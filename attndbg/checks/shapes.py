@@ -17,8 +17,8 @@ QKV = ("q", "k", "v")
 SWAPPED_LAYOUT = {"bsd": "sbd", "sbd": "bsd", "bhsd": "bshd", "bshd": "bhsd", "sbhd": "bshd"}
 
 
-def _dims(shape: tuple[int, ...], layout: str) -> dict[str, int] | None:
-    if len(shape) != len(layout):
+def _dims(shape: tuple[int, ...], layout: str | None) -> dict[str, int] | None:
+    if layout is None or len(shape) != len(layout):
         return None
     sizes = {"b": 1, "h": 1}
     sizes.update(dict(zip(layout, shape)))

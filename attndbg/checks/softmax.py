@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from attndbg.hypotheses import DESCRIPTION, evidence, explained, tolerance, verdict
+from attndbg.hypotheses import (
+    DESCRIPTION,
+    evidence,
+    explained,
+    tolerance,
+    verdict,
+    weights_after_dropout,
+    weights_explained_by,
+)
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
 from attndbg.vocab import Artefact, Reading, Statistic
@@ -49,12 +57,6 @@ def _dropout_p(ctx: CaseContext) -> float | None:
     return None
 
 
-def _weights_explained(ctx: CaseContext) -> Reading | None:
-    """The reading that explains the saved weights, when one other than the assumed does."""
-    w = verdict(ctx, Artefact.WEIGHTS)
-    return w.explained_by if w is not None else None
-
-
 def _columns_sum_to_one(ctx: CaseContext) -> tuple[bool, float]:
     stats = ctx.stats
     cols = stats.user_col_sum
@@ -72,6 +74,7 @@ class RowsDoNotSumToOne(Check):
     code = "SMX001"
     name = "rows-not-normalized"
     severity = Severity.ERROR
+    reports = frozenset({Reading.DROPOUT})
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     superseded_by = ("SMX002",)
     rationale = (
@@ -111,7 +114,7 @@ save_file(tensors, path, metadata={"dropout_p": str(p)})
 """,
             )
             return
-        if _weights_explained(ctx):
+        if weights_explained_by(ctx):
             return  # the check of that reading names the cause
         bad, sums = _row_problems(ctx)
         if not bad.any():
@@ -139,7 +142,7 @@ weights = torch.softmax(scores, dim=-1)   # over keys; not dim=-2 / dim=1
 weights = torch.softmax(scores, dim=-1)   # over keys; dim=1 of (batch, heads, q, k) is the heads
 """,
     Reading.WEIGHTS_TRANSPOSED: """
-save_file({"weights": weights.contiguous(), ...})   # (batch, heads, q_len, k_len), not .transpose(-1, -2)
+tensors["weights"] = weights.contiguous()   # (batch, heads, q_len, k_len), not .transpose(-1, -2)
 """,
 }
 
@@ -150,6 +153,7 @@ class SoftmaxWrongAxis(Check):
     code = "SMX002"
     name = "softmax-wrong-axis"
     severity = Severity.ERROR
+    reports = frozenset(AXIS_READINGS)
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     rationale = (
         "softmax(scores, dim=-2) (or dim=1 on 3-D scores, or a transposed layout) normalises each "
@@ -244,6 +248,7 @@ class OutputDiffers(Check):
     code = "SMX004"
     name = "output-differs"
     severity = Severity.ERROR
+    reports = frozenset(OWN_READINGS)
     reads = frozenset({Statistic.ROWS, Statistic.SAVED})
     superseded_by = ("SMX001", "SMX002", "SMX003")
     rationale = (
@@ -270,8 +275,10 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
         if named:
             yield Hit(named.sentence(), evidence(named), fix=OWN_READINGS[named.best])
             return
-        weights_reading = _weights_explained(ctx)
+        weights_reading = weights_explained_by(ctx)
         out_vs_weights = stats.user_out_vs_weights
+        if ctx.settings.dropout_p and not weights_after_dropout(ctx):
+            out_vs_weights = None  # weights saved before the dropout that made the output
         consistent = out_vs_weights is not None and out_vs_weights <= tolerance(ctx, Artefact.OUT)
         v = verdict(ctx, Artefact.OUT)
         if out_vs_weights is not None and not consistent and not weights_reading:

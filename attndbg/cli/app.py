@@ -19,6 +19,7 @@ from attndbg.cli.inspect import inspect
 from attndbg.cli.output import err_console
 from attndbg.cli.rules import explain, rules
 from attndbg.cli.show import show
+from attndbg.cli.trend import trend
 from attndbg.errors import AttndbgError
 
 DEBUG_FLAG = "--debug"
@@ -31,9 +32,10 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-COMMANDS = (inspect, show, capture, gradcheck, rules, explain)
+COMMANDS = (inspect, show, capture, gradcheck, trend, rules, explain)
 for command in COMMANDS:
     app.command()(command)
 
@@ -47,7 +49,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """attndbg inspects saved Q/K/V/mask tensors and reports what is wrong with the attention."""
@@ -76,7 +78,7 @@ def main() -> None:
             if type(exc).__name__ == "Abort":
                 err_console.print("attndbg: interrupted")
                 sys.exit(130)
-            exc.show(file=sys.stderr)
+            exc.show(file=sys.stderr)  # type: ignore[attr-defined]  # a ClickException
             sys.exit(2)
         if debug:
             raise

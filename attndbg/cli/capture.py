@@ -9,6 +9,7 @@ import typer
 
 from attndbg.cli import options as opt
 from attndbg.cli.output import spinner
+from attndbg.cli.paths import check_output, import_from_cwd
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -47,6 +48,8 @@ def capture(
     from attndbg.engine import resolve_device
     from attndbg.recording.sources import capture_source
 
+    import_from_cwd()
+    check_output(output, "-o", [weights, input_file])
     device = resolve_device(device)
     inputs: dict[str, Any] = dict(
         weights=weights,
@@ -64,6 +67,8 @@ def capture(
         calls.save(output)
     console = Console(highlight=False)
     console.print(_calls_table(calls))
+    for note in calls.notes:
+        console.print(f"assumed: {note}", style="dim italic")
     console.print(f"{len(calls)} attention call(s) written to {output}")
     if compare_eager_:
         dtype = str(calls[0].q.dtype).removeprefix("torch.") if len(calls) and calls[0].q is not None else ""

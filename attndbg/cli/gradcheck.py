@@ -9,9 +9,10 @@ import typer
 
 from attndbg.cli import options as opt
 from attndbg.cli.output import ReportOutput, emit, finish, progress
-from attndbg.errors import UsageError
+from attndbg.cli.paths import check_output, import_from_cwd
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
     from rich.table import Table
 
     from attndbg.gradcheck.sweep import SweepReport
@@ -26,8 +27,8 @@ def gradcheck(
     quick: Annotated[bool, typer.Option("--quick", help="Same as --level quick.")] = False,
     thorough: Annotated[bool, typer.Option("--thorough", help="Same as --level thorough.")] = False,
     causal_align: Annotated[
-        opt.Align, typer.Option(help="Causal reference alignment.")
-    ] = opt.Align.upper_left,
+        opt.CausalAlign, typer.Option(help="Causal reference alignment.")
+    ] = opt.CausalAlign.UPPER_LEFT,
     lenient: Annotated[bool, typer.Option(help="Twice the error bounds.")] = False,
     device: opt.Device = "cpu",
     fail_on: opt.FailOnOption = None,
@@ -38,8 +39,10 @@ def gradcheck(
     argument, of this PyTorch's own SDPA backends on this device."""
     from attndbg.engine import resolve_device
 
-    if output is not None and path is not None and output.resolve() == path.resolve():
-        raise UsageError(f"-o {output}: refusing to overwrite an input file")
+    if output is not None:
+        check_output(output, "-o", [path])
+    if impl is not None:
+        import_from_cwd()
     device = resolve_device(device)
     threshold = fail_on.value if fail_on else "error"
     if impl is None and path is not None:
@@ -47,8 +50,8 @@ def gradcheck(
         from attndbg.loader import iter_cases
 
         options = Options(device=device, grad=True, select=["GRD"], fail_on=threshold)
-        report = run_cases(iter_cases([path]), options, inputs=[str(path)])
-        finish(report, ReportOutput(output_format, output))
+        gradients = run_cases(iter_cases([path]), options, inputs=[str(path)])
+        finish(gradients, ReportOutput(output_format, output))
     from attndbg.gradcheck.diagnose import diagnose
     from attndbg.gradcheck.files import file_cases
     from attndbg.gradcheck.sweep import load_implementation, sdpa_backends, sweep
@@ -84,7 +87,7 @@ def _deliver(
     if output_format == opt.OutputFormat.sarif:
         emit(sweep_sarif(reports), output)
         return
-    parts = [part for report in reports for part in (sweep_renderable(report), "")]
+    parts: list[RenderableType] = [part for report in reports for part in (sweep_renderable(report), "")]
     if not single:
         parts.append(_backend_table(reports))
     if output is None:

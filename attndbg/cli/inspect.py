@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -9,11 +10,13 @@ import typer
 
 from attndbg.cli import options as opt
 from attndbg.cli.output import ReportOutput, finish, progress, spinner
+from attndbg.cli.paths import check_output, expand_inputs, import_from_cwd
 from attndbg.errors import UsageError
 
 if TYPE_CHECKING:
     from attndbg.case import Settings
     from attndbg.engine import Options
+    from attndbg.render.html import CaseMaps
     from attndbg.report import Report
 
 
@@ -46,6 +49,9 @@ def inspect(
     from attndbg.engine import Options, resolve_device
     from attndbg.registry import parse_codes
 
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise UsageError(f"--scale {scale}: the softmax scale must be a positive number (default 1/sqrt(d))")
+
     project = load_config(config)
     if project.thresholds:
         validate_thresholds(project.thresholds, f"{project.path} [tool.attndbg.thresholds]")
@@ -53,7 +59,7 @@ def inspect(
         is_causal=causal,
         scale=scale,
         layout=parse_layout(layout, "--layout") if layout else None,
-        mask_semantics=mask_semantics.value if mask_semantics else None,
+        mask_semantics=mask_semantics,
     )
     run = Options(
         device=resolve_device(device or project.device or "cpu"),
@@ -65,15 +71,24 @@ def inspect(
         thresholds=project.thresholds,
         baseline=_read_baseline(baseline),
     )
-    if output is not None and output.resolve() in {p.resolve() for p in paths}:
-        raise UsageError(f"-o {output}: refusing to overwrite an input file")
+    paths = expand_inputs(paths)
+    for target, option in (
+        (output, "-o"),
+        (write_baseline, "--write-baseline"),
+        (html, "--html"),
+        (svg, "--svg"),
+    ):
+        if target is not None:
+            check_output(target, option, [*paths, baseline, config])
     out = ReportOutput(output_format, output, quiet, timings, write_baseline, html, svg)
 
     from attndbg.recording.sources import is_model_source
 
     model_sources = [str(p) for p in paths if is_model_source(str(p))]
     if model_sources:
-        finish(_inspect_models(model_sources, run, overrides, case), out)
+        import_from_cwd()
+        report, maps = _inspect_models(model_sources, run, overrides, case, draw=html is not None)
+        finish(report, out, maps=maps)
     _inspect_files(paths, case, run, overrides, out)
 
 
@@ -97,26 +112,43 @@ def _inspect_files(
     plans = plan_cases(list(paths), case_glob, overrides)
     on_case = None
     if out.to_terminal:
-        from attndbg.render.rich_report import case_renderable
+        from attndbg.render.rich_report import print_case
 
         console = Console(highlight=False)
 
         def on_case(case_report):  # noqa: ANN001 - a small callback
-            console.print(case_renderable(case_report, quiet=out.quiet), soft_wrap=out.quiet)
+            print_case(console, case_report, quiet=out.quiet)
 
+    maps: list[CaseMaps] = []
     with progress(len(plans)) as advance:
 
         def cases():  # noqa: ANN202 - a generator of Case
             for plan in plans:
                 advance(f"{plan.file.name}::{plan.name}")
-                yield load_case(plan)
+                loaded = load_case(plan)
+                if out.html is not None:  # the heatmaps of the interactive report, while loaded
+                    from attndbg.render.html import REPORT_CELL_BUDGET, collect_maps
+
+                    budget = REPORT_CELL_BUDGET // len(plans)
+                    drawn = collect_maps(loaded, device=run.device, cell_budget=budget)
+                    maps.extend([drawn] if drawn is not None else [])
+                yield loaded
 
         report = run_cases(cases(), run, inputs=[str(p) for p in paths], on_case=on_case)
-    finish(report, out, streamed=out.to_terminal)
+    finish(report, out, streamed=out.to_terminal, maps=maps)
 
 
-def _inspect_models(sources: list[str], run: Options, overrides: Settings, case_glob: str | None) -> Report:
-    """`inspect SOURCE`: capture with default inputs, then inspect the calls in memory."""
+INVENTED_INPUTS = (
+    "inputs invented by attndbg: the model's own example or seeded random ids/values (seed 0, "
+    "batch 2 × 16); `attndbg capture {source} --text … -o FILE` inspects real ones"
+)
+
+
+def _inspect_models(
+    sources: list[str], run: Options, overrides: Settings, case_glob: str | None, draw: bool = False
+) -> tuple[Report, list[CaseMaps]]:
+    """`inspect SOURCE`: capture with default inputs, then inspect the calls in memory; with
+    ``draw``, also the heatmaps of the interactive report."""
     import fnmatch
 
     from attndbg.engine import run_cases
@@ -131,5 +163,11 @@ def _inspect_models(sources: list[str], run: Options, overrides: Settings, case_
                 continue
             captured.file = source
             captured.settings = overrides.merged_over(captured.settings)
+            captured.notes.append(INVENTED_INPUTS.format(source=source))
             cases.append(captured)
-    return run_cases(cases, run, inputs=sources)
+    maps: list[CaseMaps] = []
+    if draw:
+        from attndbg.render.html import collect_all
+
+        maps = collect_all(cases, device=run.device)
+    return run_cases(cases, run, inputs=sources), maps

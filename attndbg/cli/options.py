@@ -11,15 +11,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from attndbg.errors import UsageError
-
-
-class FailOn(str, Enum):
-    error = "error"
-    warning = "warning"
-    info = "info"
-    never = "never"
+from attndbg.vocab import CausalAlign as CausalAlign  # re-exported: commands find every option type here
+from attndbg.vocab import FailOn as FailOn
+from attndbg.vocab import MaskSemantics as MaskSemantics
 
 
 class OutputFormat(str, Enum):
@@ -29,27 +26,18 @@ class OutputFormat(str, Enum):
 
 
 class RulesFormat(str, Enum):
-    rich = "rich"
-    json = "json"
-    sarif = "sarif"
+    """What `rules` prints: a table, JSON, SARIF (tool.driver.rules alone), or docs/rules.md."""
+
+    rich = OutputFormat.rich.value
+    json = OutputFormat.json.value
+    sarif = OutputFormat.sarif.value
     markdown = "markdown"
-
-
-class MaskSemantics(str, Enum):
-    keep = "keep"
-    drop = "drop"
-    additive = "additive"
 
 
 class Level(str, Enum):
     quick = "quick"
     default = "default"
     thorough = "thorough"
-
-
-class Align(str, Enum):
-    upper_left = "upper-left"
-    lower_right = "lower-right"
 
 
 # ---- shared by several commands ------------------------------------------------------------
@@ -62,21 +50,30 @@ Format = Annotated[OutputFormat, typer.Option("--format", help="Report format.")
 Layout = Annotated[str | None, typer.Option(help="Layout of q/k/v/out, e.g. bhsd, bshd, bsd, sbd.")]
 Causal = Annotated[bool | None, typer.Option("--causal/--no-causal", help="Override is_causal.")]
 Scale = Annotated[float | None, typer.Option(help="Override the softmax scale.")]
-MaskMeaning = Annotated[MaskSemantics | None, typer.Option(help="How to read the mask.")]
+MaskMeaning = Annotated[
+    MaskSemantics | None,
+    typer.Option(
+        metavar="MEANING", help="How to read the mask: keep (1 = attend), drop (1 = ignore), additive."
+    ),
+]
 
 # ---- inspect: what to run ------------------------------------------------------------------
-DeviceOrConfig = Annotated[str | None, typer.Option(help="cpu, cuda or auto [default: cpu].")]
+DeviceOrConfig = Annotated[str | None, typer.Option(help=escape("cpu, cuda or auto [default: cpu]."))]
 MaxMemory = Annotated[
-    str | None, typer.Option(help="Memory budget for score chunks, e.g. 512MiB [default: 1GiB].")
+    str | None, typer.Option(help=escape("Memory budget for score chunks, e.g. 512MiB [default: 1GiB]."))
 ]
 Grad = Annotated[bool, typer.Option(help="Also run the gradient stage.")]
 Select = Annotated[list[str] | None, typer.Option(help="Only these codes or prefixes (SHP, MSK00, PAT004).")]
 Ignore = Annotated[list[str] | None, typer.Option(help="Skip these codes or prefixes.")]
 FailOnOption = Annotated[
-    FailOn | None, typer.Option(help="Exit 1 when a finding is at or above this severity [default: error].")
+    FailOn | None,
+    typer.Option(
+        metavar="SEVERITY",
+        help=escape("Exit 1 on a finding at or above: error, warning, info, or never [default: error]."),
+    ),
 ]
 ConfigFile = Annotated[
-    Path | None, typer.Option(help="pyproject.toml to read [tool.attndbg] from (default: nearest).")
+    Path | None, typer.Option(help=escape("pyproject.toml to read [tool.attndbg] from (default: nearest)."))
 ]
 Baseline = Annotated[
     Path | None, typer.Option(help="Findings listed in this baseline file do not fail the run.")
@@ -86,7 +83,9 @@ Baseline = Annotated[
 WriteBaseline = Annotated[
     Path | None, typer.Option(help="Write every finding of this run to a baseline file, exit 0.")
 ]
-Html = Annotated[Path | None, typer.Option(help="Also save the Rich report, heatmaps included, as HTML.")]
+Html = Annotated[
+    Path | None, typer.Option(help="Also write the interactive HTML report: every head, one offline file.")
+]
 Svg = Annotated[Path | None, typer.Option(help="Also save the Rich report as SVG.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="One line per finding, then the summary.")]
 Timings = Annotated[bool, typer.Option("--timings/--no-timings", help="Stage seconds in JSON.")]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -18,9 +18,10 @@ import typer
 from rich.console import Console
 
 from attndbg.cli.options import OutputFormat
-from attndbg.errors import UsageError
+from attndbg.cli.paths import check_output
 
 if TYPE_CHECKING:
+    from attndbg.render.html import CaseMaps
     from attndbg.report import Report
 
 err_console = Console(stderr=True)
@@ -44,23 +45,9 @@ class ReportOutput:
         return self.format == OutputFormat.rich and self.output is None and self.write_baseline is None
 
 
-def recorded(report: Report, quiet: bool = False, colour: bool = False) -> Console:
-    """The Rich report rendered into a recording console (120 columns), for files."""
-    from attndbg.render.rich_report import render_rich
-
-    with open(os.devnull, "w") as sink:
-        console = Console(
-            record=True,
-            width=120,
-            file=sink,
-            force_terminal=colour or None,
-            color_system="truecolor" if colour else None,
-        )
-        render_rich(report, console, quiet=quiet)
-    return console
-
-
 def _rich_text(report: Report, out: ReportOutput) -> str:
+    from attndbg.render.rich_report import recorded
+
     return recorded(report, quiet=out.quiet).export_text()
 
 
@@ -83,14 +70,19 @@ RENDERERS: dict[OutputFormat, Callable[[Report, ReportOutput], str]] = {
 }
 
 
-def finish(report: Report, out: ReportOutput, streamed: bool = False) -> NoReturn:
-    """Deliver the report as ``out`` says and exit with its code (0 after --write-baseline)."""
-    if out.html is not None or out.svg is not None:
-        console = recorded(report, colour=True)
-        if out.html is not None:
-            emit(console.export_html(clear=False), out.html)
-        if out.svg is not None:
-            emit(console.export_svg(title="attndbg", clear=False), out.svg)
+def finish(
+    report: Report, out: ReportOutput, streamed: bool = False, maps: Sequence[CaseMaps] = ()
+) -> NoReturn:
+    """Deliver the report as ``out`` says and exit with its code (0 after --write-baseline);
+    ``maps`` are the heatmaps the interactive ``--html`` report embeds."""
+    if out.html is not None:
+        from attndbg.render.html import render_html
+
+        emit(render_html(report, maps), out.html)
+    if out.svg is not None:
+        from attndbg.render.rich_report import recorded
+
+        emit(recorded(report, colour=True).export_svg(title="attndbg", clear=False), out.svg)
     if out.write_baseline is not None:
         from attndbg.baseline import baseline_text
 
@@ -124,9 +116,7 @@ def emit(text: str, output: Path | None) -> None:
         return
     from attndbg._io import atomic_write_text
 
-    directory = output.resolve().parent
-    if not directory.is_dir():
-        raise UsageError(f"-o {output}: directory {directory} does not exist")
+    check_output(output, "-o")
     atomic_write_text(output, text)
     err_console.print(f"report written to {output}", style="dim")
 

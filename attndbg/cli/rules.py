@@ -50,10 +50,11 @@ def rules(
 def explain(code: Annotated[str, typer.Argument(help="A check code, e.g. MSK003.")]) -> None:
     """Print one check's rationale and fix."""
     from rich.padding import Padding
-    from rich.syntax import Syntax
     from rich.text import Text
 
-    from attndbg.registry import load_checks
+    from attndbg.registry import load_checks, supersedes
+    from attndbg.render.code import CodeBlock
+    from attndbg.render.rules import supersession_lines
 
     checks = load_checks()
     check = checks.get(code.strip().upper())
@@ -75,6 +76,8 @@ def explain(code: Annotated[str, typer.Argument(help="A check code, e.g. MSK003.
         override = f"[tool.attndbg.thresholds] {check.code} = {{ {example} = … }}"
         console.print(Padding(Text(f"override in pyproject.toml: {override}", style="dim"), (0, 0, 0, 2)))
         console.print()
+    for line in supersession_lines(list(check.superseded_by), supersedes(check.code)):
+        console.print(Text(line))
+        console.print()
     console.print(Text("Fix:", style="bold"))
-    fix = Syntax(check.fix.strip(), "python", theme="ansi_dark", background_color="default")
-    console.print(Padding(fix, (0, 0, 0, 2)))
+    console.print(CodeBlock(check.fix, indent=2), crop=False)

@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from attndbg.cli import options as opt
 from attndbg.cli.output import err_console
+from attndbg.cli.paths import check_output
 from attndbg.errors import UsageError
 
 
@@ -20,7 +22,11 @@ def show(
     batch: Annotated[int, typer.Option(help="Batch index.")] = 0,
     rows: Annotated[int, typer.Option(help="Max rows of cells (longer sequences are max-pooled).")] = 32,
     cols: Annotated[int, typer.Option(help="Max columns of cells.")] = 48,
-    png: Annotated[Path | None, typer.Option(help="Also save a PNG (needs attndbg[plot]).")] = None,
+    png: Annotated[Path | None, typer.Option(help=escape("Also save a PNG (needs attndbg[plot])."))] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(help="Also write the interactive HTML report of the matching cases, opened here."),
+    ] = None,
     device: opt.Device = "cpu",
 ) -> None:
     """Draw attention weights as a heatmap (recomputed from Q/K/V/mask unless weights were saved)."""
@@ -34,6 +40,9 @@ def show(
 
     if len(paths) > 2:
         raise UsageError("show takes one file, or two to compare")
+    for target, option in ((png, "--png"), (html, "--html")):
+        if target is not None:
+            check_output(target, option, paths)
     device = resolve_device(device)
     pattern = case or layer
 
@@ -48,10 +57,16 @@ def show(
     heads = _heads(head, first.sizes["Hq"], first.case.name)
     if not 0 <= batch < first.sizes["B"]:
         raise UsageError(f"--batch {batch}: case {first.case.name} has batch {first.sizes['B']}")
+    if html is not None:
+        if len(paths) == 2:
+            raise UsageError("--html draws one file; the difference of two is drawn here and by --png")
+        _write_html(paths[0], pattern, (heads[0], batch), device, html)
     console = Console(highlight=False)
     if len(paths) == 2:
-        diff = difference(first, context(paths[1]), head=heads[0], batch=batch)
-        console.print(difference_renderable(diff))
+        second = context(paths[1])
+        diff = difference(first, second, head=heads[0], batch=batch)
+        names = (f"{paths[0]}::{first.case.name}", f"{paths[1]}::{second.case.name}")
+        console.print(difference_renderable(diff, names), crop=False)
         if png:
             save_png([diff.heatmap], png, diverging=True)
             err_console.print(f"PNG written to {png}", style="dim")
@@ -70,6 +85,21 @@ def show(
     if png:
         save_png(maps, png)
         err_console.print(f"PNG written to {png}", style="dim")
+
+
+def _write_html(
+    path: Path, pattern: str | None, head_batch: tuple[int, int], device: str, target: Path
+) -> None:
+    """The interactive report of the cases ``pattern`` matches (diagnosed, so the grid has its
+    statistics), opened on the first case at ``head_batch``."""
+    from attndbg.cli.output import emit
+    from attndbg.engine import Options, run_cases
+    from attndbg.loader import load_case, plan_cases
+    from attndbg.render.html import collect_all, render_html
+
+    cases = [load_case(plan) for plan in plan_cases([path], pattern)]
+    report = run_cases(cases, Options(device=device), inputs=[str(path)])
+    emit(render_html(report, collect_all(cases, device=device), open_head=(0, *head_batch)), target)
 
 
 def _heads(head: str, total: int, case_name: str) -> list[int]:

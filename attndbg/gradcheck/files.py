@@ -10,6 +10,7 @@ from attndbg.attention import reference_attention
 from attndbg.context import CaseContext
 from attndbg.gradcheck.sweep import Implementation, Result, SweepReport
 from attndbg.loader import iter_cases
+from attndbg.vocab import MaskSemantics
 
 
 def file_cases(report: SweepReport, target: Implementation, path: Path, device: str, align: str) -> None:
@@ -20,7 +21,7 @@ def file_cases(report: SweepReport, target: Implementation, path: Path, device: 
             continue
         dtype = case.tensors["q"].dtype if case.tensors["q"].is_floating_point() else torch.float32
         keep = None
-        if ctx.mask4d is not None and ctx.mask_semantics != "additive":
+        if ctx.mask4d is not None and ctx.mask_semantics != MaskSemantics.ADDITIVE:
             keep = ctx.keep_mask(ctx.mask4d).to(device)
         q, k, v = ctx.q.to(dtype), ctx.k.to(dtype), ctx.v.to(dtype)
         try:

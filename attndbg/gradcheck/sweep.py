@@ -530,7 +530,8 @@ def probe_grouped_kv(impl: Implementation, device: str) -> str:
             impl.grouped_kv = True
             return "grouped K/V passed as they are (2 KV heads for 4 query heads): its own GQA code is tested"
     except Exception as exc:
-        raised = f"{type(exc).__name__}: {first_line(exc)[:80]}"
+        message = first_line(exc)
+        raised = f"{type(exc).__name__}: " + (message if len(message) <= 80 else message[:79] + "…")
         return f"K/V heads expanded before the call (grouped K/V raised {raised})"
     return "K/V heads expanded before the call (grouped K/V gave a wrongly shaped output)"
 

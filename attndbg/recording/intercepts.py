@@ -277,6 +277,7 @@ def where(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
 @intercept(
     *(f"Tensor.{name}" for name in tr.LAYOUT_METHODS),
     "torch.reshape", "torch.permute", "torch.transpose", "torch.flatten", "torch.unflatten",
+    "torch.squeeze", "torch.unsqueeze",
 )  # fmt: skip
 def layout(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     result = func(*args, **kwargs)
@@ -294,6 +295,36 @@ def layout(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         rec.traces.set(result, tr.WeightsTrace(record.call, record.reordered or not op.keeps_last_two))
     else:
         rec.traces.set(result, record)
+    return result
+
+
+@intercept(
+    "Tensor.__getitem__", "Tensor.chunk", "torch.chunk", "Tensor.split", "torch.split",
+    "Tensor.unbind", "torch.unbind", "Tensor.narrow", "Tensor.select", "Tensor.expand",
+)  # fmt: skip
+def selection(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Picking parts of a pre-scaled tensor keeps its scale (ProphetNet chunks its scaled q
+    into streams, timm unbinds q, k, v); parts of the scores are not followed."""
+    result = func(*args, **kwargs)
+    record = rec.traces.get(args[0]) if args else None
+    if isinstance(record, tr.PreScale):
+        for part in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(part, torch.Tensor):
+                rec.traces.set(part, record)
+    else:
+        rec.broken(record, result, func)
+    return result
+
+
+@intercept("torch.cat", "torch.stack", "torch.concat")
+def joined(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Stacking parts scaled by the same factor keeps the scale (ProphetNet's predict stream)."""
+    result = func(*args, **kwargs)
+    parts = _argument(args, kwargs, 0, "tensors")
+    records = [rec.traces.get(part) for part in parts] if isinstance(parts, (tuple, list)) else []
+    factors = {r.factor for r in records if isinstance(r, tr.PreScale)}
+    if records and len(factors) == 1 and all(isinstance(r, tr.PreScale) for r in records):
+        rec.traces.set(result, records[0])
     return result
 
 

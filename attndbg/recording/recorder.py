@@ -1,4 +1,4 @@
-"""Record every attention call of a model without editing its code.
+"""Record every attention call of a model without editing its code (docs/architecture.md).
 
 A ``TorchFunctionMode`` sees each ``F.scaled_dot_product_attention`` call (HF ``sdpa``,
 nanoGPT, LLaMA-style, timm), copies q, k, v, attn_mask, is_causal, scale and enable_gqa
@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from attndbg.case import Case, Settings
 from attndbg.recording import trace
 from attndbg.recording.intercepts import INTERCEPTS
 from attndbg.recording.location import Location, user_location
+from attndbg.vocab import MaskSemantics
 
 
 @dataclass
@@ -79,7 +81,8 @@ class Calls:
     """The calls recorded by :func:`capture`, in call order."""
 
     calls: list[CapturedCall] = field(default_factory=list)
-    tokens: list[str] | None = None  # of the first sequence, when the input came from text
+    tokens: list[list[str]] | None = None  # per batch row, when the input came from text
+    notes: list[str] = field(default_factory=list)  # what the capture assumed about its input
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -107,7 +110,7 @@ class Calls:
                 is_causal=call.is_causal,
                 scale=call.scale,
                 layout="bhsd" if call.q is not None else None,
-                mask_semantics=call.mask_semantics,
+                mask_semantics=MaskSemantics(call.mask_semantics) if call.mask_semantics else None,
                 enable_gqa=call.enable_gqa,
                 dropout_p=call.dropout_p or None,
                 source=call.module,
@@ -120,7 +123,8 @@ class Calls:
                     tensors=tensors,
                     settings=settings,
                     origins=origins,
-                    notes=list(call.notes),
+                    notes=[*self.notes, *call.notes],
+                    tokens=self.tokens,
                     locations=call.location_metadata(),
                 )
             )
@@ -171,6 +175,8 @@ NO_PV_PRODUCT = "v/out not recorded: the weights did not reach a matmul, @, bmm 
 
 
 def _copy(t: torch.Tensor | None) -> torch.Tensor | None:
+    if t is not None and _ON_DEVICE.get():
+        return t.detach()
     return None if t is None else t.detach().to("cpu", copy=True)
 
 
@@ -392,6 +398,8 @@ class Recorder(TorchFunctionMode):
         if call.v is not None or not isinstance(v, torch.Tensor):
             return
         lead = call.lead
+        if v.dim() == out.dim() and v.shape[:-2] != out.shape[:-2]:
+            v = v.expand(*out.shape[:-2], *v.shape[-2:])  # broadcast in the product (multi-query)
         if record.reordered or v.shape[:-2].numel() != math.prod(lead) or v.shape[-2] != call.k.shape[-2]:
             call.notes = [n for n in call.notes if n != NO_PV_PRODUCT]
             call.notes.append(
@@ -479,3 +487,18 @@ def capture(
     finally:
         for handle in handles:
             handle.remove()
+
+
+_ON_DEVICE: ContextVar[bool] = ContextVar("attndbg_capture_on_device", default=False)
+
+
+@contextmanager
+def on_device() -> Iterator[None]:
+    """Inside this block, :func:`capture` keeps each recorded tensor where it is, detached but
+    not copied: for a consumer that reduces the calls on their device and drops them before
+    the step ends (``attndbg.watch``). Without it, captures are CPU copies that outlive the step."""
+    token = _ON_DEVICE.set(True)
+    try:
+        yield
+    finally:
+        _ON_DEVICE.reset(token)

@@ -1,4 +1,4 @@
-"""Where a capture's model comes from, and what it is fed (design §6).
+"""Where a capture's model comes from, and what it is fed (docs/architecture.md, "Capture").
 
 * a Hugging Face model directory (config.json + weights), loaded offline, remote code off;
 * a ``torch.export`` program (``.pt2``);
@@ -120,6 +120,8 @@ def _import(name: str):  # noqa: ANN202
         if not path.exists():
             raise InputError(f"{path}: no such file")
         spec = importlib.util.spec_from_file_location(f"attndbg_factory_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise InputError(f"{path}: cannot be imported as a Python module")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
@@ -174,7 +176,10 @@ def make_inputs(
     if text:
         if loaded.tokenizer is None:
             raise UsageError("--text needs a checkpoint with a tokenizer; use --seq-len/--batch")
-        encoded = loaded.tokenizer(list(text), return_tensors="pt", padding=True)
+        limit = token_limit(loaded)
+        encoded = loaded.tokenizer(
+            list(text), return_tensors="pt", padding=True, truncation=limit is not None, max_length=limit
+        )
         return (), {k: v.to(device) for k, v in encoded.items()}
     if loaded.example is not None:
         args, kwargs = loaded.example
@@ -189,6 +194,25 @@ def make_inputs(
         return (ids.to(device),), {}
     width = _input_width(loaded.model)
     return (torch.randn(batch, seq_len, width, generator=generator).to(device),), {}
+
+
+def token_limit(loaded: LoadedModel) -> int | None:
+    """The longest input the checkpoint takes: its tokenizer's limit, else its position table."""
+    limit = getattr(loaded.tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:  # HF uses a huge number for "unknown"
+        return limit
+    positions = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def _truncation_note(loaded: LoadedModel, text: list[str]) -> str | None:
+    limit = token_limit(loaded)
+    if loaded.tokenizer is None or limit is None:
+        return None
+    longest = max(len(ids) for ids in loaded.tokenizer(list(text), verbose=False)["input_ids"])
+    if longest <= limit:
+        return None
+    return f"--text truncated to {limit} tokens, the model's limit (the longest text has {longest})"
 
 
 def hf_inputs(
@@ -323,13 +347,16 @@ def capture_source(
     except AttndbgError:
         raise
     except Exception as exc:
-        if _raised_inside_attndbg(exc):
+        if _attndbg_failed(exc, loaded.model, args, kwargs):
             raise  # attndbg's own failure while recording: an internal error, not the model's
         raise InputError(
             f"{source}: the model raised {type(exc).__name__} on the capture input: {first_line(exc)}"
         ) from None
+    note = _truncation_note(loaded, text) if text else None
+    if note:
+        calls.notes.append(note)
     if text and loaded.tokenizer is not None and "input_ids" in kwargs:
-        calls.tokens = loaded.tokenizer.convert_ids_to_tokens(kwargs["input_ids"][0].tolist())
+        calls.tokens = [loaded.tokenizer.convert_ids_to_tokens(row) for row in kwargs["input_ids"].tolist()]
     if not len(calls):
         raise InputError(
             f"{source}: the model ran but made no attention call attndbg can see "
@@ -338,20 +365,22 @@ def capture_source(
     return calls
 
 
-def _raised_inside_attndbg(exc: BaseException) -> bool:
-    """True when attndbg's own recording code raised (the recorder runs inside the model's
-    forward). An op the recorder merely passes on (``__torch_function__`` calling it) that
-    raises is the model's error, as is anything raised in the model's or a library's code."""
+def _attndbg_failed(exc: BaseException, model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
+    """True when attndbg's recorder, not the model, caused ``exc``. The recorder runs inside the
+    model's forward and passes every op on, so a model's own failing op also surfaces in
+    attndbg's frames: when it does, the model runs once more without the recorder to decide."""
     import traceback
 
     frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return False
     package = Path(__file__).resolve().parents[1]
-    innermost = frames[-1]
-    return (
-        Path(innermost.filename).resolve().is_relative_to(package) and innermost.name != "__torch_function__"
-    )
+    if not frames or not Path(frames[-1].filename).resolve().is_relative_to(package):
+        return False  # raised in the model's or a library's code
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception:
+        return False  # it fails without attndbg too
+    return True
 
 
 def compare_eager(source: str, **options: Any) -> list[dict[str, Any]]:

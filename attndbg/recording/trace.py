@@ -23,7 +23,10 @@ from attndbg.attention import MASKED_BIAS
 from attndbg.recording.location import Location
 
 # Layout operations that move elements without changing them. Replayed on masks and q/k.
-LAYOUT_METHODS = ("view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten")
+LAYOUT_METHODS = (
+    *("view", "reshape", "permute", "transpose", "contiguous"),
+    *("flatten", "unflatten", "squeeze", "unsqueeze"),
+)
 _REORDERING = ("permute", "transpose")
 
 
@@ -260,7 +263,7 @@ def bring_to_scores(operand: torch.Tensor, layout: tuple[LayoutOp, ...], lead: t
                 f"the scores were rearranged by {op.method}{tuple(op.args)} across the query/key "
                 "axes, which attndbg cannot undo on q and k"
             )
-        if op.method in ("view", "reshape", "flatten", "unflatten"):
+        if op.method in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze"):
             operand = operand.reshape(*op.after[:-2], *operand.shape[-2:])
         else:
             operand = op.apply(operand)
@@ -337,6 +340,10 @@ def _split_causal(mask: torch.Tensor, semantics: str) -> tuple[torch.Tensor | No
     else:
         hidden = mask.bool() if semantics == "drop" else ~mask.bool()
     if not bool(hidden[..., future].all()) or bool(hidden[..., ~future].all()):
+        return mask, False
+    if semantics == "additive" and bool(hidden.all(-1).any()) and not bool(torch.isneginf(mask).all()):
+        # a row with every key hidden by a finite fill gets uniform weights over all its keys;
+        # is_causal (-inf on the future) would change that row: keep the mask as it is
         return mask, False
     if semantics == "additive":
         rest = mask.masked_fill(future, 0.0)

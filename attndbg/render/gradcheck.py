@@ -5,7 +5,6 @@ and counts every criterion that decides the exit code."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +40,18 @@ def sweep_table(report: SweepReport) -> Table:
     for result in report.results:
         by_case.setdefault(result.scenario, {})[result.dtype] = result
     for case, cells in by_case.items():
-        row = [case]
+        row: list[str | Text] = [case]
         for dtype in dtypes:
-            result = cells.get(dtype)
-            if result is None:
+            cell = cells.get(dtype)
+            if cell is None:
                 row.append("")
                 continue
-            mark, style = MARK[result.verdict]
+            mark, style = MARK[cell.verdict]
             numbers = ""
-            if result.forward_error is not None:
-                numbers = f" {result.forward_error:.0e}"
-                if result.gradient_error is not None:
-                    numbers += f"/{result.gradient_error:.0e}"
+            if cell.forward_error is not None:
+                numbers = f" {cell.forward_error:.0e}"
+                if cell.gradient_error is not None:
+                    numbers += f"/{cell.gradient_error:.0e}"
             row.append(Text(mark + numbers, style=style))
         table.add_row(*row)
     return table
@@ -64,7 +63,8 @@ def verdict_line(report: SweepReport) -> Text:
     text = Text()
     if code:
         text.append(f"✗ {report.implementation}: ", style="bold red")
-        text.append(f"{len(gating)} diagnosis(es) at or above --fail-on {report.fail_on}", style="bold")
+        noun = "diagnosis" if len(gating) == 1 else "diagnoses"
+        text.append(f"{len(gating)} {noun} at or above --fail-on {report.fail_on}", style="bold")
     else:
         text.append(f"✓ {report.implementation}: ", style="bold green")
         rest = f" ({len(report.diagnoses)} below --fail-on {report.fail_on})" if report.diagnoses else ""
@@ -78,21 +78,25 @@ def _gates(report: SweepReport, severity: str) -> bool:
     return Severity(severity).rank >= FAIL_ON_RANK[report.fail_on]
 
 
-def diagnosis_lines(report: SweepReport) -> list[Text]:
-    lines = []
+def diagnosis_table(report: SweepReport) -> Table:
+    """One row per diagnosis: severity, code, then the message with its scenarios and evidence,
+    wrapped inside its own column."""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column()
     for diagnosis in report.diagnoses:
-        text = Text("  ")
-        text.append(f"{diagnosis.severity:<7} {diagnosis.code} ", style=SEVERITY_STYLE[diagnosis.severity])
-        text.append(diagnosis.message)
+        text = Text(diagnosis.message)
         where = ", ".join(diagnosis.scenarios)
         if diagnosis.dtypes:
             where += f" [{', '.join(diagnosis.dtypes)}]"
         if where:
-            text.append(f"\n      scenarios: {where}", style="dim")
+            text.append(f"\nscenarios: {where}", style="dim")
         if diagnosis.evidence:
-            text.append(f"\n      evidence: {diagnosis.evidence}", style="dim")
-        lines.append(text)
-    return lines
+            text.append(f"\nevidence: {diagnosis.evidence}", style="dim")
+        style = SEVERITY_STYLE[diagnosis.severity]
+        table.add_row(Text(f"  {diagnosis.severity}", style=style), Text(diagnosis.code, style=style), text)
+    return table
 
 
 def tally(report: SweepReport) -> Text:
@@ -107,7 +111,7 @@ def tally(report: SweepReport) -> Text:
 
 
 def sweep_renderable(report: SweepReport) -> Group:
-    parts: list[Any] = [verdict_line(report), *diagnosis_lines(report), Text(""), sweep_table(report)]
+    parts: list[Any] = [verdict_line(report), diagnosis_table(report), Text(""), sweep_table(report)]
     parts.append(Text(f"called as {report.convention}", style="dim"))
     for note in report.passed:
         parts.append(Text(f"  {note}", style="dim"))
@@ -127,31 +131,17 @@ def render_sweep(report: SweepReport, console: Console) -> None:
 
 
 def sweep_json(reports: list[SweepReport], single: bool) -> str:
-    from attndbg.render.json_report import _clean
+    from attndbg.render.json_report import to_json
 
     data = [r.to_dict() for r in reports]
-    return json.dumps(_clean(data[0] if single else data), indent=2, allow_nan=False) + "\n"
+    return to_json(data[0] if single else data)
 
 
 def sweep_sarif(reports: list[SweepReport]) -> str:
     """SARIF 2.1.0: one result per diagnosis, its rule from the check registry."""
-    from attndbg import __version__
-    from attndbg.registry import load_checks
-    from attndbg.render.json_report import _clean
-    from attndbg.render.sarif import LEVEL, SCHEMA
+    from attndbg.render.sarif import LEVEL, rule_entries, sarif_log
 
-    checks = load_checks()
-    codes = sorted({d.code for r in reports for d in r.diagnoses})
-    rules = [
-        {
-            "id": code,
-            "name": "".join(part.capitalize() for part in checks[code].name.split("-")),
-            "shortDescription": {"text": checks[code].summary},
-            "fullDescription": {"text": checks[code].rationale},
-            "defaultConfiguration": {"level": LEVEL[checks[code].severity.value]},
-        }
-        for code in codes
-    ]
+    rules = rule_entries(sorted({d.code for r in reports for d in r.diagnoses}))
     index = {rule["id"]: i for i, rule in enumerate(rules)}
     results = []
     for report in reports:
@@ -179,27 +169,5 @@ def sweep_sarif(reports: list[SweepReport]) -> str:
                     },
                 }
             )
-    sarif = {
-        "$schema": SCHEMA,
-        "version": "2.1.0",
-        "runs": [
-            {
-                "tool": {
-                    "driver": {
-                        "name": "attndbg",
-                        "version": __version__,
-                        "informationUri": "https://github.com/attndbg/attndbg",
-                        "rules": rules,
-                    }
-                },
-                "invocations": [
-                    {
-                        "executionSuccessful": True,
-                        "exitCode": max((r.exit_code() for r in reports), default=0),
-                    }
-                ],
-                "results": results,
-            }
-        ],
-    }
-    return json.dumps(_clean(sarif), indent=2, allow_nan=False) + "\n"
+    exit_code = max((r.exit_code() for r in reports), default=0)
+    return sarif_log(rules, results, invocations=[{"executionSuccessful": True, "exitCode": exit_code}])

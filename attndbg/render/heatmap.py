@@ -181,29 +181,70 @@ def grid_renderable(heatmaps: list[Heatmap], width: int) -> RenderableType:
     return Group(header, Columns(panels, width=None, padding=(0, 1)))
 
 
-def difference_renderable(d: Difference) -> RenderableType:
+def difference_renderable(d: Difference, names: tuple[str, str] = ("A", "B")) -> RenderableType:
+    """A − B for one head; ``names`` say which file is A and which is B."""
     lines: list[RenderableType] = [
-        Text(f"{d.case} · head {d.head}: A − B, largest |Δ| {d.max_abs:.3g}", style="bold"),
+        Text(f"{d.case} · head {d.head}: A − B, largest |Δ| {_signed(d.max_abs).lstrip('+')}", style="bold"),
+        # File names are not wrapped (print with crop=False): a path split over lines cannot be copied.
+        Text(f"A = {names[0]}\nB = {names[1]}", style="dim", no_wrap=True, overflow="ignore"),
         heatmap_renderable(d.heatmap, diverging=True, title=False),
         Text("largest differences:", style="bold"),
     ]
+    heat = d.heatmap
     for e in d.largest:
+        query = _position(e["row"], heat.row_labels if heat.row_step == 1 else [])
+        key = _position(e["key"], heat.col_labels if heat.col_step == 1 else [])
         lines.append(
-            Text(
-                f"  query {e['row']:>4} key {e['key']:>4}:  A {e['a']:.4f}  B {e['b']:.4f}  "
-                f"Δ {e['delta']:+.4f}"
-            )
+            Text(f"  query {query} key {key}:  A {e['a']:.4f}  B {e['b']:.4f}  Δ {_signed(e['delta'])}")
         )
     return Group(*lines)
 
 
+def _signed(value: float) -> str:
+    """Fixed point where it reads well, scientific where fixed point would print +0.0000."""
+    return f"{value:+.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:+.2e}"
+
+
+def _position(index: int, labels: list[str]) -> str:
+    """``7`` or, when the capture recorded tokens, ``7 'cat'``."""
+    label = labels[index] if index < len(labels) else str(index)
+    return f"{index:>4}" if label == str(index) else f"{index:>4} {label!r}"
+
+
 def save_png(heatmaps: list[Heatmap], path: Path, diverging: bool = False) -> Path:
+    """Draw the maps into a PNG at ``path``, written atomically (its folder must exist)."""
+    import matplotlib.pyplot as plt
+
+    from attndbg._io import atomic_write
+
+    fig = png_figure(heatmaps, diverging)
+    try:
+        atomic_write(path, lambda temporary: fig.savefig(temporary, format="png", dpi=PNG_DPI))
+    finally:
+        plt.close(fig)
+    return path
+
+
+PNG_DPI = 110
+
+
+def _panel_inches(rows: int, cols: int, alone: bool) -> tuple[float, float]:
+    """A panel sized to its cells (about a third of an inch each, so token labels stay
+    legible), within limits: one head may take a screen, a grid's panels stay small."""
+    cap = 11.0 if alone else 5.0
+    return min(cap, max(3.6, 0.32 * cols + 1.6)), min(cap, max(3.4, 0.32 * rows + 1.4))
+
+
+def png_figure(heatmaps: list[Heatmap], diverging: bool = False):  # noqa: ANN201 - a matplotlib Figure
+    """The matplotlib figure of ``save_png``; axes are labelled with tokens or positions, never
+    with cell indices of a max-pooled map."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
     except ImportError:
         raise UsageError("--png needs matplotlib: pip install 'attndbg[plot]'") from None
     import numpy as np
@@ -211,7 +252,8 @@ def save_png(heatmaps: list[Heatmap], path: Path, diverging: bool = False) -> Pa
     n = len(heatmaps)
     columns = min(n, 4)
     rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns + 0.8, 3.4 * rows), squeeze=False)
+    width, height = _panel_inches(*heatmaps[0].shape, alone=n == 1)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns + 0.8, height * rows), squeeze=False)
     top = max(max((abs(x) for r in h.weights for x in r), default=0.0) for h in heatmaps) or 1.0
     cmap, vmin = ("RdBu_r", -top) if diverging else ("viridis", 0.0)
     image = None
@@ -249,17 +291,26 @@ def save_png(heatmaps: list[Heatmap], path: Path, diverging: bool = False) -> Pa
                         )
         step = f" ({h.row_step}×{h.col_step} per cell)" if h.row_step > 1 or h.col_step > 1 else ""
         ax.set_title(f"head {h.head}{step}", fontsize=9)
-        ax.set_xlabel("key", fontsize=8)
-        ax.set_ylabel("query", fontsize=8)
-        if len(h.col_labels) == data.shape[1] and h.col_step == 1 and data.shape[1] <= 32:
-            ax.set_xticks(range(data.shape[1]), h.col_labels, rotation=90, fontsize=6)
-            ax.set_yticks(range(data.shape[0]), h.row_labels[: data.shape[0]], fontsize=6)
+        ax.set_xlabel("key position" if h.col_step > 1 else "key", fontsize=8)
+        ax.set_ylabel("query position" if h.row_step > 1 else "query", fontsize=8)
+        if len(h.col_labels) == data.shape[1] and h.col_step == 1 and data.shape[1] <= 48:
+            ax.set_xticks(range(data.shape[1]), h.col_labels, rotation=90, fontsize=8)
+        else:
+            _position_ticks(ax.xaxis, h.col_step, MaxNLocator, FuncFormatter)
+        if len(h.row_labels) >= data.shape[0] and h.row_step == 1 and data.shape[0] <= 48:
+            ax.set_yticks(range(data.shape[0]), h.row_labels[: data.shape[0]], fontsize=8)
+        else:
+            _position_ticks(ax.yaxis, h.row_step, MaxNLocator, FuncFormatter)
     for index in range(n, rows * columns):
         axes[index // columns][index % columns].axis("off")
     fig.suptitle(f"{heatmaps[0].case} · batch {heatmaps[0].batch} · {heatmaps[0].source}", fontsize=10)
     fig.subplots_adjust(top=0.86, hspace=0.45, wspace=0.35)
+    assert image is not None  # heatmaps is never empty
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="Δ weight" if diverging else "weight")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _position_ticks(axis, step: int, locator, formatter) -> None:  # noqa: ANN001 - matplotlib objects
+    """Ticks at whole cells, labelled with the first position each cell pools."""
+    axis.set_major_locator(locator(integer=True))
+    axis.set_major_formatter(formatter(lambda x, _: f"{round(x) * step}" if x >= 0 else ""))

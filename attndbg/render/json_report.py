@@ -20,5 +20,10 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def to_json(value: Any) -> str:
+    """Indented JSON with non-finite floats spelled as strings, as every attndbg document is."""
+    return json.dumps(_clean(value), indent=2, allow_nan=False) + "\n"
+
+
 def render_json(report: Report, timings: bool = True) -> str:
-    return json.dumps(_clean(report.to_dict(timings=timings)), indent=2, allow_nan=False) + "\n"
+    return to_json(report.to_dict(timings=timings))

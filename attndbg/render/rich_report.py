@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
-from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from attndbg.render.code import CodeBlock
 from attndbg.report import CaseReport, Finding, Report, Severity, TensorSummary
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -50,9 +51,16 @@ def _evidence(evidence: dict[str, Any]) -> str:
     )
 
 
-def tensor_table(tensors: list[TensorSummary]) -> Table:
+def tensor_table(tensors: list[TensorSummary], case_name: str = "") -> Table:
+    """Per tensor statistics. A capture's keys repeat the case name (``layer.3.attn.q``): shown
+    without it, so the table keeps its width at 80 columns."""
     table = Table(box=None, pad_edge=False, header_style="bold")
-    show_key = any(t.key != t.role for t in tensors)
+    prefix = f"{case_name}." if case_name else ""
+
+    def key(t: TensorSummary) -> str:
+        return t.key.removeprefix(prefix) if prefix else t.key
+
+    show_key = any(key(t) != t.role for t in tensors)
     columns = [
         "role",
         *(["tensor"] if show_key else []),
@@ -75,9 +83,9 @@ def tensor_table(tensors: list[TensorSummary]) -> Table:
     for t in tensors:
         bad = t.nan + t.posinf + t.neginf
         nonfinite = Text(f"{t.nan}/{t.posinf + t.neginf}", style="red" if bad else "dim")
-        row = [
+        row: list[str | Text] = [
             t.role,
-            *([t.key] if show_key else []),
+            *([key(t)] if show_key else []),
             "×".join(map(str, t.shape)) or "scalar",
             t.dtype,
             _short(t.min),
@@ -155,7 +163,8 @@ def _worst(case: CaseReport, stage: str) -> str:
     return max(ranks, key=lambda s: s.rank).value
 
 
-def finding_block(finding: Finding, show_fix: bool = True) -> RenderableType:
+def finding_block(finding: Finding, show_fix: bool = True, indent: int = 0) -> RenderableType:
+    """One finding; its fix is a :class:`CodeBlock`, so print the result with ``crop=False``."""
     style = SEVERITY_STYLE[finding.severity.value]
     head = Text()
     head.append(f"{finding.severity.value:<7} ", style=style)
@@ -165,30 +174,20 @@ def finding_block(finding: Finding, show_fix: bool = True) -> RenderableType:
     head.append(f"{finding.name}", style="dim")
     if finding.head is not None:
         head.append(f"  head {finding.head}", style="dim")
+    body = indent + 8
     parts: list[RenderableType] = [
-        head,
-        Padding(Text(finding.message), (0, 0, 0, 8)),
-        *([Padding(Text(str(finding.location), style="cyan"), (0, 0, 0, 8))] if finding.location else []),
+        Padding(head, (0, 0, 0, indent)),
+        Padding(Text(finding.message), (0, 0, 0, body)),
+        *([Padding(Text(str(finding.location), style="cyan"), (0, 0, 0, body))] if finding.location else []),
     ]
     if finding.evidence:
-        parts.append(Padding(Text("evidence: " + _evidence(finding.evidence), style="dim"), (0, 0, 0, 8)))
+        parts.append(Padding(Text("evidence: " + _evidence(finding.evidence), style="dim"), (0, 0, 0, body)))
     if finding.heatmap is not None:
         from attndbg.render.heatmap import heatmap_renderable
 
-        parts.append(Padding(heatmap_renderable(finding.heatmap, cell=1, title=False), (0, 0, 0, 8)))
+        parts.append(Padding(heatmap_renderable(finding.heatmap, cell=1, title=False), (0, 0, 0, body)))
     if show_fix and finding.fix:
-        parts.append(
-            Padding(
-                Syntax(
-                    finding.fix,
-                    "python",
-                    theme="ansi_dark",
-                    background_color="default",
-                    word_wrap=True,
-                ),
-                (0, 0, 0, 8),
-            )
-        )
+        parts.append(CodeBlock(finding.fix, indent=body))
     return Group(*parts)
 
 
@@ -196,8 +195,9 @@ def case_renderable(case: CaseReport, quiet: bool = False) -> RenderableType:
     if quiet:
         lines = [
             Text(
-                f"{case.file}::{case.name}: {f.severity.value} {f.code} {f.message}",
-                style=SEVERITY_STYLE[f.severity.value],
+                f"{case.file}::{case.name}: {f.severity.value} {f.code}"
+                f"{' (baseline)' if f.baselined else ''} {f.message}",
+                style="dim" if f.baselined else SEVERITY_STYLE[f.severity.value],
             )
             for f in _ordered(case.findings)
         ]
@@ -206,11 +206,11 @@ def case_renderable(case: CaseReport, quiet: bool = False) -> RenderableType:
     title = Text()
     title.append(f"case {case.name}", style="bold")
     title.append(f"  {case.file}", style="dim")
-    if case.source:
+    if case.source and case.source != case.name:
         title.append(f"  source: {case.source}", style="dim")
     parts: list[RenderableType] = [Text(""), title]
     if case.tensors:
-        parts.append(Padding(tensor_table(case.tensors), (0, 0, 0, 2)))
+        parts.append(Padding(tensor_table(case.tensors, case.name), (0, 0, 0, 2)))
     settings = {k: v for k, v in case.settings.items() if k != "origins"}
     meta = Text("  ")
     meta.append(f"layout {case.layout or '—'}  dtype {case.dtype}  device {case.device}  ", style="dim")
@@ -225,7 +225,7 @@ def case_renderable(case: CaseReport, quiet: bool = False) -> RenderableType:
     if case.heads and any(f.stage == "patterns" or f.head is not None for f in case.findings):
         parts.append(Padding(head_table(case), (0, 0, 0, 2)))
     for finding in _ordered(case.findings):
-        parts.append(Padding(finding_block(finding), (0, 0, 0, 2)))
+        parts.append(finding_block(finding, indent=2))
     if not case.findings:
         parts.append(Text("  no findings", style="green"))
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -254,9 +254,33 @@ def summary_text(report: Report) -> Text:
     return text
 
 
+def print_case(console: Console, case: CaseReport, quiet: bool = False) -> None:
+    """One case; ``crop=False`` so that fix snippets overflow rather than being cut."""
+    console.print(case_renderable(case, quiet=quiet), soft_wrap=quiet, crop=False)
+
+
+def recorded(report: Report, quiet: bool = False, colour: bool = False) -> Console:
+    """The report rendered into a recording console (120 columns), for files and notebooks."""
+    with open(os.devnull, "w") as sink:
+        console = Console(
+            record=True,
+            width=120,
+            file=sink,
+            force_terminal=colour or None,
+            color_system="truecolor" if colour else None,
+        )
+        render_rich(report, console, quiet=quiet)
+    return console
+
+
+def report_renderable(report: Report) -> RenderableType:
+    """The whole report as one renderable (``Report.__rich__``)."""
+    return Group(*(case_renderable(case) for case in report.cases), Text(""), summary_text(report))
+
+
 def render_rich(report: Report, console: Console, quiet: bool = False) -> None:
     for case in report.cases:
-        console.print(case_renderable(case, quiet=quiet), soft_wrap=quiet)
+        print_case(console, case, quiet=quiet)
     if not quiet:
         console.print()
     console.print(summary_text(report))

@@ -26,10 +26,10 @@ def rule_dicts(checks: Iterable[Check]) -> list[dict[str, Any]]:
             "severity": c.severity.value,
             "summary": c.summary,
             "thresholds": dict(c.thresholds),
-            "rationale": c.rationale,
-            "fix": c.fix.strip(),
             "superseded_by": list(c.superseded_by),
             "supersedes": supersedes(c.code),
+            "rationale": c.rationale,
+            "fix": c.fix.strip(),
         }
         for c in checks
     ]
@@ -62,14 +62,21 @@ def rules_markdown(checks: Iterable[Check]) -> str:
                 f"`[tool.attndbg.thresholds]`, e.g. `{r['code']} = {{ {next(iter(r['thresholds']))} = … }}`.",
                 "",
             ]
-        if r["superseded_by"]:
-            codes = ", ".join(f"[{code}](#{code.lower()})" for code in r["superseded_by"])
-            lines += [
-                f"Superseded by {codes}: silent on a case where one of them fires (it names the cause).",
-                "",
-            ]
+        lines += [f"{line}\n" for line in supersession_lines(r["superseded_by"], r["supersedes"])]
         lines += ["Fix:", "", "```python", r["fix"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def supersession_lines(superseded_by: list[str], supersedes: list[str]) -> list[str]:
+    """How a check and the checks naming the same symptom more precisely silence each other."""
+    lines = []
+    if superseded_by:
+        lines.append(
+            f"Not reported when {' or '.join(superseded_by)} fires on the same case (a more precise cause)."
+        )
+    if supersedes:
+        lines.append(f"When it fires, {', '.join(supersedes)} is not reported on the same case.")
+    return lines
 
 
 def _cell(text: str) -> str:

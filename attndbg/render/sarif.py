@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,13 @@ LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 
-def _rules() -> list[dict[str, Any]]:
+def rule_entries(codes: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """``tool.driver.rules`` for ``codes`` (every registered check when None), in that order."""
     from attndbg.registry import load_checks
 
+    checks = load_checks()
     rules = []
-    for check in load_checks().values():
+    for check in checks.values() if codes is None else (checks[code] for code in codes):
         rules.append(
             {
                 "id": check.code,
@@ -54,7 +56,7 @@ def _physical(location: Location | None, file: str) -> dict[str, Any]:
 
 
 def render_sarif(report: Report) -> str:
-    rules = _rules()
+    rules = rule_entries()
     index = {rule["id"]: i for i, rule in enumerate(rules)}
     results = []
     for case in report.cases:
@@ -89,15 +91,16 @@ def render_sarif(report: Report) -> str:
                 result["suppressions"] = [{"kind": "external", "justification": "in the baseline"}]
             results.append(result)
     invocation = {"executionSuccessful": True, "exitCode": report.exit_code()}
-    return _log(rules, results, invocations=[invocation])
+    return sarif_log(rules, results, invocations=[invocation])
 
 
 def render_sarif_rules() -> str:
     """The rule registry alone (``attndbg rules --format sarif``): a run with no results."""
-    return _log(_rules(), [])
+    return sarif_log(rule_entries(), [])
 
 
-def _log(rules: list[dict[str, Any]], results: list[dict[str, Any]], **run: Any) -> str:
+def sarif_log(rules: list[dict[str, Any]], results: list[dict[str, Any]], **run: Any) -> str:
+    """One SARIF 2.1.0 run of attndbg with these rules and results (``run`` adds run fields)."""
     sarif = {
         "$schema": SCHEMA,
         "version": "2.1.0",
@@ -116,6 +119,6 @@ def _log(rules: list[dict[str, Any]], results: list[dict[str, Any]], **run: Any)
             }
         ],
     }
-    from attndbg.render.json_report import _clean
+    from attndbg.render.json_report import to_json
 
-    return json.dumps(_clean(sarif), indent=2, allow_nan=False) + "\n"
+    return to_json(sarif)

@@ -26,6 +26,8 @@ Adding a statistic = adding a reducer:
 
 Modules: ``chunks`` (sizing, Chunk, Accumulator, Reducer), ``reducers`` (the reference
 pass's reducers), ``driver`` (the loop), ``saved`` (hypotheses against saved artefacts),
+``readings`` (readings with a fitted parameter — scale, dropout — or a changed computation,
+measured only when the assumed reading does not match),
 ``locate`` (first non-finite value), ``heads`` (per-head aggregates), ``result``.
 """
 

@@ -19,6 +19,7 @@ def first_column(ctx: CaseContext, stage: str, row: list[int]) -> int:
         out = reference_row(ctx, b, h, i)
         return int((~torch.isfinite(out)).nonzero()[0]) if bool((~torch.isfinite(out)).any()) else 0
     if ctx.has_qkv:
+        assert ctx.q is not None and ctx.k is not None
         q = ctx.q[min(b, ctx.q.shape[0] - 1), h, i] * ctx.scale
         scores = ctx.k[min(b, ctx.k.shape[0] - 1), h] @ q
     else:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from attndbg.attention import MASKED_BIAS
+from attndbg.stats.chunks import chunk_rows
+from attndbg.stats.saved import build_hypotheses, safe_softmax
 from attndbg.vocab import Artefact, Reading
 
 if TYPE_CHECKING:
@@ -47,10 +49,10 @@ class Fits:
     dropout_p: float | None = None
     dropout_zero_share: float | None = None
     dropout_weights: int = 0
-    notes: dict[str, float] = field(default_factory=dict)
 
 
-def needs_readings(ctx: CaseContext, stats: AttentionStats) -> bool:
+def _needs_readings(ctx: CaseContext, stats: AttentionStats) -> bool:
+    """A saved artefact that the assumed reading does not match, or declared dropout."""
     from attndbg.hypotheses import tolerance
 
     if not ctx.has_qkv:
@@ -65,7 +67,7 @@ def needs_readings(ctx: CaseContext, stats: AttentionStats) -> bool:
 
 def add_readings(ctx: CaseContext, stats: AttentionStats) -> None:
     """Measure the readings of this module against the saved artefacts (see the docstring)."""
-    if not needs_readings(ctx, stats):
+    if not _needs_readings(ctx, stats):
         return
     fits = Fits()
     accumulators = _first_pass(ctx, stats)
@@ -82,7 +84,9 @@ def add_readings(ctx: CaseContext, stats: AttentionStats) -> None:
 
 
 @dataclass
-class Chunk:
+class SavedChunk:
+    """One chunk of query rows: q·kᵀ, the assumed bias, and the saved artefacts' rows."""
+
     b: int
     rows: slice
     raw: torch.Tensor  # (H, rows, Lk) unscaled q·kᵀ
@@ -92,17 +96,17 @@ class Chunk:
     out: torch.Tensor | None
 
 
-def _chunks(ctx: CaseContext) -> Iterator[Chunk]:
-    from attndbg.stats.chunks import chunk_rows
-
+def _chunks(ctx: CaseContext) -> Iterator[SavedChunk]:
     sizes = ctx.sizes
-    step = chunk_rows(ctx)
+    # a reading holds about twice the temporaries of the reference pass (raw scores, reference
+    # weights and its own weights), so half the rows keep a chunk within the budget
+    step = max(1, chunk_rows(ctx) // 2)
     for b in range(sizes["B"]):
         kb = ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2)
         for start in range(0, sizes["Lq"], step):
             rows = slice(start, min(sizes["Lq"], start + step))
             raw = torch.matmul(ctx.q[min(b, ctx.q.shape[0] - 1), :, rows], kb)
-            yield Chunk(
+            yield SavedChunk(
                 b,
                 rows,
                 raw,
@@ -120,8 +124,6 @@ def _saved(tensor: torch.Tensor | None, b: int, rows: slice, device: str) -> tor
 
 
 def _softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    from attndbg.stats.saved import safe_softmax
-
     if dim == -1:
         return safe_softmax(logits)[0]
     return torch.nan_to_num(torch.softmax(logits, dim=dim), nan=0.0)
@@ -145,7 +147,7 @@ class _Recorder:
         table = self.stats.hypotheses.setdefault(artefact, {})
         table[label] = max(table.get(label, 0.0), value)
 
-    def probabilities(self, ctx: CaseContext, chunk: Chunk, label: Reading, probs: torch.Tensor) -> None:
+    def probabilities(self, ctx: CaseContext, chunk: SavedChunk, label: Reading, probs: torch.Tensor) -> None:
         """Errors of a reading given as weights: against saved weights, and via ``@ v`` the output."""
         if chunk.weights is not None:
             self(Artefact.WEIGHTS, label, _max_error(probs, chunk.weights))
@@ -325,6 +327,14 @@ def _second_pass(ctx: CaseContext, stats: AttentionStats, fits: Fits, acc: _Accu
         dropout_ok = False
     if scale is None and not dropout_ok:
         return
+    # with dropout declared, every one-factor reading of the weights is dropout-aware too, so
+    # that a mask left out of dropped weights is named as such
+    alternatives = (
+        [h for h in build_hypotheses(ctx) if h.axis == "keys"]
+        if dropout_ok and ctx.settings.dropout_p
+        else []
+    )
+    dropped_errors: dict[Reading, float] = {}
     for chunk in _chunks(ctx):
         if scale is not None:
             probs = _softmax(_with_bias(chunk.raw * scale, chunk.bias))
@@ -337,10 +347,23 @@ def _second_pass(ctx: CaseContext, stats: AttentionStats, fits: Fits, acc: _Accu
                 record(Artefact.SCORES, Reading.FITTED_SCALE, float(diff.max()) if diff.numel() else 0.0)
         if dropout_ok and p is not None and chunk.weights is not None:
             reference = _softmax(_with_bias(chunk.raw * ctx.scale, chunk.bias))
-            w = chunk.weights.expand_as(reference)
-            kept_error = (w - reference / (1 - p)).abs()
-            error = torch.minimum(w.abs(), kept_error)
-            record(Artefact.WEIGHTS, Reading.DROPOUT, float(error[torch.isfinite(error)].max()))
+            record(Artefact.WEIGHTS, Reading.DROPOUT, _dropout_error(chunk.weights, reference, p))
+            for hyp in alternatives[1:]:  # [0] is the reference, measured just above
+                bias = ctx.combined_bias(chunk.b, chunk.rows, hyp.mask, hyp.causal)
+                probs = _softmax(_with_bias(chunk.raw * hyp.scale, bias))
+                error = _dropout_error(chunk.weights, probs, p)
+                dropped_errors[hyp.label] = max(dropped_errors.get(hyp.label, 0.0), error)
+    table = stats.hypotheses.get(Artefact.WEIGHTS, {})
+    for label, error in dropped_errors.items():
+        table[label] = min(table.get(label, error), error)
+
+
+def _dropout_error(saved: torch.Tensor, probs: torch.Tensor, p: float) -> float:
+    """Max over entries of the distance to dropout of ``probs``: to 0, or to probs/(1 − p)."""
+    w = saved.expand_as(probs)
+    error = torch.minimum(w.abs(), (w - probs / (1 - p)).abs())
+    error = error[torch.isfinite(error)]
+    return float(error.max()) if error.numel() else 0.0
 
 
 def describe_scale(scale: float, head_dim: int, heads: int) -> str:

@@ -108,6 +108,7 @@ def saved_pass(ctx: CaseContext, stats: AttentionStats) -> None:
             i_idx = torch.arange(start, stop, device=device)
             raw = None
             if has_qkv:
+                assert ctx.q is not None and ctx.k is not None
                 raw = torch.matmul(
                     ctx.q[min(b, ctx.q.shape[0] - 1), :, rows],
                     ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2),

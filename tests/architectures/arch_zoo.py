@@ -187,7 +187,6 @@ ZOO: list[Arch] = [
         "decoder",
         dict(TEXT, d_model=32, num_layers=2, attention_heads=4, ffn_dim=64),
         implementations=("eager",),
-        not_captured="(batch·heads, q, k) bmm layout with a 3-D softmax",
     ),
     Arch("biogpt", "decoder", BERT_LIKE),
     # encoder-only
@@ -264,7 +263,6 @@ ZOO: list[Arch] = [
             langs=["en", "de"],
         ),
         implementations=("eager",),
-        not_captured="(batch·heads, q, k) bmm layout with a 3-D softmax",
         no_cache="FSMTModel.forward requires input_ids even when encoder_outputs are given",
     ),
     Arch(
@@ -277,7 +275,6 @@ ZOO: list[Arch] = [
             max_decoder_position_embeddings=64,
         ),
         implementations=("eager",),
-        not_captured="the decoder's (batch·heads, q, k) bmm layout with a 3-D softmax",
     ),
     Arch(
         "longt5",
@@ -285,7 +282,6 @@ ZOO: list[Arch] = [
         dict(T5_LIKE, local_radius=3, encoder_attention_type="local"),
         implementations=("eager",),
         scale="1",
-        not_captured="local attention in blocks: a 5-D softmax over (batch, blocks, heads, block, 3·block)",
     ),
     Arch(
         "prophetnet",
@@ -304,6 +300,7 @@ ZOO: list[Arch] = [
         ),
         implementations=("eager",),
         no_cache="use_cache is only supported for decoder_input_ids of length 1 (no cached prefill)",
+        scale="1",  # q is multiplied by 1/sqrt(d) before the product
     ),
     Arch("t5", "encoder-decoder", T5_LIKE, scale="1"),
     Arch("bart", "encoder-decoder", BART_LIKE),
@@ -344,20 +341,6 @@ ZOO: list[Arch] = [
             strides=[4, 2],
             mlp_ratios=[2, 2],
         ),
-    ),
-    Arch(
-        "levit",
-        "vision",
-        dict(
-            image_size=32,
-            hidden_sizes=[32, 48],
-            num_attention_heads=[2, 3],
-            depths=[1, 1],
-            key_dim=[8, 8],
-            patch_size=16,
-            down_ops=[["Subsample", 8, 2, 4, 2, 2]],
-        ),
-        implementations=("eager",),
     ),
     Arch("data2vec-vision", "vision", VISION),
     Arch("yolos", "vision", dict(VISION, image_size=[32, 32], num_detection_tokens=4)),

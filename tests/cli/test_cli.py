@@ -212,3 +212,11 @@ def test_internal_error_is_exit_3_one_line(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert "Traceback" in debug.stderr
+
+
+def test_explain_shows_supersession_both_ways() -> None:
+    # SMX001 (rows not normalised) yields to SMX002 (softmax over the query axis), which names the cause
+    weaker = run_cli("explain", "SMX001").stdout
+    stronger = run_cli("explain", "SMX002").stdout
+    assert "Not reported when SMX002 fires" in weaker
+    assert "When it fires, SMX001" in " ".join(stronger.split())

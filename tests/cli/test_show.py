@@ -15,7 +15,7 @@ from attndbg.case import Case
 from attndbg.context import CaseContext
 from attndbg.heatmap import build_heatmap, difference
 from attndbg.loader import iter_cases
-from attndbg.render.heatmap import grid_renderable, heatmap_renderable
+from attndbg.render.heatmap import difference_renderable, grid_renderable, heatmap_renderable
 
 
 def fx(name: str) -> Path:
@@ -84,6 +84,20 @@ def test_difference_lists_the_largest_changes(tmp_path: Path) -> None:
     assert d.max_abs == pytest.approx(0.8 - 1 / 6, abs=1e-6)
     result = run_cli("show", str(a), str(b))
     assert result.returncode == 0 and "query    4 key    5" in result.stdout
+    # which file is A: both files hold a case called "a"/"b" by stem, the paths say it
+    assert f"A = {a}::a" in result.stdout and f"B = {b}::b" in result.stdout
+
+
+def test_small_differences_are_not_printed_as_zero(tmp_path: Path) -> None:
+    base = torch.full((1, 1, 4, 4), 0.25)
+    nudged = base.clone()
+    nudged[0, 0, 1] = torch.tensor([0.25 + 3e-5, 0.25 - 3e-5, 0.25, 0.25])
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({"weights": nudged}, str(a))
+    save_file({"weights": base}, str(b))
+    d = difference(*(CaseContext(next(iter_cases([p]))) for p in (a, b)), top=2)
+    text = render(difference_renderable(d, (str(a), str(b))), 80)
+    assert "+0.0000" not in text and "Δ +3.00e-05" in text and "Δ -3.00e-05" in text
 
 
 def test_png_is_written(tmp_path: Path) -> None:
@@ -112,7 +126,7 @@ def test_findings_carry_a_heatmap_and_html_export(tmp_path: Path) -> None:
     html, svg = tmp_path / "r.html", tmp_path / "r.svg"
     run_cli("inspect", str(fx("PAT001_collapsed_head")), "--html", str(html), "--svg", str(svg), "-q")
     page = html.read_text()
-    assert "PAT001" in page and "background-color" in page
+    assert "PAT001" in page and 'id="attndbg-report"' in page  # the interactive report
     assert svg.read_text().lstrip().startswith("<svg")
 
 

@@ -335,6 +335,15 @@ def _() -> Built:
     return {"q": q, "k": k, "v": v, "weights": dropped, "out": dropped @ v}, {"dropout_p": "0.1"}
 
 
+@case("dropout_declared_weights_before_dropout", "clean", note="probabilities saved, out after dropout")
+def _() -> Built:
+    q, k, v = qkv(37, lq=32)
+    torch.manual_seed(37)
+    _, weights, _ = eager(q, k, v)
+    out = F.dropout(weights, p=0.1, training=True) @ v
+    return {"q": q, "k": k, "v": v, "weights": weights, "out": out}, {"dropout_p": "0.1"}
+
+
 @case("dropout_declared_out_only", "clean", note="dropout_p=0.2 declared, only the output saved")
 def _() -> Built:
     q, k, v = qkv(25, lq=32)
@@ -529,6 +538,16 @@ def _() -> Built:
     return {"q": q, "k": k, "v": v, "mask": keep, "weights": weights}, {}
 
 
+@case("dropout_declared_mask_not_applied", "bug", "MSK002", cause=r"no mask")
+def _() -> Built:
+    q, k, v = qkv(79, lq=30)
+    keep = padding_keep([30, 12], 30).bool()[:, None, None, :]
+    torch.manual_seed(79)
+    _, weights, _ = eager(q, k, v)  # the mask never reaches the eager attention
+    dropped = F.dropout(weights, p=0.1, training=True)
+    return {"q": q, "k": k, "v": v, "mask": keep, "weights": dropped}, {"dropout_p": "0.1"}
+
+
 @case("softmax_twice", "bug", "SMX004", cause=r"softmax (applied )?twice|second softmax")
 def _() -> Built:
     q, k, v = qkv(52, lq=30)
@@ -542,6 +561,22 @@ def _() -> Built:
     q, k, v = qkv(53, lq=30)
     _, weights, _ = eager(q, k, v)
     return {"q": q, "k": k, "v": v, "out": torch.softmax(weights, dim=-1) @ v}, {}
+
+
+@case("softmax_twice_masked", "bug", "SMX004", cause=r"softmax (applied )?twice|second softmax")
+def _() -> Built:
+    q, k, v = qkv(80, lq=24)
+    keep = padding_keep([24, 15], 24).bool()[:, None, None, :]
+    _, weights, _ = eager(q, k, v, additive(keep))
+    weights = torch.softmax(weights, dim=-1)  # the second softmax gives masked keys e^0 again
+    return {"q": q, "k": k, "v": v, "mask": keep, "weights": weights}, {}
+
+
+@case("causal_weights_saved_transposed", "bug", "SMX002", cause=r"transpos")
+def _() -> Built:
+    q, k, v = qkv(81, lq=24)
+    _, weights, _ = eager(q, k, v, additive(torch.ones(24, 24, dtype=torch.bool).tril())[None, None])
+    return {"q": q, "k": k, "v": v, "weights": weights.transpose(-1, -2)}, {"is_causal": "true"}
 
 
 @case("undeclared_dropout", "bug", "SMX001", cause=r"dropout")

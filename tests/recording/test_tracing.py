@@ -235,6 +235,12 @@ def _gpt2_where(q, k, v):  # noqa: ANN001, ANN202 - HF GPT-2 eager: 0-d divisor,
     return torch.matmul(F.softmax(scores, dim=-1).type(v.dtype), v)
 
 
+def _squeezed_head(q, k, v):  # noqa: ANN001, ANN202 - one head taken out and put back
+    q, k, v = q[:, :1].squeeze(1), k[:, :1].squeeze(1), v[:, :1].squeeze(1)
+    scores = (q @ k.transpose(1, 2)).unsqueeze(1) / math.sqrt(q.shape[-1])
+    return torch.softmax(scores.squeeze(1), dim=-1) @ v
+
+
 def _half_precision(q, k, v):  # noqa: ANN001, ANN202 - float16 scores, float32 softmax
     q, k, v = q.half(), k.half(), v.half()
     scores = torch.einsum("bhqd,bhkd->bhqk", q, k).mul_(q.shape[-1] ** -0.5)
@@ -251,7 +257,8 @@ def _in_place_steps(q, k, v):  # noqa: ANN001, ANN202 - /=, masked_fill_, scale 
 
 
 @pytest.mark.parametrize(
-    "attention", [_decode_step, _single_sequence, _gpt2_where, _half_precision, _in_place_steps]
+    "attention",
+    [_decode_step, _single_sequence, _gpt2_where, _squeezed_head, _half_precision, _in_place_steps],
 )
 def test_other_spellings_are_traced_and_clean(attention) -> None:  # noqa: ANN001
     generator = torch.Generator().manual_seed(0)

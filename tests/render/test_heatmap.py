@@ -3,7 +3,7 @@ columns. Without colour the levels are glyphs, so a map never turns into an empt
 
 from __future__ import annotations
 
-import os
+import io
 import re
 from pathlib import Path
 
@@ -21,21 +21,16 @@ from attndbg.render.heatmap import GLYPHS, MASKED, heatmap_renderable
 WIDTHS = (80, 200)
 
 
-def console(width: int, colours: str | None) -> Console:
-    return Console(
-        width=width,
-        record=True,
-        file=open(os.devnull, "w"),  # noqa: SIM115
-        color_system=colours,
-        force_terminal=colours is not None,
-    )
-
-
 def rendered(renderable, width: int, colours: str | None) -> tuple[str, str]:  # noqa: ANN001
-    """(plain text, text with ANSI styles)."""
-    c = console(width, colours)
-    c.print(renderable)
-    return c.export_text(clear=False), c.export_text(styles=True)
+    """(plain text, what the terminal receives). The styled text is the console's own output,
+    not ``export_text(styles=True)``, which re-renders cached styles in whatever colour system
+    rendered them first."""
+    sink = io.StringIO()
+    console = Console(
+        width=width, record=True, file=sink, color_system=colours, force_terminal=colours is not None
+    )
+    console.print(renderable)
+    return console.export_text(), sink.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-all test sweep lint docs fixtures bench bench-watch clean
+.PHONY: install demo demo-all test sweep lint docs fixtures bench bench-large bench-watch clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,9 +57,14 @@ lint: install
 	$(BIN)/ruff format --check attndbg tests scripts
 	$(BIN)/mypy
 
-# One run: attndbg's inspection vs one SDPA forward at N = 1,024 / 4,096 / 16,384 (a few minutes).
+# attndbg's inspection vs one SDPA forward at N = 4,096 / 16,384, min/median/max of 3 runs, the
+# cost of each stage and a profile of the statistics pass (a few minutes).
 bench: install
-	$(BIN)/python scripts/bench.py --sizes 1024,4096,16384
+	$(BIN)/python scripts/bench.py --sizes 4096,16384
+
+# N = 65,536: one run of each, no warm-up (minutes on a laptop CPU); memory stays bounded.
+bench-large: install
+	$(BIN)/python scripts/bench.py --sizes 65536 --repeats 1 --no-stages --no-warmup
 
 # One run: a small GPT's training step with attndbg.watch(every=10) and (every=1) against none.
 bench-watch: install

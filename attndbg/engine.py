@@ -63,21 +63,22 @@ def summarize_tensor(
             )
     nan, posinf, neginf = counts
     finite = values if nan + posinf + neginf == 0 else values[torch.isfinite(values)]
-    stats: tuple[float | None, float | None, float | None, float | None]
+    low: float | None = None
+    high: float | None = None
+    average: float | None = None
+    spread: float | None = None
     if finite.numel():
         std, mean = torch.std_mean(finite) if finite.numel() > 1 else (torch.zeros(()), finite.mean())
-        stats = (float(finite.min()), float(finite.max()), float(mean), float(std))
-    else:
-        stats = (None, None, None, None)
+        low, high, average, spread = float(finite.min()), float(finite.max()), float(mean), float(std)
     return TensorSummary(
         role,
         key,
         list(tensor.shape),
         str(tensor.dtype).replace("torch.", ""),
-        stats[0],
-        stats[1],
-        stats[2],
-        stats[3],
+        low,
+        high,
+        average,
+        spread,
         nan=nan,
         posinf=posinf,
         neginf=neginf,

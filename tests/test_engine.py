@@ -66,6 +66,30 @@ def test_chunked_statistics_equal_unchunked(budget: int) -> None:
     assert torch.allclose(chunked.out, reference, atol=1e-5)
 
 
+@pytest.mark.parametrize("elements", [4_000, 50_000])
+def test_cache_sized_slices_of_a_product_give_the_same_statistics(
+    elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A product cut into slices of a few rows (and heads in groups) reduces to the same
+    statistics, duplicate-head Gram matrix included, as one chunk per sample."""
+    import attndbg.stats.chunks
+    import attndbg.stats.driver
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 4, 600, 16, generator=g) for _ in range(3))
+    q[:, 1], k[:, 1] = q[:, 0], k[:, 0]  # a duplicate head
+    tensors = {"q": q, "k": k, "v": v, "mask": torch.rand(2, 1, 600, 600, generator=g) > 0.3}
+    whole = compute_stats(CaseContext(Case("c", "m", tensors), max_memory=1 << 34))
+    monkeypatch.setattr(attndbg.stats.chunks, "CHUNK_ELEMENTS", elements)
+    monkeypatch.setattr(attndbg.stats.driver, "CHUNK_ELEMENTS", elements)
+    sliced = compute_stats(CaseContext(Case("c", "m", tensors), max_memory=1 << 34))
+    assert sliced.chunks > whole.chunks
+    for name in ("lse", "entropy", "max_weight", "sink", "diagonal", "n_kept", "max_logit", "logit_std"):
+        assert torch.allclose(getattr(whole, name), getattr(sliced, name), atol=1e-5), name
+    assert torch.allclose(whole.head_gram, sliced.head_gram, rtol=1e-5)
+    assert float(whole.head_gram[0, 0, 1]) > 0
+
+
 def test_entropy_from_log_sum_exp_matches_definition() -> None:
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, 2, 9, 8, generator=g) for _ in range(3))

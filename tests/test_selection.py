@@ -11,6 +11,7 @@ from make_fixtures import EXPECTED
 
 import attndbg.stats
 import attndbg.stats.driver
+import attndbg.stats.reducers
 from attndbg.engine import Options, run_cases
 from attndbg.loader import iter_cases
 from attndbg.registry import load_checks, plan_checks, supersedes
@@ -27,6 +28,7 @@ def inspect(path: Path, **options: object):  # noqa: ANN201
 def passes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts of the statistics pass and of its optional parts, as the engine calls them."""
     counts = {"stats": 0, "head_gram": 0, "saved": 0}
+    gram = attndbg.stats.reducers.HeadGram
 
     def counting(name: str, original):  # noqa: ANN001, ANN202
         def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -37,7 +39,7 @@ def passes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     monkeypatch.setattr(attndbg.stats, "compute_stats", counting("stats", attndbg.stats.compute_stats))
     driver = attndbg.stats.driver
-    monkeypatch.setattr(driver, "_head_gram", counting("head_gram", driver._head_gram))
+    monkeypatch.setattr(gram, "start", counting("head_gram", gram.start))
     monkeypatch.setattr(driver, "saved_pass", counting("saved", driver.saved_pass))
     return counts
 

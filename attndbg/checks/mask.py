@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attndbg.attention import MASKED_BIAS
 from attndbg.hypotheses import evidence, explained, explained_as, verdicts, weights_explained_by
@@ -25,7 +25,7 @@ def keep_matrix(ctx: CaseContext) -> torch.Tensor | None:
     return None if ctx.mask4d is None else ctx.keep_mask(ctx.mask4d)
 
 
-def fill_values(ctx: CaseContext) -> dict:
+def fill_values(ctx: CaseContext) -> dict[str, Any]:
     """What an additive mask uses for 'masked': -inf, finite fills, and which dtype's finfo.min."""
     import torch
 
@@ -44,7 +44,7 @@ def fill_values(ctx: CaseContext) -> dict:
 WEAK_FILL = math.log(LEAK_TOLERANCE)  # a fill above this leaves masked keys > 1e-4 of their weight
 
 
-def weak_fill(ctx: CaseContext) -> dict | None:
+def weak_fill(ctx: CaseContext) -> dict[str, Any] | None:
     """An additive mask shaped like a padding mask or a causal triangle whose one non-zero
     value does not mask: positive (the masked keys gain weight) or too close to 0."""
     import torch
@@ -316,7 +316,7 @@ def _structure(keep: torch.Tensor) -> str | None:
     return None
 
 
-def _padding_profile(keep: torch.Tensor) -> dict | None:
+def _padding_profile(keep: torch.Tensor) -> dict[str, Any] | None:
     """For a (batch, k_len) keep pattern: is the kept part a prefix, a suffix, or neither?"""
     flips = (keep[:, 1:] != keep[:, :-1]).sum(-1)
     if not bool((flips <= 1).all()):
@@ -434,7 +434,7 @@ causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()   # not tril
         structure = None
         if keep is not None and keep.shape[-2] > 1:
             structure = _structure(keep.reshape(-1, *keep.shape[-2:])[0])
-        if keep is not None and structure == "leaky-causal":
+        if structure == "leaky-causal" and keep is not None:
             flat = keep.reshape(-1, *keep.shape[-2:])[0]
             i = flat.new_ones(flat.shape).triu(1)
             extra = int((flat & i).sum())

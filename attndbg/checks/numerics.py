@@ -10,6 +10,8 @@ from attndbg.report import Severity
 from attndbg.vocab import Statistic
 
 if TYPE_CHECKING:
+    import torch
+
     from attndbg.context import CaseContext
 
 # -inf is a legitimate fill in a mask and in saved scores; everywhere else it is a defect.
@@ -22,7 +24,7 @@ def _named(ctx: CaseContext, role: str) -> str:
     return "" if key == role else f" ({key})"
 
 
-def nan_rows_note(tensor) -> tuple[int, str]:  # noqa: ANN001
+def nan_rows_note(tensor: torch.Tensor) -> tuple[int, str]:
     """Rows (last axis) that are NaN throughout — softmax of an all -inf row — and a phrase for them."""
     import torch
 

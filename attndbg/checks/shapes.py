@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
 
 if TYPE_CHECKING:
+    import torch
+
     from attndbg.context import CaseContext
 
 QKV = ("q", "k", "v")
@@ -48,11 +50,9 @@ def reading_problems(ctx: CaseContext, layout: str) -> list[str]:
     """
     if not ctx.has_qkv:
         return []
-    dims = {r: _dims(tuple(ctx.raw[r].shape), layout) for r in QKV}
-    if any(d is None for d in dims.values()):
+    q, k, v = (_dims(tuple(ctx.raw[r].shape), layout) for r in QKV)
+    if q is None or k is None or v is None:
         return [f"ranks do not fit {layout}"]
-    q, k, v = dims["q"], dims["k"], dims["v"]
-    assert q is not None and k is not None and v is not None  # checked just above
     problems = []
     if len({q["b"], k["b"], v["b"]}) > 1:
         problems.append(f"batch sizes differ (q {q['b']}, k {k['b']}, v {v['b']})")
@@ -259,7 +259,7 @@ v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)
                 continue
             shape = list(ctx.raw[role].shape)
             if role == "out":
-                got = _dims(tuple(shape), ctx.layout)
+                got = _dims(tuple(shape), ctx.layout or "")
                 ok = got is not None and [got["b"], got["h"], got["s"], got["d"]] == target
             else:
                 ok = _broadcasts(shape, target) or (
@@ -320,7 +320,7 @@ out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
             )
 
 
-def _padding_rows(mask2d) -> tuple[bool, bool]:
+def _padding_rows(mask2d: torch.Tensor) -> tuple[bool, bool]:
     """(rows differ and each keeps a prefix or suffix, like padding; rows form a causal triangle)."""
     import torch
 
@@ -337,7 +337,9 @@ def _padding_rows(mask2d) -> tuple[bool, bool]:
     return padding_like, triangular
 
 
-def _padding_over_queries(ctx: CaseContext, mask, batch: int, lq: int, lk: int) -> dict | None:  # noqa: ANN001
+def _padding_over_queries(
+    ctx: CaseContext, mask: torch.Tensor, batch: int, lq: int, lk: int
+) -> dict[str, Any] | None:
     """A self-attention mask shaped (batch, 1, seq, 1) whose rows keep a prefix or suffix of
     the queries that differs between samples: a padding mask unsqueezed on the wrong axis."""
     if mask.dim() != 4 or mask.shape[-1] != 1 or mask.shape[-2] != lq or lq != lk or lq < 2:
@@ -375,6 +377,8 @@ attn_mask = mask3d[:, None, :, :]
 """
 
     def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        import torch
+
         dims = _qkv_dims(ctx)
         if not dims or not ctx.has("mask") or ctx.case.mask_key == "key_padding_mask":
             return
@@ -412,7 +416,7 @@ attn_mask = padding_mask[:, None, None, :].bool()     # (batch, 1, 1, k_len): ma
                     },
                 )
         if mask.dim() == 3 and b > 1 and b == h and tuple(mask.shape) == (b, lq, lk):
-            binary = not mask.is_floating_point() or set(mask.unique()[:3].tolist()) <= {
+            binary = not mask.is_floating_point() or set(torch.unique(mask)[:3].tolist()) <= {
                 0.0,
                 1.0,
                 float("-inf"),

@@ -19,7 +19,10 @@ from attndbg.report import Severity
 from attndbg.vocab import Artefact, Reading, Statistic
 
 if TYPE_CHECKING:
+    import torch
+
     from attndbg.context import CaseContext
+    from attndbg.hypotheses import Verdict
 
 SUM_TOLERANCE = {"float64": 1e-6, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 
@@ -28,19 +31,19 @@ def _sum_tolerance(ctx: CaseContext) -> float:
     return SUM_TOLERANCE.get(str(ctx.raw["weights"].dtype).replace("torch.", ""), 1e-3)
 
 
-def _row_problems(ctx: CaseContext):
+def _row_problems(ctx: CaseContext) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows whose sum is neither 1 nor 0 (0 is SDPA's answer for a fully masked row)."""
     import torch
 
     stats = ctx.stats
-    sums = stats.user_row_sum
-    assert sums is not None  # the check reads Statistic.SAVED and runs only on saved weights
+    sums, weights = stats.user_row_sum, ctx.user_weights
+    assert sums is not None and weights is not None  # SAVED is read, and weights were saved
     tol = _sum_tolerance(ctx)
     bad = (sums - 1).abs() > tol
     bad &= ~(stats.fully_masked & (sums.abs() <= tol))
     finite = torch.isfinite(sums)
     # a row holding NaN is not a normalisation problem: NUM001/NUM002 report it as a NaN row
-    nan_rows = torch.isnan(ctx.user_weights).any(-1).expand_as(sums)
+    nan_rows = torch.isnan(weights).any(-1).expand_as(sums)
     return bad & finite & ~nan_rows, sums
 
 
@@ -48,15 +51,16 @@ def _dropout_p(ctx: CaseContext) -> float | None:
     """The dropout the weights carry: declared, or the one the DROPOUT reading found."""
     if ctx.settings.dropout_p:
         return ctx.settings.dropout_p
-    if explained(ctx, {Reading.DROPOUT}):
-        return ctx.stats.fits.dropout_p
+    fits = ctx.stats.fits
+    if fits is not None and explained(ctx, {Reading.DROPOUT}):
+        return fits.dropout_p
     return None
 
 
 def _columns_sum_to_one(ctx: CaseContext) -> tuple[bool, float]:
     stats = ctx.stats
     cols = stats.user_col_sum
-    assert cols is not None  # as above
+    assert cols is not None
     live = cols.abs() > _sum_tolerance(ctx)
     if not bool(live.any()):
         return False, 0.0
@@ -91,6 +95,7 @@ assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-4)
         v = explained(ctx, {Reading.DROPOUT})
         if v:
             fits = ctx.stats.fits
+            assert fits is not None and fits.dropout_p is not None  # the DROPOUT reading is fitted
             yield Hit(
                 f"{v.sentence()}: dropout with p ≈ {fits.dropout_p:.3g} ({fits.dropout_zero_share:.1%} "
                 "of the weights are exactly 0, the rest scaled by "
@@ -168,7 +173,7 @@ weights = torch.softmax(scores, dim=-1)   # over keys; not dim=-2 / dim=1
             ev = evidence(v)
             if ctx.has("weights"):
                 ev["rows_not_summing_to_one"] = int(_row_problems(ctx)[0].sum())
-            yield Hit(v.sentence(), ev, fix=AXIS_READINGS[v.explained_by])
+            yield Hit(v.sentence(), ev, fix=AXIS_READINGS[v.best])
             return
         if not ctx.has("weights"):
             return
@@ -268,7 +273,7 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
         stats = ctx.stats
         named = explained(ctx, set(OWN_READINGS))
         if named:
-            yield Hit(named.sentence(), evidence(named), fix=OWN_READINGS[named.explained_by])
+            yield Hit(named.sentence(), evidence(named), fix=OWN_READINGS[named.best])
             return
         weights_reading = weights_explained_by(ctx)
         out_vs_weights = stats.user_out_vs_weights
@@ -299,7 +304,7 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
         yield Hit(self._message("weights", w), evidence(w))
 
     @staticmethod
-    def _message(what: str, v) -> str:  # noqa: ANN001
+    def _message(what: str, v: Verdict) -> str:
         message = f"the saved {what} differ from the reference attention by up to {v.reference_error:.3g}"
         if v.best != Reading.REFERENCE:
             message += (

@@ -24,7 +24,7 @@ def first_column(ctx: CaseContext, stage: str, row: list[int]) -> int:
         scores = ctx.k[min(b, ctx.k.shape[0] - 1), h] @ q
     else:
         us = ctx.user_scores
-        assert us is not None  # without q/k/v the statistics come from saved scores
+        assert us is not None  # a case without q/k/v has weights or scores
         scores = us[min(b, us.shape[0] - 1), min(h, us.shape[1] - 1), i].float()
     bad = ~torch.isfinite(scores) if ctx.has_qkv else torch.isnan(scores) | torch.isposinf(scores)
     return int(bad.nonzero()[0]) if bool(bad.any()) else 0

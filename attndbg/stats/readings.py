@@ -193,11 +193,11 @@ def _first_pass(ctx: CaseContext, stats: AttentionStats) -> _Accumulators:
         record.probabilities(ctx, chunk, Reading.SOFTMAX_TWICE, torch.softmax(reference, dim=-1))
         if sizes["Hq"] > 1:
             record.probabilities(ctx, chunk, Reading.SOFTMAX_OVER_HEADS, _softmax(logits, dim=0))
-        if transposable:
-            uw = ctx.user_weights
+        uw = ctx.user_weights
+        if transposable and uw is not None:
             saved_t = uw[min(chunk.b, uw.shape[0] - 1), :, :, chunk.rows].transpose(-1, -2)
             record(Artefact.WEIGHTS, Reading.WEIGHTS_TRANSPOSED, _max_error(reference, saved_t.float()))
-        if tiled_k is not None:
+        if tiled_k is not None and tiled_v is not None:
             kt = tiled_k[min(chunk.b, tiled_k.shape[0] - 1)].transpose(-1, -2)
             q = ctx.q[min(chunk.b, ctx.q.shape[0] - 1), :, chunk.rows]
             probs = _softmax(_with_bias(torch.matmul(q, kt) * ctx.scale, chunk.bias))
@@ -261,9 +261,9 @@ def _scale_from_out(ctx: CaseContext) -> float | None:
             ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2),
         )
         bias = ctx.combined_bias(b, rows, ctx.mask_semantics, ctx.causal_align)
-        samples.append(
-            (raw, bias, ctx.v[min(b, ctx.v.shape[0] - 1)], ctx.out[min(b, ctx.out.shape[0] - 1), :, rows])
-        )
+        out = ctx.out
+        assert out is not None  # fitted from an output only when one was saved
+        samples.append((raw, bias, ctx.v[min(b, ctx.v.shape[0] - 1)], out[min(b, out.shape[0] - 1), :, rows]))
 
     def error(log_scale: float) -> float:
         scale = math.exp(log_scale)
@@ -320,9 +320,9 @@ def _second_pass(ctx: CaseContext, stats: AttentionStats, fits: Fits, acc: _Accu
         or any(math.isclose(scale, t, rel_tol=_SAME_SCALE) for t in tried)
     ):
         scale = None
-    p = fits.dropout_p
-    dropout_ok = p is not None and 0 < p < 1
-    if dropout_ok and not dropout_share_plausible(p, fits.dropout_zero_share or 0.0, fits.dropout_weights):
+    p = fits.dropout_p if fits.dropout_p is not None and 0 < fits.dropout_p < 1 else None
+    dropout_ok = p is not None
+    if p is not None and not dropout_share_plausible(p, fits.dropout_zero_share or 0.0, fits.dropout_weights):
         record(Artefact.WEIGHTS, Reading.DROPOUT, 1.0)
         dropout_ok = False
     if scale is None and not dropout_ok:
@@ -345,7 +345,7 @@ def _second_pass(ctx: CaseContext, stats: AttentionStats, fits: Fits, acc: _Accu
                 fitted = (chunk.raw * scale + bias).expand_as(chunk.raw)
                 diff = (fitted - chunk.scores).abs()[comparable.expand_as(fitted)]
                 record(Artefact.SCORES, Reading.FITTED_SCALE, float(diff.max()) if diff.numel() else 0.0)
-        if dropout_ok and chunk.weights is not None:
+        if dropout_ok and p is not None and chunk.weights is not None:
             reference = _softmax(_with_bias(chunk.raw * ctx.scale, chunk.bias))
             record(Artefact.WEIGHTS, Reading.DROPOUT, _dropout_error(chunk.weights, reference, p))
             for hyp in alternatives[1:]:  # [0] is the reference, measured just above

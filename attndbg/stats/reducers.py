@@ -13,6 +13,8 @@ from attndbg.vocab import MaskSemantics, Statistic
 if TYPE_CHECKING:
     from attndbg.context import CaseContext
 
+GRAM_ROWS = 256  # rows sampled per (batch, head) for the duplicate-head similarity
+
 
 class NonFiniteScores(Reducer):
     """Non-finite scores per row, and |raw score| max. Runs first: it turns NaN scores into
@@ -73,7 +75,7 @@ class Logits(Reducer):
             rows["max_logit"][at] = torch.maximum(chunk.high, -chunk.low)
             if chunk.batch.q is not None:
                 k_mean, k_cov = self._key_moments(chunk)
-                q_chunk = chunk.batch.q[chunk.heads, chunk.rows]
+                q_chunk = chunk.batch.q[chunk.heads, chunk.rows] * self.ctx.scale
                 q64 = q_chunk.double()
                 variance = ((q64 @ k_cov[chunk.heads]) * q64).sum(-1)
                 rows["logit_mean"][at] = (q_chunk * k_mean[chunk.heads, None, :]).sum(-1)
@@ -172,6 +174,38 @@ class MaskedMass(Reducer):
             self.acc.rows["masked_mass"][chunk.at] = mass
 
 
+class HeadGram(Reducer):
+    """Σ p_h·p_g between heads over every ``stride``-th query row, for duplicate heads: the
+    sampled rows' weights of every head group are kept until the row block is complete, so
+    the Gram matrix costs no second product."""
+
+    family = Statistic.HEAD_GRAM
+
+    def start(self) -> None:
+        self.stride = max(1, self.acc.shape[2] // GRAM_ROWS)
+        self._block: torch.Tensor | None = None
+
+    def _sampled(self, rows: slice) -> range:
+        return range(rows.start + (-rows.start % self.stride), rows.stop, self.stride)
+
+    def weights(self, chunk: Chunk) -> None:
+        assert chunk.exp is not None and chunk.safe_total is not None
+        heads, block = self.acc.shape[1], self._sampled(chunk.block)
+        if chunk.heads.start == 0 and chunk.rows.start == chunk.block.start:
+            shape = (heads, len(block), chunk.exp.shape[-1])
+            self._block = torch.zeros(shape, device=chunk.exp.device) if len(block) else None
+        mine = self._sampled(chunk.rows)
+        if self._block is not None and len(mine):
+            local = slice(mine.start - chunk.rows.start, None, self.stride)
+            probs = chunk.exp[:, local] / chunk.safe_total[:, local, None]
+            at = block.index(mine.start)
+            self._block[chunk.heads, at : at + len(mine)] = torch.nan_to_num(probs, nan=0.0)
+        if self._block is not None and chunk.heads.stop == heads and chunk.rows.stop == chunk.block.stop:
+            flat = self._block.reshape(heads, -1)
+            self.acc.totals["head_gram"][chunk.batch.index] += (flat @ flat.T).to(torch.float64)
+            self._block = None
+
+
 REDUCERS: tuple[type[Reducer], ...] = (
     NonFiniteScores,
     Logits,
@@ -179,6 +213,7 @@ REDUCERS: tuple[type[Reducer], ...] = (
     Softmax,
     Positions,
     MaskedMass,
+    HeadGram,
 )
 
 

@@ -8,6 +8,7 @@ reads them (``Statistic.SAVED``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -113,7 +114,7 @@ def saved_pass(ctx: CaseContext, stats: AttentionStats) -> None:
                     ctx.k[min(b, ctx.k.shape[0] - 1)].transpose(-1, -2),
                 )
             if user_w is not None:
-                assert row_sum is not None and col_sum is not None  # allocated with user_w
+                assert row_sum is not None and col_sum is not None
                 assert user_masked is not None and user_above is not None
                 bias = ctx.combined_bias(b, rows, ctx.mask_semantics, ctx.causal_align)
                 w = user_w[min(b, user_w.shape[0] - 1), :, rows].to(device, torch.float32).expand(H, -1, -1)
@@ -128,8 +129,7 @@ def saved_pass(ctx: CaseContext, stats: AttentionStats) -> None:
                     user_masked[b, :, rows] = (finite_w * (bias <= MASKED_BIAS)).sum(-1)
                 upper = j_idx[None, :] > i_idx[:, None]
                 user_above[b, :, rows] = (finite_w * upper).sum(-1)
-                if out_vs_weights is not None:  # only with q/k/v and a saved out
-                    assert ctx.v is not None and user_out is not None
+                if out_vs_weights is not None and user_out is not None:
                     v = ctx.v[min(b, ctx.v.shape[0] - 1)]
                     o = user_out[min(b, user_out.shape[0] - 1), :, rows]
                     diff = (torch.matmul(finite_w, v) - o).abs()
@@ -175,7 +175,18 @@ def _hyp_logits(
     return logits if bias is None else logits + bias
 
 
-def _score_hypothesis(ctx, hyp, b, rows, raw, user_w, user_s, user_out, col_lse, record) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+def _score_hypothesis(
+    ctx: CaseContext,
+    hyp: Hypothesis,
+    b: int,
+    rows: slice,
+    raw: torch.Tensor | None,
+    user_w: torch.Tensor | None,
+    user_s: torch.Tensor | None,
+    user_out: torch.Tensor | None,
+    col_lse: torch.Tensor | None,
+    record: Callable[[Artefact, Reading, float], None],
+) -> None:
     logits = _hyp_logits(ctx, hyp, b, rows, raw)
     if hyp.axis == "queries":
         if col_lse is None:
@@ -189,7 +200,7 @@ def _score_hypothesis(ctx, hyp, b, rows, raw, user_w, user_s, user_out, col_lse,
         diff = (probs - w).abs()
         diff = diff[torch.isfinite(diff)]
         record(Artefact.WEIGHTS, hyp.label, float(diff.max()) if diff.numel() else 0.0)
-    if user_s is not None and hyp.axis == "keys" and hyp.causal == ctx.causal_align:
+    if user_s is not None and raw is not None and hyp.axis == "keys" and hyp.causal == ctx.causal_align:
         s = user_s[min(b, user_s.shape[0] - 1), :, rows].to(ctx.device, torch.float32)
         raw_scaled = raw * hyp.scale
         comparable = torch.isfinite(s) & (s.abs() < 1e3) & torch.isfinite(logits)

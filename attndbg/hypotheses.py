@@ -58,7 +58,7 @@ class Verdict:
         return self.reference_error <= self.tolerance
 
     @property
-    def explained_by(self) -> str | None:
+    def explained_by(self) -> Reading | None:
         """The alternative that matches when the assumed reading does not."""
         if self.reference_matches or self.best_error > self.tolerance or self.best == Reading.REFERENCE:
             return None
@@ -140,7 +140,7 @@ def evidence(v: Verdict) -> dict[str, Any]:
     }
 
 
-def explained_as(ctx: CaseContext, labels: set[Reading], consequence: str) -> tuple[str, dict] | None:
+def explained_as(ctx: CaseContext, labels: set[Reading], consequence: str) -> tuple[str, dict[str, Any]] | None:
     """Message and evidence of a finding that names the reading explaining a saved artefact:
     what matched, then ``consequence`` (what it means for the user's code)."""
     v = explained(ctx, labels)

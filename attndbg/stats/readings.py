@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -195,6 +195,7 @@ def _first_pass(ctx: CaseContext, stats: AttentionStats) -> _Accumulators:
             record.probabilities(ctx, chunk, Reading.SOFTMAX_OVER_HEADS, _softmax(logits, dim=0))
         if transposable:
             uw = ctx.user_weights
+            assert uw is not None  # transposable implies saved weights
             saved_t = uw[min(chunk.b, uw.shape[0] - 1), :, :, chunk.rows].transpose(-1, -2)
             record(Artefact.WEIGHTS, Reading.WEIGHTS_TRANSPOSED, _max_error(reference, saved_t.float()))
         if tiled_k is not None:
@@ -204,6 +205,7 @@ def _first_pass(ctx: CaseContext, stats: AttentionStats) -> _Accumulators:
             if chunk.weights is not None:
                 record(Artefact.WEIGHTS, Reading.GQA_REPEAT, _max_error(probs, chunk.weights))
             if chunk.out is not None:
+                assert tiled_v is not None  # set together with tiled_k
                 out = torch.matmul(probs, tiled_v[min(chunk.b, tiled_v.shape[0] - 1)])
                 record(Artefact.OUT, Reading.GQA_REPEAT, _max_error(out, chunk.out))
         kept = torch.ones_like(chunk.raw, dtype=torch.bool)
@@ -254,6 +256,8 @@ def _scale_from_out(ctx: CaseContext) -> float | None:
     log-spaced grid from 1/(4·d_model) to 4, then golden-section refinement."""
     sizes = ctx.sizes
     rows = slice(0, min(sizes["Lq"], _SEARCH_ROWS))
+    saved_out = ctx.out
+    assert saved_out is not None  # called only when the output was saved
     samples = []
     for b in range(min(sizes["B"], 2)):
         raw = torch.matmul(
@@ -262,7 +266,7 @@ def _scale_from_out(ctx: CaseContext) -> float | None:
         )
         bias = ctx.combined_bias(b, rows, ctx.mask_semantics, ctx.causal_align)
         samples.append(
-            (raw, bias, ctx.v[min(b, ctx.v.shape[0] - 1)], ctx.out[min(b, ctx.out.shape[0] - 1), :, rows])
+            (raw, bias, ctx.v[min(b, ctx.v.shape[0] - 1)], saved_out[min(b, saved_out.shape[0] - 1), :, rows])
         )
 
     def error(log_scale: float) -> float:
@@ -322,7 +326,7 @@ def _second_pass(ctx: CaseContext, stats: AttentionStats, fits: Fits, acc: _Accu
         scale = None
     p = fits.dropout_p
     dropout_ok = p is not None and 0 < p < 1
-    if dropout_ok and not dropout_share_plausible(p, fits.dropout_zero_share or 0.0, fits.dropout_weights):
+    if dropout_ok and not dropout_share_plausible(cast(float, p), fits.dropout_zero_share or 0.0, fits.dropout_weights):
         record(Artefact.WEIGHTS, Reading.DROPOUT, 1.0)
         dropout_ok = False
     if scale is None and not dropout_ok:
@@ -346,6 +350,7 @@ def _second_pass(ctx: CaseContext, stats: AttentionStats, fits: Fits, acc: _Accu
                 diff = (fitted - chunk.scores).abs()[comparable.expand_as(fitted)]
                 record(Artefact.SCORES, Reading.FITTED_SCALE, float(diff.max()) if diff.numel() else 0.0)
         if dropout_ok and chunk.weights is not None:
+            assert p is not None  # dropout_ok implies a fitted p
             reference = _softmax(_with_bias(chunk.raw * ctx.scale, chunk.bias))
             record(Artefact.WEIGHTS, Reading.DROPOUT, _dropout_error(chunk.weights, reference, p))
             for hyp in alternatives[1:]:  # [0] is the reference, measured just above

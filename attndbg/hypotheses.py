@@ -140,7 +140,9 @@ def evidence(v: Verdict) -> dict[str, Any]:
     }
 
 
-def explained_as(ctx: CaseContext, labels: set[Reading], consequence: str) -> tuple[str, dict[str, Any]] | None:
+def explained_as(
+    ctx: CaseContext, labels: set[Reading], consequence: str
+) -> tuple[str, dict[str, Any]] | None:
     """Message and evidence of a finding that names the reading explaining a saved artefact:
     what matched, then ``consequence`` (what it means for the user's code)."""
     v = explained(ctx, labels)

@@ -125,7 +125,8 @@ out = F.scaled_dot_product_attention(q * q.size(-1) ** -0.5, k, v, scale=1.0)  #
         if v:
             from attndbg.stats.readings import describe_scale
 
-            fitted = ctx.stats.fits.scale if v.best == Reading.FITTED_SCALE else None
+            fits = ctx.stats.fits
+            fitted = fits.scale if fits is not None and v.best == Reading.FITTED_SCALE else None
             applied = fitted if fitted is not None else (1.0 / d if v.best == Reading.SCALE_1_D else d**-0.5)
             message = (
                 f"the saved {v.artefact} match attention with scale "
@@ -134,7 +135,8 @@ out = F.scaled_dot_product_attention(q * q.size(-1) ** -0.5, k, v, scale=1.0)  #
             )
             ev = {**evidence(v), "applied_scale": applied, "assumed_scale": ctx.scale, "head_dim": d}
             if fitted is not None:
-                ev["fitted_from"] = ctx.stats.fits.scale_from
+                assert fits is not None  # fitted comes from the fits
+                ev["fitted_from"] = fits.scale_from
             yield Hit(message, ev)
             return
         if ctx.settings.scale is not None and d > 1 and math.isclose(ctx.scale, 1.0 / d, rel_tol=1e-3):

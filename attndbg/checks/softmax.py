@@ -40,7 +40,9 @@ def _row_problems(ctx: CaseContext):
     bad &= ~(stats.fully_masked & (sums.abs() <= tol))
     finite = torch.isfinite(sums)
     # a row holding NaN is not a normalisation problem: NUM001/NUM002 report it as a NaN row
-    nan_rows = torch.isnan(ctx.user_weights).any(-1).expand_as(sums)
+    weights = ctx.user_weights
+    assert weights is not None  # as the sums above
+    nan_rows = torch.isnan(weights).any(-1).expand_as(sums)
     return bad & finite & ~nan_rows, sums
 
 
@@ -49,7 +51,9 @@ def _dropout_p(ctx: CaseContext) -> float | None:
     if ctx.settings.dropout_p:
         return ctx.settings.dropout_p
     if explained(ctx, {Reading.DROPOUT}):
-        return ctx.stats.fits.dropout_p
+        fits = ctx.stats.fits
+        assert fits is not None  # the DROPOUT reading is measured with the fits
+        return fits.dropout_p
     return None
 
 
@@ -91,6 +95,8 @@ assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-4)
         v = explained(ctx, {Reading.DROPOUT})
         if v:
             fits = ctx.stats.fits
+            # the DROPOUT reading matches only with a fitted p (and its share of zeros)
+            assert fits is not None and fits.dropout_p is not None and fits.dropout_zero_share is not None
             yield Hit(
                 f"{v.sentence()}: dropout with p ≈ {fits.dropout_p:.3g} ({fits.dropout_zero_share:.1%} "
                 "of the weights are exactly 0, the rest scaled by "
@@ -168,7 +174,9 @@ weights = torch.softmax(scores, dim=-1)   # over keys; not dim=-2 / dim=1
             ev = evidence(v)
             if ctx.has("weights"):
                 ev["rows_not_summing_to_one"] = int(_row_problems(ctx)[0].sum())
-            yield Hit(v.sentence(), ev, fix=AXIS_READINGS[v.explained_by])
+            reading = v.explained_by
+            assert reading is not None  # explained() returns a verdict explained by one of the readings
+            yield Hit(v.sentence(), ev, fix=AXIS_READINGS[reading])
             return
         if not ctx.has("weights"):
             return
@@ -268,7 +276,9 @@ print((out.float() - ref).abs().max())          # expect ~1e-6 in float32, ~1e-3
         stats = ctx.stats
         named = explained(ctx, set(OWN_READINGS))
         if named:
-            yield Hit(named.sentence(), evidence(named), fix=OWN_READINGS[named.explained_by])
+            reading = named.explained_by
+            assert reading is not None  # as in the check above
+            yield Hit(named.sentence(), evidence(named), fix=OWN_READINGS[reading])
             return
         weights_reading = weights_explained_by(ctx)
         out_vs_weights = stats.user_out_vs_weights

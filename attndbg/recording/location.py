@@ -15,7 +15,9 @@ import attndbg
 from attndbg.report import Location
 
 # Frames from these folders are machinery, not the user's attention code.
-_SKIPPED_ROOTS = tuple(str(Path(cast(str, package.__file__)).resolve().parent) + os.sep for package in (torch, attndbg))
+_SKIPPED_ROOTS = tuple(
+    str(Path(cast(str, package.__file__)).resolve().parent) + os.sep for package in (torch, attndbg)
+)
 
 
 _shown: dict[tuple[str, str], str] = {}

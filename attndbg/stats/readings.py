@@ -326,7 +326,9 @@ def _second_pass(ctx: CaseContext, stats: AttentionStats, fits: Fits, acc: _Accu
         scale = None
     p = fits.dropout_p
     dropout_ok = p is not None and 0 < p < 1
-    if dropout_ok and not dropout_share_plausible(cast(float, p), fits.dropout_zero_share or 0.0, fits.dropout_weights):
+    if dropout_ok and not dropout_share_plausible(
+        cast(float, p), fits.dropout_zero_share or 0.0, fits.dropout_weights
+    ):
         record(Artefact.WEIGHTS, Reading.DROPOUT, 1.0)
         dropout_ok = False
     if scale is None and not dropout_ok:

@@ -19,7 +19,7 @@ class UsageError(AttndbgError):
     exit_code = 2
 
 
-def first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException | str) -> str:
     """The first line of an exception's message, or its type name when it has none: library
     errors are re-raised as one line that names the file."""
     text = str(exc).strip()

@@ -153,7 +153,7 @@ def _masked_rows(report: SweepReport, found: Diagnoses) -> None:
             )
     if not behaviours:
         return
-    base = behaviours.get("float32") or min(behaviours.values(), key=BEHAVIOUR_RANK.get)
+    base = behaviours.get("float32") or min(behaviours.values(), key=BEHAVIOUR_RANK.__getitem__)
     severity, message = MASKED_ROWS[base]
     diagnosis = found.add("MSK001", severity, message)
     diagnosis.scenarios = sorted(set(scenarios))

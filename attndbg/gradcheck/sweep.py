@@ -20,7 +20,7 @@ import inspect as pyinspect
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -281,6 +281,7 @@ def make_case(s: Scenario, seed: int, device: str, align: str) -> dict[str, Any]
     if s.causal and keep is not None:
         keep = keep & causal_keep(s.lq, s.lk, align)
     if s.mask == "additive-padding":
+        assert keep is not None  # built for the padding masks above
         bias = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
     dead = None
     if keep is not None:
@@ -289,7 +290,7 @@ def make_case(s: Scenario, seed: int, device: str, align: str) -> dict[str, Any]
             upstream = upstream.masked_fill(dead[..., None], 0.0)
         else:
             dead = None
-    move = {"device": device}
+    move: dict[str, Any] = {"device": device}
     return {
         "q": q.to(**move),
         "k": k.to(**move),
@@ -303,7 +304,8 @@ def make_case(s: Scenario, seed: int, device: str, align: str) -> dict[str, Any]
 
 def _grads(fn: Callable, c: dict, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """(out, dQ, dK, dV) of ``fn`` on the scenario's inputs cast to ``dtype``."""
-    return gradients(fn, *(c[n].to(dtype) for n in "qkv"), c["upstream"])
+    q, k, v = (c[n].to(dtype) for n in "qkv")
+    return gradients(fn, q, k, v, c["upstream"])
 
 
 def _reference_fn(c: dict, causal_only: bool, align: str, **variant: Any) -> Callable:
@@ -409,7 +411,7 @@ def run_scenario(
         bound = k_factor * factor * max_l + floor
         if label == "out":
             worst_forward, bound_forward = max_t, bound
-        elif worst_grad is None or max_t / bound > worst_grad / bound_grad:
+        elif worst_grad is None or max_t / bound > worst_grad / cast(float, bound_grad):
             worst_grad, bound_grad = max_t, bound
         if max_t > bound:
             reasons.append(f"{label}: max error {max_t:.2e} > bound {bound:.2e}")
@@ -497,7 +499,7 @@ def gradcheck_float64(impl: Implementation, device: str, precision: str = "float
     s = Scenario("gradcheck", b=1, h=1, lq=3, lk=4, d=4)
     c = make_case(s, 2, device, "upper-left")
     inputs = tuple(c[n].double().requires_grad_(True) for n in "qkv")
-    options: dict[str, float] = {}
+    options: dict[str, Any] = {}  # gradcheck's float keywords (eps, atol, rtol)
     if precision == "float32":
         eps = torch.finfo(torch.float32).eps
         options = {"eps": eps ** (1 / 3), "atol": 100 * eps ** (2 / 3), "rtol": 100 * eps ** (2 / 3)}

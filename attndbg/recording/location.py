@@ -6,6 +6,8 @@ import linecache
 import os
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import cast
 
 import torch
 
@@ -13,7 +15,9 @@ import attndbg
 from attndbg.report import Location
 
 # Frames from these folders are machinery, not the user's attention code.
-_SKIPPED_ROOTS = tuple(str(Path(package.__file__).resolve().parent) + os.sep for package in (torch, attndbg))
+_SKIPPED_ROOTS = tuple(
+    str(Path(cast(str, package.__file__)).resolve().parent) + os.sep for package in (torch, attndbg)
+)
 
 
 _shown: dict[tuple[str, str], str] = {}
@@ -48,7 +52,7 @@ def _is_machinery(filename: str) -> bool:
 
 def user_location() -> Location | None:
     """The caller's frame that is neither torch nor attndbg (``None`` when there is none)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and _is_machinery(frame.f_code.co_filename):
         frame = frame.f_back
     if frame is None:

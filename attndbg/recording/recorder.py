@@ -368,8 +368,8 @@ class Recorder(TorchFunctionMode):
             self.calls.calls.append(call)
             self.traces.set(result, trace.WeightsTrace(call))
         elif over == rank - 1 and (isinstance(record, trace.Broken) or rank == 4):
-            reason = record.reason if isinstance(record, trace.Broken) else NO_QK_PRODUCT
-            self._record_scores_only(scores, weights, reason, log)
+            why = record.reason if isinstance(record, trace.Broken) else NO_QK_PRODUCT
+            self._record_scores_only(scores, weights, why, log)
 
     def _record_scores_only(
         self, scores: torch.Tensor, weights: torch.Tensor, reason: str, log: bool

@@ -79,8 +79,8 @@ class LayoutOp:
             dims = tuple(_normalise_dim(int(d), rank) for d in (self.args[0] if packed else self.args))
             return dims[-2:] == (rank - 2, rank - 1)
         if self.method == "transpose":
-            dims = [_normalise_dim(int(d), rank) for d in (*self.args, *self.kwargs.values())][:2]
-            return all(d < rank - 2 for d in dims) or dims[0] == dims[1]
+            pair = [_normalise_dim(int(d), rank) for d in (*self.args, *self.kwargs.values())][:2]
+            return all(d < rank - 2 for d in pair) or pair[0] == pair[1]
         return self.before[-2:] == self.after[-2:]
 
 
@@ -395,6 +395,7 @@ def finish(trace: ScoreTrace, scores: torch.Tensor, weights: torch.Tensor) -> Ca
         notes.append(NO_SCALE_STEP)
     is_causal = False
     if mask is not None:
+        assert semantics is not None  # _combined_mask names the convention of every mask
         mask, is_causal = _split_causal(_compact(mask), semantics)
         semantics = semantics if mask is not None else None
     return CallTrace(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -62,14 +62,15 @@ def trend_renderable(trend: Trend, width: int = 40, console_width: int | None = 
         style="bold",
     )
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("layer", "left"),
         ("max logit", "left"),
         ("first → last", "right"),
         ("min entropy", "left"),
         ("first → last", "right"),
         ("nan/inf", "right"),
-    ):
+    )
+    for column, justify in columns:
         table.add_column(column, justify=justify, no_wrap=True)
     for layer in trend.layers:
         bad = sum(layer.nonfinite)

@@ -8,7 +8,7 @@ import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 SEVERITY_RANK = {"info": 1, "warning": 2, "error": 3}
 
@@ -51,7 +51,8 @@ class Thresholds:
             from attndbg.errors import UsageError
 
             raise UsageError(f"unknown watch threshold {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(cls(), **value)
+        # the keys were checked against the fields above; each value is a number for its field
+        return dataclasses.replace(cls(), **cast("dict[str, Any]", value))
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

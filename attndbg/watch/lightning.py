@@ -11,7 +11,8 @@ try:
     from lightning.pytorch import Callback
 except ImportError:  # the package's older name
     try:
-        from pytorch_lightning import Callback
+        # the same class under the old package name; mypy sees two distinct Callback types
+        from pytorch_lightning import Callback  # type: ignore[assignment]
     except ImportError:
         raise ImportError("AttentionWatchCallback needs PyTorch Lightning: pip install lightning") from None
 

@@ -33,8 +33,8 @@ demo: install
 	@$(BIN)/attndbg inspect fixtures/SCL001_missing_scale.safetensors --fail-on never
 	@printf '\n== 3/4  Bug: a float 0/1 padding mask added to the scores, so nothing is masked ==\n'
 	@$(BIN)/attndbg inspect fixtures/MSK003_float_01_mask.safetensors --fail-on never
-	@printf '\n== 4/4  Bug: query rows with every key masked (NaN in training) ==\n'
-	@$(BIN)/attndbg inspect fixtures/MSK001_fully_masked_rows.safetensors --fail-on never
+	@printf '\n== 4/4  Bug: query rows with every key masked turn into NaN in the softmax ==\n'
+	@$(BIN)/attndbg inspect fixtures/NUM002_nan_from_softmax.safetensors --fail-on never
 	@printf '\n%s\n' "$(HOW_TO_RUN)"
 
 # Every bundled fixture: each is broken on purpose (its name is the code it must trigger), except clean_*.

@@ -18,9 +18,10 @@ Adding a statistic = adding a reducer:
 2. ``start``: allocate, e.g. ``self.acc.per_row("my_stat")`` — a (B, H, Lq) float32 tensor —
    or put anything in ``self.acc.totals``;
 3. ``scores(chunk)`` reads the chunk before the softmax (``chunk.scores``, ``chunk.bias``,
-   ``chunk.high``/``chunk.low``); ``weights(chunk)`` after it (``chunk.exp``,
-   ``chunk.safe_total``, ``chunk.live``, ``chunk.shift``, ``chunk.dot``); write at
-   ``chunk.at`` = (batch, heads slice, rows slice); ``finish()`` runs after the last chunk;
+   ``chunk.high``/``chunk.low``); ``weights(chunk)`` after it (``chunk.weights``,
+   ``chunk.live``, ``chunk.max_weight``, ``chunk.shift``, ``chunk.dot``); write at
+   ``chunk.at`` = (batch, heads slice, rows slice) — blocks of rows run on several threads,
+   so write only there, and guard anything shared; ``finish()`` runs after the last chunk;
 4. append the class to ``REDUCERS``; per-row results named in ``ROW_STATISTICS`` become
    fields of :class:`AttentionStats` (add the field), totals are read in ``driver.py``.
 

@@ -16,28 +16,33 @@ if TYPE_CHECKING:
 # (shifted in place), their exponentials, and with a mask the bias and one masked product.
 TEMPORARIES_PER_ELEMENT = 4
 CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 scores per chunk: stays in cache with its exp
-_MIN_ROWS = 128  # fewer rows per GEMM waste the matmul kernel (64 rows: ~40% slower at N = 16,384)
+_MIN_ROWS = 128  # rows per product while it stays small: fewer make the matmul slower
+PRODUCT_ELEMENTS = 1 << 22  # 16 MiB of float32 scores: long keys get fewer rows, not more memory
+_FEWEST_ROWS = 16
 
 
-def chunk_rows(ctx: CaseContext) -> int:
-    """Query rows of all heads whose temporaries fit in ``ctx.max_memory``."""
+def chunk_rows(ctx: CaseContext, workers: int = 1) -> int:
+    """Query rows of all heads whose temporaries fit in ``ctx.max_memory`` (shared by
+    ``workers`` threads, each with its own chunk)."""
     heads, lk = ctx.sizes["Hq"], max(ctx.sizes["Lk"], 1)
     per_row = heads * lk * 4 * TEMPORARIES_PER_ELEMENT
-    return max(1, min(ctx.sizes["Lq"], ctx.max_memory // per_row))
+    return max(1, min(ctx.sizes["Lq"], ctx.max_memory // max(1, workers) // per_row))
 
 
-def chunk_shape(ctx: CaseContext) -> tuple[int, int]:
-    """(heads, rows) per chunk: about ``CHUNK_ELEMENTS`` scores, so that the scores and their
-    exponentials stay in cache between the passes, and never more than the memory budget."""
+def chunk_shape(ctx: CaseContext, workers: int = 1) -> tuple[int, int]:
+    """(heads, rows) per product: about ``CHUNK_ELEMENTS`` scores per head group, so that the
+    scores and their softmax stay in cache between the passes; rows shrink as keys grow, so
+    that a product stays under ``PRODUCT_ELEMENTS`` whatever the length; never more than the
+    memory budget."""
     heads, lk, lq = ctx.sizes["Hq"], max(ctx.sizes["Lk"], 1), max(ctx.sizes["Lq"], 1)
-    budget_rows = chunk_rows(ctx)
+    budget_rows = chunk_rows(ctx, workers)
     if str(ctx.device) != "cpu":
         return heads, budget_rows  # a GPU wants few, large launches; its cache is not the limit
-    rows = min(lq, budget_rows, _MIN_ROWS)
+    rows = min(lq, budget_rows, _MIN_ROWS, max(_FEWEST_ROWS, PRODUCT_ELEMENTS // lk))
     group = max(1, min(heads, CHUNK_ELEMENTS // (rows * lk)))
     if group == heads:
         rows = min(lq, budget_rows, max(rows, CHUNK_ELEMENTS // (heads * lk)))
-    while group > 1 and group * rows * lk * 4 * TEMPORARIES_PER_ELEMENT > ctx.max_memory:
+    while group > 1 and group * rows * lk * 4 * TEMPORARIES_PER_ELEMENT * workers > ctx.max_memory:
         group -= 1
     return group, max(1, rows)
 
@@ -61,9 +66,9 @@ class Chunk:
     next block. Before the softmax (``Reducer.scores``): ``scores`` are the scaled logits, non-finite
     values already counted and NaN turned to -inf, ``high``/``low`` their row max/min (0 where
     not finite), ``bias`` the mask and causal bias of the assumed reading (None without).
-    After it (``Reducer.weights``): ``exp`` = exp(logits − shift), ``total`` its row sum,
-    ``live`` rows with something to attend, ``safe_total`` the divisor (1 for dead rows),
-    ``dot`` = Σ exp·(logits − shift); a row's weights are ``exp / safe_total``.
+    After it (``Reducer.weights``): ``weights`` the softmax of the logits (rows with nothing to
+    attend are 0), ``live`` rows with something to attend, ``shift`` the row max subtracted,
+    ``max_weight`` each row's largest weight (1/Σ exp(S − shift)), ``dot`` = Σ p·(S − shift).
     """
 
     batch: Batch
@@ -75,10 +80,9 @@ class Chunk:
     block: slice  # the rows of the product this chunk is a slice of
     bias: torch.Tensor | None = None
     shift: torch.Tensor | None = None
-    exp: torch.Tensor | None = None
-    total: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
     live: torch.Tensor | None = None
-    safe_total: torch.Tensor | None = None
+    max_weight: torch.Tensor | None = None
     dot: torch.Tensor | None = None
 
     @property
@@ -113,6 +117,8 @@ class Reducer:
     before the softmax, ``weights`` after it, ``finish`` runs once after the last chunk.
     Reducers run in the order of ``REDUCERS``; a reducer must not modify the chunk's tensors
     except where its docstring says so (the numerics reducer cleans the scores first).
+    Blocks of rows are reduced on several threads at once, each block's chunks in order by one
+    thread: write results at ``chunk.at`` only, and keep per-block state keyed by the block.
     """
 
     family: ClassVar[Statistic] = Statistic.ROWS

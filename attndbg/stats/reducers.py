@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,7 +19,8 @@ GRAM_ROWS = 256  # rows sampled per (batch, head) for the duplicate-head similar
 
 class NonFiniteScores(Reducer):
     """Non-finite scores per row, and |raw score| max. Runs first: it turns NaN scores into
-    -inf and non-finite row max/min into 0, so that the later reducers see clean scores.
+    -inf and non-finite row max/min into 0 (a row max stays -inf when the whole row is NaN or
+    -inf: nothing to attend), so that the later reducers see clean scores.
 
     On the CPU a row-level test skips the element pass in the common, finite case; on a GPU
     that test would cost a host sync per chunk, so it counts unconditionally."""
@@ -40,8 +42,12 @@ class NonFiniteScores(Reducer):
             chunk.scores = torch.where(torch.isnan(scores), minus_inf, scores)
             zero = torch.zeros((), device=scores.device)
             chunk.low = low = torch.where(torch.isfinite(low), low, zero)
-            chunk.high = high = torch.where(torch.isfinite(high), high, zero)
-        self.acc.rows["absmax_raw"][chunk.at] = torch.maximum(high, -low)
+            # a row whose scores are all NaN or -inf keeps high = -inf: nothing to attend
+            high = chunk.scores.amax(-1)
+            chunk.high = high = torch.where(
+                high == float("-inf"), high, torch.where(torch.isfinite(high), high, zero)
+            )
+        self.acc.rows["absmax_raw"][chunk.at] = torch.maximum(high, -low).clamp_min(0)
 
     def finish(self) -> None:
         record_nonfinite(self.ctx, self.acc.totals, "scores", self.bad)
@@ -56,17 +62,19 @@ class Logits(Reducer):
 
     def start(self) -> None:
         self.acc.per_row("n_kept", "max_logit", "logit_mean", "logit_std")
-        self._batch = -1
+        self._moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lock = threading.Lock()
 
     def _key_moments(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._batch != chunk.batch.index:
-            kt = chunk.batch.kt
-            assert kt is not None
-            self._k_mean = kt.mean(-1)  # (H, D): Σ_j S_ij / Lk = (q_i·scale)·k̄
-            centered = kt - self._k_mean[..., None]
-            self._k_cov = (centered @ centered.transpose(-1, -2) / kt.shape[-1]).double()
-            self._batch = chunk.batch.index
-        return self._k_mean, self._k_cov
+        with self._lock:  # once per sample, whichever thread comes first
+            if chunk.batch.index not in self._moments:
+                kt = chunk.batch.kt
+                assert kt is not None
+                k_mean = kt.mean(-1)  # (H, D): Σ_j S_ij / Lk = (q_i·scale)·k̄
+                centered = kt - k_mean[..., None]
+                k_cov = (centered @ centered.transpose(-1, -2) / kt.shape[-1]).double()
+                self._moments = {chunk.batch.index: (k_mean, k_cov)}  # one sample's at a time
+            return self._moments[chunk.batch.index]
 
     def scores(self, chunk: Chunk) -> None:
         rows, at = self.acc.rows, chunk.at
@@ -105,11 +113,14 @@ class ReferenceOutput(Reducer):
         self.bad = torch.zeros(self.acc.shape, dtype=torch.int64, device=device)
 
     def weights(self, chunk: Chunk) -> None:
-        assert chunk.exp is not None and chunk.safe_total is not None and chunk.live is not None
+        weights, live, max_weight = chunk.weights, chunk.live, chunk.max_weight
+        assert weights is not None and live is not None and max_weight is not None
         v = chunk.batch.v
         assert v is not None
-        out = torch.matmul(chunk.exp, v[chunk.heads]) / chunk.safe_total[..., None]
-        out = torch.where(chunk.live[..., None], out, torch.zeros((), device=out.device))
+        # as fused kernels do: Σ exp(S − m)·v, then ÷ Σ exp(S − m) — the sum may overflow where
+        # the convex combination Σ p·v would not
+        per_row = torch.where(live, max_weight, torch.ones((), device=weights.device))[..., None]
+        out = torch.matmul(weights / per_row, v[chunk.heads]) * per_row  # nothing to attend: 0
         self.acc.totals["out"][chunk.at] = out
         self.bad[chunk.at] = (~torch.isfinite(out)).sum(-1)
 
@@ -118,24 +129,25 @@ class ReferenceOutput(Reducer):
 
 
 class Softmax(Reducer):
-    """Log-sum-exp, entropy and max weight per row. The max weight is 1/l (the arg-max entry
-    of exp(S − m) is exactly 1); the entropy is log l − Σ E·(S − m) / l."""
+    """Log-sum-exp, entropy and max weight per row. With l = Σ exp(S − m), the max weight is
+    1/l (the arg-max entry of exp(S − m) is exactly 1), so log l = −log(max weight), the
+    log-sum-exp is m + log l and the entropy is log l − Σ p·(S − m)."""
 
     def start(self) -> None:
         self.acc.per_row("lse", "entropy", "max_weight")
 
     def weights(self, chunk: Chunk) -> None:
-        live, safe_total = chunk.live, chunk.safe_total
-        assert live is not None and safe_total is not None and chunk.dot is not None
+        live, max_weight = chunk.live, chunk.max_weight
+        assert live is not None and max_weight is not None and chunk.dot is not None
         assert chunk.shift is not None
-        zero = torch.zeros((), device=safe_total.device)
-        log_total = torch.log(safe_total)
+        zero = torch.zeros((), device=max_weight.device)
+        log_total = -torch.log(torch.where(live, max_weight, torch.ones((), device=zero.device)))
         rows, at = self.acc.rows, chunk.at
-        minus_inf = torch.full((), float("-inf"), device=safe_total.device)
+        minus_inf = torch.full((), float("-inf"), device=max_weight.device)
         rows["lse"][at] = torch.where(live, chunk.shift + log_total, minus_inf)
-        entropy = torch.where(live, log_total - chunk.dot / safe_total, zero)
+        entropy = torch.where(live, log_total - chunk.dot, zero)
         rows["entropy"][at] = entropy.clamp_min(0)
-        rows["max_weight"][at] = torch.where(live, 1.0 / safe_total, zero)
+        rows["max_weight"][at] = max_weight
 
 
 class Positions(Reducer):
@@ -146,14 +158,14 @@ class Positions(Reducer):
         self.acc.per_row("sink", "diagonal", "previous", "next")
 
     def weights(self, chunk: Chunk) -> None:
-        exp, safe_total = chunk.exp, chunk.safe_total
-        assert exp is not None and safe_total is not None
+        weights = chunk.weights
+        assert weights is not None
         rows, at = self.acc.rows, chunk.at
-        rows["sink"][at] = exp[..., 0] / safe_total
-        zero = torch.zeros((), device=exp.device)
-        for name, (target, valid) in row_positions(self.ctx, chunk.rows, exp.device).items():
-            picked = exp.gather(-1, target.expand(chunk.n_heads, -1)[..., None])[..., 0]
-            rows[name][at] = torch.where(valid, picked / safe_total, zero)
+        rows["sink"][at] = weights[..., 0]
+        zero = torch.zeros((), device=weights.device)
+        for name, (target, valid) in row_positions(self.ctx, chunk.rows, weights.device).items():
+            picked = weights.gather(-1, target.expand(chunk.n_heads, -1)[..., None])[..., 0]
+            rows[name][at] = torch.where(valid, picked, zero)
 
 
 class MaskedMass(Reducer):
@@ -167,10 +179,10 @@ class MaskedMass(Reducer):
         bias = chunk.bias
         if bias is None or self.ctx.mask_semantics != MaskSemantics.ADDITIVE:
             return
-        assert chunk.exp is not None and chunk.safe_total is not None
+        assert chunk.weights is not None
         finite_hard = (bias <= MASKED_BIAS) & torch.isfinite(bias)
         if str(self.ctx.device) != "cpu" or bool(finite_hard.any()):
-            mass = (chunk.exp * finite_hard).sum(-1) / chunk.safe_total
+            mass = (chunk.weights * finite_hard).sum(-1)
             self.acc.rows["masked_mass"][chunk.at] = mass
 
 
@@ -183,27 +195,30 @@ class HeadGram(Reducer):
 
     def start(self) -> None:
         self.stride = max(1, self.acc.shape[2] // GRAM_ROWS)
-        self._block: torch.Tensor | None = None
+        self._blocks: dict[tuple[int, int], torch.Tensor] = {}  # per row block: one thread each
+        self._lock = threading.Lock()
 
     def _sampled(self, rows: slice) -> range:
         return range(rows.start + (-rows.start % self.stride), rows.stop, self.stride)
 
     def weights(self, chunk: Chunk) -> None:
-        assert chunk.exp is not None and chunk.safe_total is not None
+        weights = chunk.weights
+        assert weights is not None
         heads, block = self.acc.shape[1], self._sampled(chunk.block)
-        if chunk.heads.start == 0 and chunk.rows.start == chunk.block.start:
-            shape = (heads, len(block), chunk.exp.shape[-1])
-            self._block = torch.zeros(shape, device=chunk.exp.device) if len(block) else None
+        key = (chunk.batch.index, chunk.block.start)
+        if chunk.heads.start == 0 and chunk.rows.start == chunk.block.start and len(block):
+            self._blocks[key] = torch.zeros((heads, len(block), weights.shape[-1]), device=weights.device)
+        sampled = self._blocks.get(key)
         mine = self._sampled(chunk.rows)
-        if self._block is not None and len(mine):
+        if sampled is not None and len(mine):
             local = slice(mine.start - chunk.rows.start, None, self.stride)
-            probs = chunk.exp[:, local] / chunk.safe_total[:, local, None]
             at = block.index(mine.start)
-            self._block[chunk.heads, at : at + len(mine)] = torch.nan_to_num(probs, nan=0.0)
-        if self._block is not None and chunk.heads.stop == heads and chunk.rows.stop == chunk.block.stop:
-            flat = self._block.reshape(heads, -1)
-            self.acc.totals["head_gram"][chunk.batch.index] += (flat @ flat.T).to(torch.float64)
-            self._block = None
+            sampled[chunk.heads, at : at + len(mine)] = torch.nan_to_num(weights[:, local], nan=0.0)
+        if sampled is not None and chunk.heads.stop == heads and chunk.rows.stop == chunk.block.stop:
+            flat = self._blocks.pop(key).reshape(heads, -1)
+            gram = (flat @ flat.T).to(torch.float64)
+            with self._lock:
+                self.acc.totals["head_gram"][chunk.batch.index] += gram
 
 
 REDUCERS: tuple[type[Reducer], ...] = (

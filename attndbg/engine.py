@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -85,12 +85,44 @@ def summarize_tensor(
     )
 
 
+# Below this many scores (B·H·Lq·Lk) a case runs with torch single-threaded: its operations are
+# too small to share, and torch's threads would spend more on fork/join — or, on a busy machine,
+# on waiting for a thread that lost its core — than on the work.
+SMALL_CASE_SCORES = 1 << 20
+
+
 def run_case(case: Case, options: Options, ctx: CaseContext | None = None) -> CaseReport:
     """One case through the pipeline: the planned checks stage by stage, then the report.
     ``ctx``: a context the caller keeps, to read its statistics afterwards (attndbg.watch)."""
     ctx = ctx or CaseContext(
         case, device=options.device, max_memory=options.max_memory, thresholds=options.thresholds
     )
+    with _threads_for(ctx):
+        return _run_case(case, options, ctx)
+
+
+@contextlib.contextmanager
+def _threads_for(ctx: CaseContext) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    small = previous > 1 and str(ctx.device) == "cpu" and _scores(ctx) < SMALL_CASE_SCORES
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(previous)
+
+
+def _scores(ctx: CaseContext) -> int:
+    try:
+        sizes = ctx.sizes
+    except Exception:  # noqa: BLE001 — the shapes stage reports what is wrong with them
+        return 0
+    return int(sizes["B"]) * int(sizes["Hq"]) * int(sizes["Lq"]) * int(sizes["Lk"])
+
+
+def _run_case(case: Case, options: Options, ctx: CaseContext) -> CaseReport:
     plan = plan_checks(options.select, options.ignore, grad=options.grad)
     ctx.wanted = plan.reads
     report = CaseReport(

@@ -12,9 +12,14 @@ Shapes: batch 1, 8 heads, d = 64, float32. Every measurement runs in a fresh chi
   high-water mark on CPU, ``torch.cuda.max_memory_allocated`` on CUDA);
 * at ``--stages-at`` N: what each stage costs — the median of ``diagnose(select=FAMILY)``
   for each family of checks, since a stage's statistics are computed only when it runs;
-* at the same N: a profile of the statistics pass (Q·Kᵀ, the softmax core, each reducer).
+* at the same N: a profile of the statistics pass (Q·Kᵀ, the softmax core, each reducer),
+  on one thread so that each part's CPU time is its own;
+* streaming (``--stream``): the memory high-water mark of ``attndbg inspect`` over one file of
+  100 and of 1,000 small cases, and over 20 and 200 files — flat memory means the larger run
+  peaks no higher than the smaller.
 
-``--sizes 65536 --repeats 1 --no-stages --no-warmup`` measures the large case (``make bench-large``).
+``--sizes 65536,131072 --repeats 1 --no-stages --no-warmup`` measures the large cases
+(``make bench-large``).
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ def child(mode: str, n: int, device: str, repeats: int, threads: int, warmup: bo
             torch.cuda.synchronize()
 
     if mode == "profile":
+        torch.set_num_threads(1)
         return profile_pass(q, k, v)
     if mode == "sdpa":
         run: Callable[[], object] = lambda: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
@@ -165,6 +171,72 @@ def profile_pass(q: Any, k: Any, v: Any) -> dict[str, Any]:
     return {"total": total, "parts": parts}
 
 
+STREAM_CASE = (1, 2, 32, 16)  # batch, heads, length, head dim of each small case
+
+
+def stream_child(kind: str, count: int) -> dict[str, Any]:
+    """Peak memory of ``attndbg inspect`` over ``count`` small cases in one file, or over
+    ``count`` files of one case each, above the memory before the run."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    from attndbg.cli.app import app
+    from attndbg.registry import load_checks
+
+    load_checks()
+    folder = Path(tempfile.mkdtemp(prefix="attndbg-bench-"))
+    g = torch.Generator().manual_seed(0)
+
+    def case() -> dict[str, torch.Tensor]:
+        return {role: torch.randn(*STREAM_CASE, generator=g) for role in "qkv"}
+
+    if kind == "cases":
+        tensors = {f"layer{i}.{role}": t for i in range(count) for role, t in case().items()}
+        save_file(tensors, str(folder / "cases.safetensors"))
+        inputs = [str(folder / "cases.safetensors")]
+        del tensors
+    else:
+        inputs = []
+        for i in range(count):
+            save_file(case(), str(folder / f"file{i:04d}.safetensors"))
+            inputs.append(str(folder / f"file{i:04d}.safetensors"))
+    report = str(folder / "report.json")
+    _reset_peak_rss()
+    base = _rss_bytes()
+    started = time.perf_counter()
+    app(args=["inspect", *inputs, "--format", "json", "-o", report], standalone_mode=False)
+    seconds = time.perf_counter() - started
+    peak = _peak_rss_bytes()
+    return {"seconds": seconds, "peak_above_start": max(0, peak - base)}
+
+
+def measure_stream(kind: str, count: int) -> dict[str, Any] | None:
+    command = [sys.executable, __file__, "--child", f"stream:{kind}:{count}"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"  streaming {count} {kind} failed: {result.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def stream_report() -> None:
+    mib = 1 << 20
+    shape = "×".join(str(n) for n in STREAM_CASE)
+    print(f"\nstreaming: attndbg inspect, every case q/k/v {shape}, JSON report to a file")
+    print(f"  {'input':<28} {'seconds':>8}  {'peak MiB':>8}")
+    for kind, small, large in (("cases", 100, 1000), ("files", 20, 200)):
+        runs = [measure_stream(kind, count) for count in (small, large)]
+        if not all(runs):
+            continue
+        for count, run in zip((small, large), runs):
+            label = f"1 file of {count} cases" if kind == "cases" else f"{count} files of 1 case"
+            print(f"  {label:<28} {run['seconds']:>8.2f}  {run['peak_above_start'] / mib:>8.1f}")
+        growth = (runs[1]["peak_above_start"] - runs[0]["peak_above_start"]) / mib
+        print(f"  10× the {kind}: peak {growth:+.1f} MiB")
+
+
 def measure(mode: str, n: int, args: argparse.Namespace, repeats: int | None = None) -> dict[str, Any] | None:
     command = [sys.executable, __file__, "--child", mode, "--sizes", str(n), "--device", args.device]
     command += ["--repeats", str(repeats or args.repeats), "--threads", str(args.threads)]
@@ -208,8 +280,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--child", default=None)
+    parser.add_argument("--stream", action="store_true", help="also measure streaming memory")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.child and args.child.startswith("stream:"):
+        _, kind, count = args.child.split(":")
+        print(json.dumps(stream_child(kind, int(count))))
+        return
     if args.child:
         print(json.dumps(child(args.child, sizes[0], args.device, args.repeats, args.threads, args.warmup)))
         return
@@ -241,6 +318,8 @@ def main() -> None:
         f"(threads: {threads}; ratio = median inspect / median SDPA, wall clock; cpu ratio = "
         "the same in process CPU time; peak = memory high-water mark above the inputs)"
     )
+    if args.stream:
+        stream_report()
     if args.no_stages:
         return
     n = args.stages_at
@@ -253,7 +332,10 @@ def main() -> None:
             print(f"  {stage:<26} {wall:>7.3f} s  {cpu:>7.3f} s cpu   --select {select}")
     profile = measure("profile", n, args, repeats=1)
     if profile:
-        print(f"\nwhere the statistics pass spends its CPU time at N = {n} ({profile['total']:.3f} s):")
+        print(
+            f"\nwhere the statistics pass spends its CPU time at N = {n}, one thread "
+            f"({profile['total']:.3f} s):"
+        )
         for part, seconds in sorted(profile["parts"].items(), key=lambda kv: -kv[1]):
             print(f"  {part:<28} {seconds:>7.3f} s  {seconds / profile['total']:>4.0%}")
 

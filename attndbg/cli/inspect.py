@@ -107,7 +107,7 @@ def _inspect_files(
     from rich.console import Console
 
     from attndbg.engine import run_cases
-    from attndbg.loader import load_case, plan_cases
+    from attndbg.loader import plan_cases, read_cases
 
     plans = plan_cases(list(paths), case_glob, overrides)
     on_case = None
@@ -123,9 +123,8 @@ def _inspect_files(
     with progress(len(plans)) as advance:
 
         def cases():  # noqa: ANN202 - a generator of Case
-            for plan in plans:
+            for plan, loaded in read_cases(plans):
                 advance(f"{plan.file.name}::{plan.name}")
-                loaded = load_case(plan)
                 if out.html is not None:  # the heatmaps of the interactive report, while loaded
                     from attndbg.render.html import REPORT_CELL_BUDGET, collect_maps
 

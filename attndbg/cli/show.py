@@ -94,10 +94,10 @@ def _write_html(
     statistics), opened on the first case at ``head_batch``."""
     from attndbg.cli.output import emit
     from attndbg.engine import Options, run_cases
-    from attndbg.loader import load_case, plan_cases
+    from attndbg.loader import plan_cases, read_cases
     from attndbg.render.html import collect_all, render_html
 
-    cases = [load_case(plan) for plan in plan_cases([path], pattern)]
+    cases = [case for _, case in read_cases(plan_cases([path], pattern))]
     report = run_cases(cases, Options(device=device), inputs=[str(path)])
     emit(render_html(report, collect_all(cases, device=device), open_head=(0, *head_batch)), target)
 

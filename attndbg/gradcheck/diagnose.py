@@ -273,12 +273,15 @@ def _name_scale(s: Scenario, value: float, found: Diagnoses) -> bool:
             s.name,
         )
         return True
-    found.add(
+    diagnosis = found.add(
         "SCL002",
         "error",
         f"the scale is present but wrong: outputs match scale {name} where 1/√{s.d} is expected",
         s.name,
-    ).evidence = f"{s.name}: fitted scale {value:.4g}, expected {expected:.4g} (d_head {s.d}, heads {s.h})"
+    )
+    # the message names the first scenario's scale; each scenario's own sizes give its own value
+    fit = f"{s.name}: fitted scale {value:.4g}, expected {expected:.4g} (d_head {s.d}, heads {s.h})"
+    diagnosis.evidence = "; ".join(filter(None, [diagnosis.evidence, fit]))
     return True
 
 

@@ -18,6 +18,7 @@ SAME_SCALE = 0.01  # relative: a scale this close to a named one is that one
 # step of the minimum, where the error is unimodal and golden-section search converges.
 _MARGIN = 4.0
 _GRID_STEP = 0.2
+_MAX_EXTRA_POINTS = 100  # past the named scales' span, up to a factor e^20 (~5e8) further
 _REFINED_WIDTH = 1e-9  # log-width of the final bracket: a relative error of 1e-9 on the scale
 _GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -75,8 +76,9 @@ def fit_log_scale(
 
     With ``enough``, each named scale is tried first and the first whose error is at most
     ``enough`` is returned exactly. Otherwise: a grid on log(scale) spanning every named scale
-    (from 1/(4·d_model) to 4·√d), then golden-section search between the best grid point's
-    neighbours. Non-finite errors count as infinitely far.
+    (from 1/(4·d_model) to 4·√d), extended past an edge while the error keeps falling there,
+    then golden-section search between the best grid point's neighbours. Non-finite errors
+    count as infinitely far.
     """
     named = named_scales(head_dim, heads)
     if enough is not None:
@@ -94,7 +96,16 @@ def fit_log_scale(
     grid = [low + (high - low) * i / (points - 1) for i in range(points)]
     errors = [at(x) for x in grid]
     best = min(range(points), key=errors.__getitem__)
-    a, c = grid[max(best - 1, 0)], grid[min(best + 1, points - 1)]
+    # a scale beyond every named one (1/d², 100): walk on past the edge while the error falls
+    while best in (0, len(grid) - 1) and len(grid) < points + _MAX_EXTRA_POINTS:
+        if best == 0:
+            grid.insert(0, grid[0] - _GRID_STEP)
+            errors.insert(0, at(grid[0]))
+        else:
+            grid.append(grid[-1] + _GRID_STEP)
+            errors.append(at(grid[-1]))
+        best = min(range(len(grid)), key=errors.__getitem__)
+    a, c = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
     x1, x2 = c - _GOLDEN * (c - a), a + _GOLDEN * (c - a)
     f1, f2 = at(x1), at(x2)
     while c - a > _REFINED_WIDTH:

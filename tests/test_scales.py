@@ -47,6 +47,12 @@ def test_the_fit_recovers_the_scale_under_masks(scale: float, causal: bool, mask
     assert math.isclose(fit_log_scale(error, D, H), scale, rel_tol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [D**-2.5, 40.0])  # past 1/(4·d_model) and 4·√d, the named span
+def test_the_fit_walks_past_the_named_scales(scale: float) -> None:
+    error = _attention_error(scale)
+    assert math.isclose(fit_log_scale(error, D, H), scale, rel_tol=1e-4)
+
+
 def test_a_named_scale_within_tolerance_is_returned_exactly_and_first() -> None:
     calls: list[float] = []
     target = 1.0 / D

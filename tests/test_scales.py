@@ -103,3 +103,24 @@ def test_unnamed_and_coinciding_scales() -> None:
     # one head: d_model = d, and 1/√d is named as the default, not as 1/√d_model
     assert "default" in describe_scale(16**-0.5, 16, 1)
     assert name_scale(1 / 8, 16, 4).formula == "1/√64"  # 1/√d_model before 16^-¾ = 1/8
+
+
+@pytest.mark.parametrize(
+    ("scale", "named"),
+    [
+        (8.0, "√64"),  # past the old search's upper end (4): was left unexplained (SMX004)
+        (64**-1.5, None),  # near-uniform attention: several named scales are within tolerance
+        (256**-0.5, "1/√256"),
+    ],
+)
+def test_inspect_fits_and_names_the_scale_of_an_output_alone(scale: float, named: str | None) -> None:
+    import attndbg
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 4, 64, 64, generator=g) * 0.3 for _ in range(3))
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    report = attndbg.diagnose(q, k, v, out=out)
+    wrong = [f for f in report.findings if f.code == "SCL002"]
+    assert len(wrong) == 1, [(f.code, f.message) for f in report.findings]
+    assert math.isclose(wrong[0].evidence["applied_scale"], scale, rel_tol=1e-3)
+    assert (f"= {named} (" in wrong[0].message) if named else "(= 1/√" in wrong[0].message

@@ -249,10 +249,9 @@ def _fitted_scale(ctx: CaseContext, acc: _Accumulators) -> tuple[float | None, s
 
 
 def _scale_from_out(ctx: CaseContext) -> float:
-    """The scale whose attention reproduces the saved output best, on a sample of rows (a
-    named scale as it is when it reproduces it within the output's tolerance)."""
-    from attndbg.hypotheses import tolerance
-
+    """The scale whose attention reproduces the saved output best, on a sample of rows. The
+    best, not the first named scale within tolerance: where attention is near uniform, several
+    scales are within tolerance, and the fitted scale competes with the other readings on error."""
     sizes = ctx.sizes
     rows = slice(0, min(sizes["Lq"], _SEARCH_ROWS))
     samples = []
@@ -272,7 +271,7 @@ def _scale_from_out(ctx: CaseContext) -> float:
             for raw, bias, v, out in samples
         )
 
-    return fit_log_scale(error, sizes["D"], sizes["Hq"], enough=tolerance(ctx, Artefact.OUT))
+    return fit_log_scale(error, sizes["D"], sizes["Hq"])
 
 
 def _dropout_estimate(acc: _Accumulators, declared: float | None) -> tuple[float, float, int] | None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from attndbg.hypotheses import evidence, explained
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
+from attndbg.scales import describe_scale
 from attndbg.vocab import Reading, Statistic
 
 if TYPE_CHECKING:
@@ -123,8 +124,6 @@ out = F.scaled_dot_product_attention(q * q.size(-1) ** -0.5, k, v, scale=1.0)  #
         d = ctx.sizes["D"]
         v = explained(ctx, {Reading.SCALE_1_D, Reading.SCALE_1_SQRT_D, Reading.FITTED_SCALE})
         if v:
-            from attndbg.stats.readings import describe_scale
-
             fits = ctx.stats.fits
             fitted = fits.scale if fits is not None and v.best == Reading.FITTED_SCALE else None
             applied = fitted if fitted is not None else (1.0 / d if v.best == Reading.SCALE_1_D else d**-0.5)

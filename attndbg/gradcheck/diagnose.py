@@ -33,6 +33,7 @@ from attndbg.gradcheck.sweep import (
     make_case,
 )
 from attndbg.report import Severity
+from attndbg.scales import describe_scale, fit_log_scale
 
 MASKED_ROWS = {
     "nan": (
@@ -234,57 +235,33 @@ class Matcher:
             both = both & self.live
         return float((candidate - self.test).abs()[both].max()) if bool(both.any()) else math.inf
 
+    @property
+    def tolerance(self) -> float:
+        return 1e-4 * max(1.0, float(self.test.nan_to_num().abs().max()))
+
     def __call__(self, candidate: torch.Tensor) -> bool:
-        return self.distance(candidate) <= 1e-4 * max(1.0, float(self.test.nan_to_num().abs().max()))
-
-
-def _scale_names(s: Scenario) -> dict[str, float]:
-    d, h = s.d, s.h
-    return {
-        "1 (no scale)": 1.0,
-        "1/√d_head": d**-0.5,
-        "1/d_head (the scale applied twice)": 1.0 / d,
-        "√d_head (divided by the scale instead of multiplied)": d**0.5,
-        f"1/√(heads·d_head) = 1/√{h * d} (the model width, not the head size)": (h * d) ** -0.5,
-    }
+        return self.distance(candidate) <= self.tolerance
 
 
 def _fit_scale(s: Scenario, attention: Callable, matches: Matcher, found: Diagnoses) -> bool:
-    """The scale the outputs were computed with: a known expression, else a fit (a grid on
-    log(scale), then golden-section search around the best point)."""
-    for name, value in _scale_names(s).items():
-        if matches(attention(scale=value)):
-            return _name_scale(s, name, value, found)
-
-    def distance(log_scale: float) -> float:
-        return matches.distance(attention(scale=math.exp(log_scale)))
-
-    grid = [math.log(1e-3) + i * math.log(1e5) / 50 for i in range(51)]
-    best = min(grid, key=distance)
-    lo, hi = best - math.log(1e5) / 50, best + math.log(1e5) / 50
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(40):
-        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        if distance(a) < distance(b):
-            hi = b
-        else:
-            lo = a
-    fitted = math.exp((lo + hi) / 2)
-    if matches(attention(scale=fitted)):
-        return _name_scale(s, f"≈{fitted:.4g}", fitted, found)
-    return False
+    """The scale the outputs were computed with: a named scale, else the best fit."""
+    fitted = fit_log_scale(
+        lambda scale: matches.distance(attention(scale=scale)), s.d, s.h, enough=matches.tolerance
+    )
+    return matches(attention(scale=fitted)) and _name_scale(s, fitted, found)
 
 
-def _name_scale(s: Scenario, name: str, value: float, found: Diagnoses) -> bool:
+def _name_scale(s: Scenario, value: float, found: Diagnoses) -> bool:
     expected = s.scale if s.scale is not None else s.d**-0.5
     if abs(math.log(value / expected)) < 1e-6:
         return False
+    name = describe_scale(value, s.d, s.h)
     if s.scale is not None:
         found.add(
             "SCL002",
             "error",
             f"the scale it is passed is ignored: scenario {s.name} passed scale={s.scale:g}, the "
-            f"outputs match scale {name} ({value:.4g})",
+            f"outputs match scale {name}",
             s.name,
         )
         return True
@@ -296,12 +273,15 @@ def _name_scale(s: Scenario, name: str, value: float, found: Diagnoses) -> bool:
             s.name,
         )
         return True
-    found.add(
+    diagnosis = found.add(
         "SCL002",
         "error",
-        f"the scale is present but wrong: outputs match scale {name} where 1/√d_head is expected",
+        f"the scale is present but wrong: outputs match scale {name} where 1/√{s.d} is expected",
         s.name,
-    ).evidence = f"{s.name}: fitted scale {value:.4g}, expected {expected:.4g} (d_head {s.d}, heads {s.h})"
+    )
+    # the message names the first scenario's scale; each scenario's own sizes give its own value
+    fit = f"{s.name}: fitted scale {value:.4g}, expected {expected:.4g} (d_head {s.d}, heads {s.h})"
+    diagnosis.evidence = "; ".join(filter(None, [diagnosis.evidence, fit]))
     return True
 
 

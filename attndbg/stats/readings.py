@@ -11,7 +11,7 @@ it), so clean cases pay nothing. Each adds its max error to ``stats.hypotheses``
 
 * Scale: within a row, ``log w_j = scale · (q·k_j) + bias_j − lse``, so a least-squares slope
   of ``log w − bias`` on ``q·k`` (centred per row) is the applied scale, exactly; saved scores
-  give it as ``Σ s·x / Σ x²``; an output alone is fitted by a one-dimensional search.
+  give it as ``Σ s·x / Σ x²``; an output alone is fitted by :func:`attndbg.scales.fit_log_scale`.
 * Dropout with probability p: every weight is 0 or ``reference / (1 − p)``; among weights large
   enough to tell 0 from their kept value, the share of zeros estimates p.
 """
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from attndbg.attention import MASKED_BIAS
+from attndbg.scales import SAME_SCALE, fit_log_scale
 from attndbg.stats.chunks import chunk_rows
 from attndbg.stats.saved import build_hypotheses, safe_softmax
 from attndbg.vocab import Artefact, Reading
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 
 _TINY_WEIGHT = 1e-7  # log-weights below this carry rounding, not the scale
 _SEARCH_ROWS = 64  # query rows per sample for fitting a scale from an output alone
-_SEARCH_POINTS = 48
-_SAME_SCALE = 0.01  # relative: a fitted scale this close to a tried one is that one
 
 
 @dataclass
@@ -249,9 +248,10 @@ def _fitted_scale(ctx: CaseContext, acc: _Accumulators) -> tuple[float | None, s
     return None, None
 
 
-def _scale_from_out(ctx: CaseContext) -> float | None:
-    """The scale whose attention reproduces the saved output best, on a sample of rows: a
-    log-spaced grid from 1/(4·d_model) to 4, then golden-section refinement."""
+def _scale_from_out(ctx: CaseContext) -> float:
+    """The scale whose attention reproduces the saved output best, on a sample of rows. The
+    best, not the first named scale within tolerance: where attention is near uniform, several
+    scales are within tolerance, and the fitted scale competes with the other readings on error."""
     sizes = ctx.sizes
     rows = slice(0, min(sizes["Lq"], _SEARCH_ROWS))
     samples = []
@@ -265,26 +265,13 @@ def _scale_from_out(ctx: CaseContext) -> float | None:
         assert out is not None  # fitted from an output only when one was saved
         samples.append((raw, bias, ctx.v[min(b, ctx.v.shape[0] - 1)], out[min(b, out.shape[0] - 1), :, rows]))
 
-    def error(log_scale: float) -> float:
-        scale = math.exp(log_scale)
+    def error(scale: float) -> float:
         return max(
             _max_error(torch.matmul(_softmax(_with_bias(raw * scale, bias)), v), out)
             for raw, bias, v, out in samples
         )
 
-    low, high = math.log(1 / (4 * max(1, sizes["D"] * sizes["Hq"]))), math.log(4.0)
-    grid = [low + (high - low) * i / (_SEARCH_POINTS - 1) for i in range(_SEARCH_POINTS)]
-    errors = [error(x) for x in grid]
-    best = min(range(len(grid)), key=errors.__getitem__)
-    a, c = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(30):
-        x1, x2 = c - ratio * (c - a), a + ratio * (c - a)
-        if error(x1) <= error(x2):
-            c = x2
-        else:
-            a = x1
-    return math.exp((a + c) / 2)
+    return fit_log_scale(error, sizes["D"], sizes["Hq"])
 
 
 def _dropout_estimate(acc: _Accumulators, declared: float | None) -> tuple[float, float, int] | None:
@@ -317,7 +304,7 @@ def _second_pass(ctx: CaseContext, stats: AttentionStats, fits: Fits, acc: _Accu
     if scale is not None and (
         not math.isfinite(scale)
         or scale <= 0
-        or any(math.isclose(scale, t, rel_tol=_SAME_SCALE) for t in tried)
+        or any(math.isclose(scale, t, rel_tol=SAME_SCALE) for t in tried)
     ):
         scale = None
     p = fits.dropout_p if fits.dropout_p is not None and 0 < fits.dropout_p < 1 else None
@@ -364,22 +351,3 @@ def _dropout_error(saved: torch.Tensor, probs: torch.Tensor, p: float) -> float:
     error = torch.minimum(w.abs(), (w - probs / (1 - p)).abs())
     error = error[torch.isfinite(error)]
     return float(error.max()) if error.numel() else 0.0
-
-
-def describe_scale(scale: float, head_dim: int, heads: int) -> str:
-    """Name a fitted scale by the formula that gives it, when one does."""
-    d_model = head_dim * heads
-    forms = [
-        (head_dim**-0.5, f"1/√{head_dim} (1/√d, the intended scale)"),
-        (1.0 / head_dim, f"1/{head_dim} (1/d: the scale applied twice)"),
-        (1.0, "1 (no scale)"),
-        (d_model**-0.5, f"1/√{d_model} (1/√d_model = 1/√(heads × head dim), not 1/√head dim)"),
-        (1.0 / d_model, f"1/{d_model} (1/d_model)"),
-        (head_dim**0.5, f"√{head_dim} (multiplied by √d instead of divided)"),
-        (head_dim**-0.25, f"{head_dim}^-¼ (a split scale applied to one side only)"),
-        (head_dim**-0.75, f"{head_dim}^-¾ (a split scale applied on top of 1/√d)"),
-    ]
-    for value, text in forms:
-        if math.isclose(scale, value, rel_tol=_SAME_SCALE):
-            return f"{scale:.4g} = {text}"
-    return f"{scale:.4g} (= 1/√{1 / scale**2:.3g})"

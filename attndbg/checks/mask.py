@@ -70,18 +70,65 @@ def weak_fill(ctx: CaseContext) -> dict[str, Any] | None:
     }
 
 
+def own_key_offset(keep: torch.Tensor, lq: int, lk: int) -> int:
+    """Where query i's own position sits on the key axis of a self-attention mask: key i + offset.
+
+    Bottom-right (lk - lq), as self-attention, KV caches and chunked prefill have it, unless
+    the mask rules that out and names one other offset: every query that attends to anything
+    attends to its own position (causal, bidirectional, banded and block-local masks alike).
+    Blocked local attention (LongT5: each block of queries against the keys of its own and
+    the neighbouring blocks) puts it at block + i. Undecided masks keep bottom-right."""
+    import torch
+
+    bottom_right = lk - lq
+    if tuple(keep.shape[-2:]) != (lq, lk):
+        return bottom_right  # broadcast over queries (or keys): nothing to read an offset from
+    rows = keep.reshape(-1, lq, lk)
+    live = rows.any(-1)
+
+    def own_keys_kept(offset: int) -> bool:
+        own = torch.diagonal(rows, offset=offset, dim1=-2, dim2=-1)
+        return bool((own | ~live).all())
+
+    if not bool(live.any()) or own_keys_kept(bottom_right):
+        return bottom_right
+    found = None
+    for offset in range(bottom_right):
+        if own_keys_kept(offset):
+            if found is not None:
+                return bottom_right  # two candidates: not decided by this mask
+            found = offset
+    return bottom_right if found is None else found
+
+
 def padding_queries(ctx: CaseContext) -> torch.Tensor | None:
     """(B or 1, Lq) bool: query rows that sit at a padding position — their own key is masked
     for every query of the sample, while the sample has at least one attended key. Such rows
-    are fully masked by construction in a padded batch and their outputs are discarded."""
+    are fully masked by construction in a padded batch and their outputs are discarded.
+
+    In a blocked layout (batch·blocks on the batch axis, see :func:`own_key_offset`) a block
+    that lies wholly in a sample's padding has no attended key at all; it counts as padding
+    when it continues a padding run of the block before it (right padding) or after it (left
+    padding), as consecutive blocks of one sample do."""
     keep = keep_matrix(ctx)
     sizes = ctx.sizes
-    if keep is None or sizes["Lk"] < sizes["Lq"]:
+    lq, lk = sizes["Lq"], sizes["Lk"]
+    if keep is None or lk < lq:
         return None
+    offset = own_key_offset(keep, lq, lk)
     pad_key = ~keep.any(dim=1).any(dim=1)  # (B or 1, Lk): no query of the sample attends it
     sample_live = keep.reshape(keep.shape[0], -1).any(-1, keepdim=True)
-    own_key = pad_key[:, sizes["Lk"] - sizes["Lq"] :]  # queries are the last Lq positions
-    return own_key & sample_live
+    padding = pad_key[:, offset : offset + lq] & sample_live
+    if offset == lk - lq:
+        return padding
+    empty = ~sample_live[:, 0]  # blocks with no attended key at all
+    for block in range(1, len(empty)):  # right padding runs on into the next block
+        if empty[block] and bool(padding[block - 1, -1]):
+            padding[block] = True
+    for block in range(len(empty) - 2, -1, -1):  # left padding runs back into the block before
+        if empty[block] and bool(padding[block + 1, 0]):
+            padding[block] = True
+    return padding
 
 
 def consequence(kind: str) -> dict[str, str]:
@@ -558,6 +605,40 @@ out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         )
 
 
+def mixed_fill(ctx: CaseContext, named: list[str], base: dict[str, Any]) -> Hit:
+    """-inf next to finite fills. Both give a masked key no weight in a row that attends to
+    anything; they differ only in a fully masked row, so the mix matters only where such a
+    row sits at a real token (a padding query's output is discarded)."""
+    full = ctx.stats.fully_masked.any(dim=1)  # (B, Lq)
+    padding = padding_queries(ctx)
+    at_real = full & ~padding.expand_as(full) if padding is not None else full
+    fills = ", ".join(named)
+    evidence = {
+        **base,
+        "mixed": True,
+        "fully_masked_rows": int(full.sum()),
+        "at_real_tokens": int(at_real.sum()),
+    }
+    if bool(at_real.any()):
+        return Hit(
+            f"the mask mixes -inf with finite fill {fills}, and {int(at_real.sum())} fully masked "
+            f"rows sit at real tokens (first {at_real.nonzero()[:5].tolist()}): they give NaN or zeros "
+            "with one fill and uniform weights over the masked keys with the other",
+            evidence,
+        )
+    where = (
+        "no query row is fully masked"
+        if not bool(full.any())
+        else f"the {int(full.sum())} fully masked rows are all padding queries, whose outputs are discarded"
+    )
+    return Hit(
+        f"the mask mixes -inf with finite fill {fills} (e.g. a finfo.min fill plus a second mask "
+        f"overflowing to -inf); harmless here: the two differ only in a fully masked row, and {where}",
+        evidence,
+        severity=Severity.INFO,
+    )
+
+
 class MaskFillValue(Check):
     """An additive mask's fill value is too weak, overflows in low precision, or is mixed."""
 
@@ -636,11 +717,7 @@ attn_mask = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-in
             )
             return
         if fills["neg_inf"] and fills["finite"]:
-            yield Hit(
-                f"the mask mixes -inf with finite fill {', '.join(named)}: fully masked rows give "
-                "NaN or zeros with one and uniform weights with the other",
-                {**base, "mixed": True},
-            )
+            yield mixed_fill(ctx, named, base)
             return
         compute = ctx.dtype
         low = [

@@ -740,3 +740,73 @@ attn_mask = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-in
                 {**base, "fill": minima[0]},
                 severity=Severity.INFO,
             )
+
+
+class NewKeysHidden(Check):
+    """Every sample hides the keys at the queries' own positions: the mask was not extended."""
+
+    code = "MSK008"
+    name = "mask-not-extended"
+    severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
+    superseded_by = ("MSK006",)
+    rationale = (
+        "When decoding with a KV cache (or prefilling in chunks) the 2-D attention_mask must grow "
+        "with the sequence: one more 1 for every new token. A loop that passes the prefill's "
+        "mask again gets it padded (Hugging Face pads a short mask with 0), so the new tokens "
+        "(this call's queries, the last keys in the lower-right alignment) are hidden in every "
+        "sample: no token sees itself, and in a chunk none sees the tokens just before it. "
+        "Reported when q_len < k_len, a mask is given, the last q_len keys (or the last one, "
+        "when a one-token decode packs grouped query heads on the query axis) are hidden from "
+        "every query of every sample while every sample attends the key just before them (a "
+        "left-padded batch, as generation pads), and all queries of a sample see the same keys "
+        "(a correct chunk is causal). Right padding, or a batch padded to a fixed length for "
+        "cross-attention, hides different tails in different samples and is not read as this. "
+        "Correct calls that read the same: a one-token step into a static cache one slot from "
+        "full, and cross-attention whose encoder samples all end exactly q_len keys early."
+    )
+    fix = """
+# append a 1 for every new token before each cached step
+attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, new_ids.shape[1])], dim=-1)
+out = model(input_ids=new_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has("mask"):
+            return
+        keep = keep_matrix(ctx)
+        lq, lk = ctx.sizes["Lq"], ctx.sizes["Lk"]
+        if keep is None or not 0 < lq < lk or keep.shape[-1] != lk:
+            return
+        seen = keep.any(dim=1).any(dim=1)  # (B or 1, Lk): keys some query of the sample attends
+        unseen = (~seen.any(0)).flip(0).int()
+        new = int(unseen.cumprod(0).sum())  # keys at the end that no sample attends
+        # q_len new tokens, or one token whose query heads the library packed on the query
+        # axis (grouped-query decode)
+        if new not in (lq, 1):
+            return
+        cached = seen[:, : lk - new]
+        # Generation pads on the left: every sample's last cached token is real. (Cross-attention
+        # over a batch padded to a fixed length has that only where every sample is as long.)
+        if not bool(cached[:, -1].all()):
+            return
+        # The new tokens hidden leave every query the same keys (the cached ones); a correct
+        # chunk next to empty static-cache slots is causal: its queries see different keys.
+        rows = keep.any(dim=1)
+        if not bool(((rows == seen[:, None, :]) | ~rows.any(-1, keepdim=True)).all()):
+            return
+        samples = seen.shape[0]
+        where = f"in every one of the {samples} samples" if samples > 1 else "in every sample"
+        yield Hit(
+            f"{where} the last {new} of {lk} keys — the new tokens' own positions — are hidden "
+            "from every query, while the keys before them are attended: the attention_mask was "
+            "not extended for the new token(s), so no query sees its own position",
+            {
+                "q_len": lq,
+                "k_len": lk,
+                "samples": samples,
+                "hidden_keys": list(range(lk - new, lk)),
+                "attended_keys_per_sample": cached.sum(-1).tolist()[:8],
+                "decided_from": "mask structure",
+            },
+        )

@@ -31,11 +31,15 @@ LENGTHS = (12, 7)  # the two sequences of a padded batch
 TARGET_SPREAD = 3.0
 QK_GAIN = 2.0  # when a model records no logits to measure
 MASKED_LOGIT = -1e4  # a logit at or below this is a mask's fill, not a score
+# Below this median row std attention is near-uniform. Models that normalise q and k after the
+# projections (QK-norm: Qwen3, OLMo-2, Gemma 3, Persimmon) undo the gain and stay near 0.75.
+NEAR_UNIFORM_SPREAD = TARGET_SPREAD / 5
 TINY_INIT = 0.25  # std * sqrt(fan_in) below this: a fixed-std init meant for much wider models
 # Names of the query/key projections (or of a fused projection that holds them) across the library.
 QK_PROJECTIONS = {
     "q_proj", "k_proj", "query", "key", "q", "k", "q_lin", "k_lin", "c_attn", "query_key_value",
-    "qkv", "qkv_proj", "Wqkv", "in_proj", "to_q", "to_k", "q_attn", "Wq", "Wk",
+    "qkv", "qkv_proj", "Wqkv", "in_proj", "to_q", "to_k", "q_attn", "Wq", "Wk", "query_proj",
+    "key_proj",
 }  # fmt: skip
 
 

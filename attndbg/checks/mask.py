@@ -108,8 +108,10 @@ def padding_queries(ctx: CaseContext) -> torch.Tensor | None:
 
     In a blocked layout (batch·blocks on the batch axis, see :func:`own_key_offset`) a block
     that lies wholly in a sample's padding has no attended key at all; it counts as padding
-    when it continues a padding run of the block before it (right padding) or after it (left
-    padding), as consecutive blocks of one sample do."""
+    when the block before it ends in padding queries: right padding running on through
+    consecutive blocks of one sample, as encoders pad. Not backwards: an inverted mask leaves
+    the shorter samples a leading run of hidden queries and the longest sample nothing at all,
+    and that empty sample must stay a finding."""
     keep = keep_matrix(ctx)
     sizes = ctx.sizes
     lq, lk = sizes["Lq"], sizes["Lk"]
@@ -124,9 +126,6 @@ def padding_queries(ctx: CaseContext) -> torch.Tensor | None:
     empty = ~sample_live[:, 0]  # blocks with no attended key at all
     for block in range(1, len(empty)):  # right padding runs on into the next block
         if empty[block] and bool(padding[block - 1, -1]):
-            padding[block] = True
-    for block in range(len(empty) - 2, -1, -1):  # left padding runs back into the block before
-        if empty[block] and bool(padding[block + 1, 0]):
             padding[block] = True
     return padding
 

@@ -114,11 +114,12 @@ def test_mixed_fill_with_a_fully_masked_real_token_is_a_warning() -> None:
 # ---- MSK001: padding queries in LongT5's blocked local attention -------------------------------
 
 
-def longt5_local(lengths: list[int], total: int, block: int = 4) -> torch.Tensor:
+def longt5_local(lengths: list[int], total: int, block: int = 4, inverted: bool = False) -> torch.Tensor:
     """LongT5's encoder mask as its local attention applies it: (batch·blocks, 1, block,
     3·block), additive with -1e10 (modeling_longt5.LongT5LocalAttention)."""
     longt5 = pytest.importorskip("transformers.models.longt5.modeling_longt5")
     mask = attention_mask(lengths, total)
+    mask = 1 - mask if inverted else mask
     local = longt5._get_local_attention_mask(mask, block, torch.device("cpu"))  # (B, 1, n, l, 3l)
     local = local[:, 0].reshape(-1, 1, block, 3 * block)
     return torch.where(local > 0, 0.0, -1e10)
@@ -133,6 +134,16 @@ def test_longt5_padding_queries_are_padding(lengths: list[int]) -> None:
     assert not loud(report), loud(report)
     rows = finding(report, "MSK001").evidence
     assert rows["rows"] == rows["at_padding_positions"] == sum(total - n for n in lengths)
+
+
+def test_longt5_with_an_inverted_attention_mask_stays_loud() -> None:
+    """``1 - attention_mask``: the longest sample's blocks have no key at all, and the shorter
+    sample's hidden run now leads its blocks; neither is padding running on from a block."""
+    bias = longt5_local([12, 7], 12, inverted=True)
+    q, k, v = qkv(bias.shape[0], 4, 12, seed=3)
+    evidence = loud(diagnose_eager(q, k, v, bias))["MSK001"][0].evidence
+    assert evidence["first"][:4] == [[0, 0], [0, 1], [0, 2], [0, 3]], evidence
+    assert evidence["rows"] - evidence["at_padding_positions"] >= 12  # sample 0's three blocks
 
 
 def test_longt5_layout_still_names_a_fully_masked_real_token() -> None:

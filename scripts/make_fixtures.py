@@ -348,6 +348,27 @@ def msk007_fp16() -> Fixture:
     return {"q": q.half(), "k": k.half(), "v": v.half(), "mask": bias}, {}
 
 
+@fixture("MSK008_mask_not_extended", "MSK008")
+def msk008() -> Fixture:
+    return decode_step(extended=False)
+
+
+@fixture("clean_kv_cache_decode")
+def clean_kv_cache_decode() -> Fixture:
+    return decode_step(extended=True)
+
+
+def decode_step(extended: bool) -> Fixture:
+    """One generated token after a left-padded prefill of L - 1 tokens: the 2-D mask gets a 1
+    for the new token, or (the bug) is passed unchanged and padded with 0 to the cache length."""
+    q, k, v = qkv(61, lq=1, lk=L)
+    prefill = torch.ones(B, L - 1, dtype=torch.bool)
+    prefill[1, :4] = False  # sample 1 is 4 tokens shorter, padded on the left
+    keep = torch.nn.functional.pad(prefill, (0, 1), value=extended)[:, None, None, :]
+    w = softmax_ref(q, k, keep)
+    return {"q": q, "k": k, "v": v, "mask": keep, "weights": w, "out": w @ v}, {}
+
+
 # ---- softmax --------------------------------------------------------------------------------
 @fixture("SMX001_rows_not_normalized", "SMX001")
 def smx001() -> Fixture:

@@ -70,18 +70,64 @@ def weak_fill(ctx: CaseContext) -> dict[str, Any] | None:
     }
 
 
+def own_key_offset(keep: torch.Tensor, lq: int, lk: int) -> int:
+    """Where query i's own position sits on the key axis of a self-attention mask: key i + offset.
+
+    Bottom-right (lk - lq), as self-attention, KV caches and chunked prefill have it, unless
+    the mask rules that out and names one other offset: every query that attends to anything
+    attends to its own position (causal, bidirectional, banded and block-local masks alike).
+    Blocked local attention (LongT5: each block of queries against the keys of its own and
+    the neighbouring blocks) puts it at block + i. Undecided masks keep bottom-right."""
+    import torch
+
+    bottom_right = lk - lq
+    if tuple(keep.shape[-2:]) != (lq, lk):
+        return bottom_right  # broadcast over queries (or keys): nothing to read an offset from
+    rows = keep.reshape(-1, lq, lk)
+    live = rows.any(-1)
+
+    def own_keys_kept(offset: int) -> bool:
+        own = torch.diagonal(rows, offset=offset, dim1=-2, dim2=-1)
+        return bool((own | ~live).all())
+
+    if not bool(live.any()) or own_keys_kept(bottom_right):
+        return bottom_right
+    found = None
+    for offset in range(bottom_right):
+        if own_keys_kept(offset):
+            if found is not None:
+                return bottom_right  # two candidates: not decided by this mask
+            found = offset
+    return bottom_right if found is None else found
+
+
 def padding_queries(ctx: CaseContext) -> torch.Tensor | None:
     """(B or 1, Lq) bool: query rows that sit at a padding position — their own key is masked
     for every query of the sample, while the sample has at least one attended key. Such rows
-    are fully masked by construction in a padded batch and their outputs are discarded."""
+    are fully masked by construction in a padded batch and their outputs are discarded.
+
+    In a blocked layout (batch·blocks on the batch axis, see :func:`own_key_offset`) a block
+    that lies wholly in a sample's padding has no attended key at all; it counts as padding
+    when the block before it ends in padding queries: right padding running on through
+    consecutive blocks of one sample, as encoders pad. Not backwards: an inverted mask leaves
+    the shorter samples a leading run of hidden queries and the longest sample nothing at all,
+    and that empty sample must stay a finding."""
     keep = keep_matrix(ctx)
     sizes = ctx.sizes
-    if keep is None or sizes["Lk"] < sizes["Lq"]:
+    lq, lk = sizes["Lq"], sizes["Lk"]
+    if keep is None or lk < lq:
         return None
+    offset = own_key_offset(keep, lq, lk)
     pad_key = ~keep.any(dim=1).any(dim=1)  # (B or 1, Lk): no query of the sample attends it
     sample_live = keep.reshape(keep.shape[0], -1).any(-1, keepdim=True)
-    own_key = pad_key[:, sizes["Lk"] - sizes["Lq"] :]  # queries are the last Lq positions
-    return own_key & sample_live
+    padding = pad_key[:, offset : offset + lq] & sample_live
+    if offset == lk - lq:
+        return padding
+    empty = ~sample_live[:, 0]  # blocks with no attended key at all
+    for block in range(1, len(empty)):  # right padding runs on into the next block
+        if empty[block] and bool(padding[block - 1, -1]):
+            padding[block] = True
+    return padding
 
 
 def consequence(kind: str) -> dict[str, str]:
@@ -558,6 +604,40 @@ out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         )
 
 
+def mixed_fill(ctx: CaseContext, named: list[str], base: dict[str, Any]) -> Hit:
+    """-inf next to finite fills. Both give a masked key no weight in a row that attends to
+    anything; they differ only in a fully masked row, so the mix matters only where such a
+    row sits at a real token (a padding query's output is discarded)."""
+    full = ctx.stats.fully_masked.any(dim=1)  # (B, Lq)
+    padding = padding_queries(ctx)
+    at_real = full & ~padding.expand_as(full) if padding is not None else full
+    fills = ", ".join(named)
+    evidence = {
+        **base,
+        "mixed": True,
+        "fully_masked_rows": int(full.sum()),
+        "at_real_tokens": int(at_real.sum()),
+    }
+    if bool(at_real.any()):
+        return Hit(
+            f"the mask mixes -inf with finite fill {fills}, and {int(at_real.sum())} fully masked "
+            f"rows sit at real tokens (first {at_real.nonzero()[:5].tolist()}): they give NaN or zeros "
+            "with one fill and uniform weights over the masked keys with the other",
+            evidence,
+        )
+    where = (
+        "no query row is fully masked"
+        if not bool(full.any())
+        else f"the {int(full.sum())} fully masked rows are all padding queries, whose outputs are discarded"
+    )
+    return Hit(
+        f"the mask mixes -inf with finite fill {fills} (e.g. a finfo.min fill plus a second mask "
+        f"overflowing to -inf); harmless here: the two differ only in a fully masked row, and {where}",
+        evidence,
+        severity=Severity.INFO,
+    )
+
+
 class MaskFillValue(Check):
     """An additive mask's fill value is too weak, overflows in low precision, or is mixed."""
 
@@ -636,11 +716,7 @@ attn_mask = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-in
             )
             return
         if fills["neg_inf"] and fills["finite"]:
-            yield Hit(
-                f"the mask mixes -inf with finite fill {', '.join(named)}: fully masked rows give "
-                "NaN or zeros with one and uniform weights with the other",
-                {**base, "mixed": True},
-            )
+            yield mixed_fill(ctx, named, base)
             return
         compute = ctx.dtype
         low = [
@@ -663,3 +739,73 @@ attn_mask = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-in
                 {**base, "fill": minima[0]},
                 severity=Severity.INFO,
             )
+
+
+class NewKeysHidden(Check):
+    """Every sample hides the keys at the queries' own positions: the mask was not extended."""
+
+    code = "MSK008"
+    name = "mask-not-extended"
+    severity = Severity.WARNING
+    reads = frozenset({Statistic.ROWS})
+    superseded_by = ("MSK006",)
+    rationale = (
+        "When decoding with a KV cache (or prefilling in chunks) the 2-D attention_mask must grow "
+        "with the sequence: one more 1 for every new token. A loop that passes the prefill's "
+        "mask again gets it padded (Hugging Face pads a short mask with 0), so the new tokens "
+        "(this call's queries, the last keys in the lower-right alignment) are hidden in every "
+        "sample: no token sees itself, and in a chunk none sees the tokens just before it. "
+        "Reported when q_len < k_len, a mask is given, the last q_len keys (or the last one, "
+        "when a one-token decode packs grouped query heads on the query axis) are hidden from "
+        "every query of every sample while every sample attends the key just before them (a "
+        "left-padded batch, as generation pads), and all queries of a sample see the same keys "
+        "(a correct chunk is causal). Right padding, or a batch padded to a fixed length for "
+        "cross-attention, hides different tails in different samples and is not read as this. "
+        "Correct calls that read the same: a one-token step into a static cache one slot from "
+        "full, and cross-attention whose encoder samples all end exactly q_len keys early."
+    )
+    fix = """
+# append a 1 for every new token before each cached step
+attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, new_ids.shape[1])], dim=-1)
+out = model(input_ids=new_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+"""
+
+    def evaluate(self, ctx: CaseContext) -> Iterator[Hit]:
+        if not ctx.has("mask"):
+            return
+        keep = keep_matrix(ctx)
+        lq, lk = ctx.sizes["Lq"], ctx.sizes["Lk"]
+        if keep is None or not 0 < lq < lk or keep.shape[-1] != lk:
+            return
+        seen = keep.any(dim=1).any(dim=1)  # (B or 1, Lk): keys some query of the sample attends
+        unseen = (~seen.any(0)).flip(0).int()
+        new = int(unseen.cumprod(0).sum())  # keys at the end that no sample attends
+        # q_len new tokens, or one token whose query heads the library packed on the query
+        # axis (grouped-query decode)
+        if new not in (lq, 1):
+            return
+        cached = seen[:, : lk - new]
+        # Generation pads on the left: every sample's last cached token is real. (Cross-attention
+        # over a batch padded to a fixed length has that only where every sample is as long.)
+        if not bool(cached[:, -1].all()):
+            return
+        # The new tokens hidden leave every query the same keys (the cached ones); a correct
+        # chunk next to empty static-cache slots is causal: its queries see different keys.
+        rows = keep.any(dim=1)
+        if not bool(((rows == seen[:, None, :]) | ~rows.any(-1, keepdim=True)).all()):
+            return
+        samples = seen.shape[0]
+        where = f"in every one of the {samples} samples" if samples > 1 else "in every sample"
+        yield Hit(
+            f"{where} the last {new} of {lk} keys — the new tokens' own positions — are hidden "
+            "from every query, while the keys before them are attended: the attention_mask was "
+            "not extended for the new token(s), so no query sees its own position",
+            {
+                "q_len": lq,
+                "k_len": lk,
+                "samples": samples,
+                "hidden_keys": list(range(lk - new, lk)),
+                "attended_keys_per_sample": cached.sum(-1).tolist()[:8],
+                "decided_from": "mask structure",
+            },
+        )

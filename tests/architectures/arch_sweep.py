@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -25,57 +25,32 @@ import attndbg
 from attndbg.recording.recorder import Calls
 
 LENGTHS = (12, 7)  # the two sequences of a padded batch
-QK_GAIN = 2.0
+# Median row std of the attention logits (after the model's scale) that the sweep gives the
+# sharpest layer of every architecture: about what a trained model's layers show, and what a
+# gain of 2 on the query and key projections gives a 1/sqrt(d) model at these widths.
+TARGET_SPREAD = 3.0
+QK_GAIN = 2.0  # when a model records no logits to measure
+MASKED_LOGIT = -1e4  # a logit at or below this is a mask's fill, not a score
+# Below this median row std attention is near-uniform. Models that normalise q and k after the
+# projections (QK-norm: Qwen3, OLMo-2, Gemma 3, Persimmon) undo the gain and stay near 0.75.
+NEAR_UNIFORM_SPREAD = TARGET_SPREAD / 5
 TINY_INIT = 0.25  # std * sqrt(fan_in) below this: a fixed-std init meant for much wider models
 # Names of the query/key projections (or of a fused projection that holds them) across the library.
 QK_PROJECTIONS = {
     "q_proj", "k_proj", "query", "key", "q", "k", "q_lin", "k_lin", "c_attn", "query_key_value",
-    "qkv", "qkv_proj", "Wqkv", "in_proj", "to_q", "to_k", "q_attn", "Wq", "Wk",
+    "qkv", "qkv_proj", "Wqkv", "in_proj", "to_q", "to_k", "q_attn", "Wq", "Wk", "query_proj",
+    "key_proj",
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class KnownFalseAlarm:
-    """A finding on correct library code that is a catalogue calibration problem, reported
-    to the check owners (/work/signals/archs-false-alarms.md). Listed so the sweep stays
-    strict about everything else; delete an entry once its check is fixed."""
-
-    code: str
-    applies: Callable[[Arch, str, str], bool]
-    why: str
-
-
-# Fixed since the sweep found them (the sweep now holds the code to it): MSK001 and MSK005 on
-# padding-query rows, SHP004 on falcon's broadcast K/V head, SCL002 on Granite's μP scale, SCL001
-# on models with scale 1 by design (T5, GPT-Neo, ESM: no scale step in library code is read as a
-# deliberate scale 1 and judged by its statistics).
-
-KNOWN_FALSE_ALARMS = [
-    KnownFalseAlarm(
-        "SCL001",
-        lambda arch, impl, scenario: arch.name == "gpt_neo",
-        "GPT-Neo never scales, and the sweep's q/k projections (sized for 1/√d models) make its "
-        "scale-1 logits saturate (median row max weight ~0.98): the statistics say so truly of "
-        "this random model, not of the library's code",
-    ),
-    KnownFalseAlarm(
-        "MSK001",
-        lambda arch, impl, scenario: scenario == "padded" and arch.name == "longt5",
-        "LongT5's local attention is traced in (batch·blocks, heads, block, 3·block) layout: the "
-        "fully masked rows are padding queries, read through the block layout as real tokens",
-    ),
-    KnownFalseAlarm(
-        "MSK007",
-        lambda arch, impl, scenario: arch.name == "gpt_neo" and impl == "eager",
-        "GPT-Neo fills the causal mask with finfo.min and adds the padding mask's finfo.min: the "
-        "sum overflows to -inf where both hide a key; only rows that are padding queries change",
-    ),
-]
-
-
-def known_false_alarms(arch: Arch, implementation: str, scenario: str) -> dict[str, str]:
-    """{code: why} of the known false alarms that apply to this run."""
-    return {a.code: a.why for a in KNOWN_FALSE_ALARMS if a.applies(arch, implementation, scenario)}
+# Every finding on correct library code that the sweep has found is fixed in the catalogue, and
+# the sweep holds the code to it (there is no list of exemptions): MSK001 and MSK005 on
+# padding-query rows, MSK001 on LongT5's blocked local attention (padding queries recognised in
+# the (batch·blocks, heads, block, 3·block) layout), MSK007 on GPT-Neo's finfo.min masks whose
+# sum overflows to -inf (harmless unless a fully masked row sits at a real token), SHP004 on
+# falcon's broadcast K/V head, SCL002 on Granite's μP scale, SCL001 on models with scale 1 by
+# design (T5, GPT-Neo, ESM: no scale step in library code is read as a deliberate scale 1 and
+# judged by its statistics, which the sweep's query_key_gain keeps at a trained model's spread).
 
 
 def scenarios(arch: Arch) -> list[str]:
@@ -89,42 +64,104 @@ def scenarios(arch: Arch) -> list[str]:
 
 
 def build(arch: Arch, implementation: str, seed: int = 0) -> torch.nn.Module:
-    config = transformers.AutoConfig.for_model(arch.name, **arch.config)
-    torch.manual_seed(seed)
-    model = transformers.AutoModel.from_config(config, attn_implementation=implementation).eval()
-    sharpen_attention(model)
+    model = _initialised(arch, implementation, seed)
+    sharpen_attention(model, query_key_gain(arch.name, seed))
     return model
 
 
-def sharpen_attention(model: torch.nn.Module, gain: float = QK_GAIN) -> int:
-    """Give a random model the weight scale of a trained one, so that its attention is not
-    near-uniform by construction.
+def _initialised(arch: Arch, implementation: str, seed: int) -> torch.nn.Module:
+    config = transformers.AutoConfig.for_model(arch.name, **arch.config)
+    torch.manual_seed(seed)
+    model = transformers.AutoModel.from_config(config, attn_implementation=implementation).eval()
+    normalise_init(model)
+    return model
 
-    Most configs initialise projections at a fixed std (``initializer_range`` / ``init_std``
-    0.02, chosen for widths in the thousands); at width 32 that makes every score almost 0.
-    Those weights are brought to 1/sqrt(fan_in); width-aware inits keep their scale (T5 folds
-    1/sqrt(d) into its query init). Then every query/key projection (and
-    nn.MultiheadAttention's fused input projection) is multiplied by ``gain``. Returns how many
-    query/key projections were sharpened."""
-    count = 0
+
+@functools.cache
+def query_key_gain(arch_name: str, seed: int = 0) -> float:
+    """The factor on the query and key projections that brings the logits of this
+    architecture's sharpest attention layer, after the model's own scale, to TARGET_SPREAD.
+    Measured once on the first scenario's inputs, with the same target for every architecture
+    (1/sqrt(d) or not, μP, a scale folded into the init, position biases), so that no model is
+    sharpened past what a trained one has. Both projections are multiplied, so the logits
+    grow with the square of the gain."""
+    arch = BY_NAME[arch_name]
+    implementation = "eager" if "eager" in arch.implementations else arch.implementations[0]
+    model = _initialised(arch, implementation, seed)
+    prepare, recorded = _forward(arch, model, scenarios(arch)[0], torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.MultiheadAttention) and module.in_proj_weight is not None:
-                weight, fan_in, query_key = module.in_proj_weight, module.in_proj_weight.shape[1], True
-            elif isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
-                weight = module.weight
-                # Linear stores (out, in); GPT-2's Conv1D stores (in, out).
-                fan_in = weight.shape[0] if type(module).__name__ == "Conv1D" else weight.shape[1]
-                query_key = name.rpartition(".")[2] in QK_PROJECTIONS
-            else:
-                continue
+        state = prepare()
+        with attndbg.capture(model) as calls:
+            recorded(state)
+    per_call = [r.median() for r in map(row_spreads, calls) if r is not None and r.numel()]
+    sharpest = float(max(per_call)) if per_call else 0.0
+    return (TARGET_SPREAD / sharpest) ** 0.5 if sharpest > 0 else QK_GAIN
+
+
+def logit_spread(calls: Calls) -> float:
+    """Median over query rows of the std of the scaled attention logits over the keys a row
+    attends (masked keys left out): what the softmax sees, bias and scale included."""
+    rows = [row_spreads(call) for call in calls]
+    rows = [r for r in rows if r is not None and r.numel()]
+    return float(torch.cat(rows).median()) if rows else 0.0
+
+
+def row_spreads(call) -> torch.Tensor | None:  # noqa: ANN001
+    """The std of each query row's logits over the keys it attends, or None without logits."""
+    if call.scores is not None:
+        logits = call.scores.float()
+    elif call.q is not None and call.k is not None:
+        q, k = call.q.float(), call.k.float()
+        if k.shape[-3] != q.shape[-3]:  # grouped K/V heads
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+        scale = call.scale if call.scale is not None else q.shape[-1] ** -0.5
+        logits = q @ k.transpose(-2, -1) * scale
+        if call.mask is not None and call.mask.is_floating_point():
+            logits = logits + call.mask.float()
+    else:
+        return None
+    valid = torch.isfinite(logits) & (logits > MASKED_LOGIT)
+    count = valid.sum(-1)
+    mean = torch.where(valid, logits, 0.0).sum(-1) / count.clamp(min=1)
+    variance = (torch.where(valid, logits - mean[..., None], 0.0) ** 2).sum(-1) / count.clamp(min=1)
+    return variance.sqrt()[count > 1].flatten()
+
+
+def normalise_init(model: torch.nn.Module) -> None:
+    """Give a random model the weight scale of a trained one: most configs initialise
+    projections at a fixed std (``initializer_range`` / ``init_std`` 0.02, chosen for widths
+    in the thousands); at width 32 that makes every score almost 0. Those weights are brought
+    to 1/sqrt(fan_in); width-aware inits keep their scale (T5 folds 1/sqrt(d) into its query
+    init)."""
+    with torch.no_grad():
+        for weight, fan_in, _ in _projections(model):
             spread = float(weight.std())
             if 0 < spread * fan_in**0.5 < TINY_INIT:
                 weight.mul_(1 / (spread * fan_in**0.5))
+
+
+def sharpen_attention(model: torch.nn.Module, gain: float) -> int:
+    """Multiply every query/key projection (and nn.MultiheadAttention's fused input projection)
+    by ``gain``, so that the random model's attention is not near-uniform by construction.
+    Returns how many query/key projections were sharpened."""
+    count = 0
+    with torch.no_grad():
+        for weight, _, query_key in _projections(model):
             if query_key:
                 weight.mul_(gain)
                 count += 1
     return count
+
+
+def _projections(model: torch.nn.Module) -> Iterator[tuple[torch.Tensor, int, bool]]:
+    """(weight, fan_in, is a query/key projection) of every linear projection."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.MultiheadAttention) and module.in_proj_weight is not None:
+            yield module.in_proj_weight, module.in_proj_weight.shape[1], True
+        elif isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            # Linear stores (out, in); GPT-2's Conv1D stores (in, out).
+            fan_in = module.weight.shape[0 if type(module).__name__ == "Conv1D" else 1]
+            yield module.weight, fan_in, name.rpartition(".")[2] in QK_PROJECTIONS
 
 
 def padded_ids(arch: Arch, side: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

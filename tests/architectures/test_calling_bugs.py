@@ -175,21 +175,23 @@ def _padded_input(folder: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    reason="not caught: the library pads the short 2-D mask with 0, so the new token cannot attend "
-    "to itself; the call is self-consistent (a check for 'every sequence masks its newest key' "
-    "would catch it)",
-    strict=False,
-    raises=AssertionError,
-)
-def test_mask_not_extended_during_manual_generation() -> None:
+@pytest.mark.parametrize("new_tokens", [1, 4], ids=["decode", "chunk"])
+def test_mask_not_extended_during_manual_generation(new_tokens: int) -> None:
+    """A hand-written generation loop that passes the prefill's 2-D attention_mask again
+    instead of appending ones: the library pads the short mask with 0, so the new tokens'
+    own positions are hidden in every sequence."""
     model = build(LLAMA, "sdpa")
     ids, mask = _inputs(LLAMA, "left")
-    cache = _prefill(model, ids, mask)
-    new = torch.randint(3, 100, (2, 1), generator=torch.Generator().manual_seed(1))
-    calls = _record(model, input_ids=new, attention_mask=mask, **cache)
+    new = torch.randint(3, 100, (2, new_tokens), generator=torch.Generator().manual_seed(1))
+    extended = torch.cat([mask, torch.ones_like(new)], dim=-1)
+    correct = _record(model, input_ids=new, attention_mask=extended, **_prefill(model, ids, mask))
+    assert not _loud(attndbg.diagnose(correct))
+    calls = _record(model, input_ids=new, attention_mask=mask, **_prefill(model, ids, mask))
     assert calls[0].mask is not None and not bool(calls[0].mask[..., -1].any())  # the bug is there
-    assert _loud(attndbg.diagnose(calls))
+    found = _loud(attndbg.diagnose(calls))
+    assert set(found) == {"MSK008"}, found
+    evidence = found["MSK008"][0].evidence
+    assert evidence["hidden_keys"] == list(range(12, 12 + new_tokens)) and evidence["samples"] == 2
 
 
 def test_own_4d_mask_ignores_the_cache_offset() -> None:

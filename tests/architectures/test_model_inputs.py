@@ -13,7 +13,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 import torch  # noqa: E402
-from arch_sweep import attention_modules, build, known_false_alarms  # noqa: E402
+from arch_sweep import attention_modules, build  # noqa: E402
 from arch_zoo import BY_NAME, ZOO  # noqa: E402
 from conftest import run_cli  # noqa: E402
 
@@ -58,9 +58,8 @@ def test_default_inputs_reach_every_attention_layer(tmp_path: Path, name: str) -
     )
     recorded = {c.module for c in calls}
     assert all(any(r == m or r.startswith(m + ".") for r in recorded) for m in expected), (expected, recorded)
-    known = known_false_alarms(BY_NAME[name], implementation, "default")
     loud = [f for f in attndbg.diagnose(calls).findings if f.severity is not Severity.INFO]
-    assert not [f.message for f in loud if f.code not in known]
+    assert not [f.message for f in loud]
 
 
 def test_pixel_size_comes_from_the_preprocessor_config(tmp_path: Path) -> None:
@@ -161,6 +160,5 @@ def test_cli_inspect_directories_with_default_inputs(tmp_path: Path) -> None:
     }
     for name, cases in by_source.items():
         assert cases, f"{name}: no attention call recorded"
-        known = known_false_alarms(BY_NAME[name], "sdpa", "default")
-        loud = [f for c in cases for f in c["findings"] if f["severity"] != "info" and f["code"] not in known]
+        loud = [f for c in cases for f in c["findings"] if f["severity"] != "info"]
         assert not loud, (name, loud)

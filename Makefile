@@ -60,11 +60,11 @@ lint: install
 # attndbg's inspection vs one SDPA forward at N = 4,096 / 16,384, min/median/max of 3 runs, the
 # cost of each stage and a profile of the statistics pass (a few minutes).
 bench: install
-	$(BIN)/python scripts/bench.py --sizes 4096,16384
+	$(BIN)/python scripts/bench.py --sizes 4096,16384 --stream
 
 # N = 65,536: one run of each, no warm-up (minutes on a laptop CPU); memory stays bounded.
 bench-large: install
-	$(BIN)/python scripts/bench.py --sizes 65536 --repeats 1 --no-stages --no-warmup
+	$(BIN)/python scripts/bench.py --sizes 65536,131072 --repeats 1 --no-stages --no-warmup
 
 # One run: a small GPT's training step with attndbg.watch(every=10) and (every=1) against none.
 bench-watch: install

@@ -25,3 +25,12 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+def loud_findings(report) -> dict[str, list]:  # noqa: ANN001 - an attndbg Report
+    """{code: findings} of a report's warnings and errors (what would fail a CI at warning)."""
+    found: dict[str, list] = {}
+    for finding in report.findings:
+        if finding.severity.value != "info":
+            found.setdefault(finding.code, []).append(finding)
+    return found

@@ -20,12 +20,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from arch_sweep import build, cache_argument, cache_of, padded_ids  # noqa: E402
 from arch_zoo import BY_NAME  # noqa: E402
+from conftest import loud_findings  # noqa: E402
 from transformers import AttentionInterface  # noqa: E402
 
 import attndbg  # noqa: E402
 from attndbg.recording.recorder import Calls  # noqa: E402
 from attndbg.recording.sources import compare_eager  # noqa: E402
-from attndbg.report import Report, Severity  # noqa: E402
+from attndbg.report import Severity  # noqa: E402
 
 LLAMA, BERT = BY_NAME["llama"], BY_NAME["bert"]
 
@@ -34,14 +35,6 @@ def _record(model: torch.nn.Module, **inputs) -> Calls:
     with torch.no_grad(), attndbg.capture(model) as calls:
         model(**inputs)
     return calls
-
-
-def _loud(report: Report) -> dict[str, list]:
-    found: dict[str, list] = {}
-    for finding in report.findings:
-        if finding.severity is not Severity.INFO:
-            found.setdefault(finding.code, []).append(finding)
-    return found
 
 
 def _inputs(arch, side: str) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
@@ -84,8 +77,8 @@ def test_inverted_attention_mask() -> None:
     attended and the text is masked."""
     model = build(BERT, "sdpa")
     ids, mask = _inputs(BERT, "right")
-    assert not _loud(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=mask)))
-    found = _loud(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=1 - mask)))
+    assert not loud_findings(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=mask)))
+    found = loud_findings(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=1 - mask)))
     assert "MSK004" in found, found
     # with 1 = pad the longest sequence (no padding) has nothing left to attend to
     assert found["MSK001"][0].evidence["first"][0] == [0, 0]
@@ -98,8 +91,8 @@ def test_float_01_mask_is_added() -> None:
     ids, mask = _inputs(LLAMA, "right")
     causal = torch.ones(12, 12).tril()[None, None]
     keep = causal.bool() & mask[:, None, None, :].bool()
-    assert not _loud(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=keep)))
-    found = _loud(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=keep.float())))
+    assert not loud_findings(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=keep)))
+    found = loud_findings(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=keep.float())))
     assert "MSK003" in found and found["MSK003"][0].severity is Severity.ERROR, found
     assert "only 0s and 1s" in found["MSK003"][0].message
 
@@ -108,10 +101,10 @@ def test_scale_removed() -> None:
     """``attention.scaling = 1.0`` (a port that drops 1/sqrt(d)): logits spread √d too wide."""
     model = build(LLAMA, "sdpa")
     ids, mask = _inputs(LLAMA, "right")
-    assert not _loud(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=mask)))
+    assert not loud_findings(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=mask)))
     for layer in model.layers:
         layer.self_attn.scaling = 1.0
-    found = _loud(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=mask)))
+    found = loud_findings(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=mask)))
     assert "SCL001" in found, found
     evidence = found["SCL001"][0].evidence
     assert evidence["scale"] == 1.0 and evidence["head_dim"] == 8
@@ -125,7 +118,7 @@ def test_substituted_kernel_that_inverts_the_mask() -> None:
     model = build(LLAMA, "sdpa")
     ids, mask = _inputs(LLAMA, "left")
     with substituted_sdpa(inverting):
-        found = _loud(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=mask)))
+        found = loud_findings(attndbg.diagnose(_record(model, input_ids=ids, attention_mask=mask)))
     assert "MSK004" in found and found["MSK004"][0].severity is Severity.ERROR, found
 
 
@@ -142,9 +135,9 @@ def test_substituted_kernel_that_uses_is_causal_instead_of_the_mask() -> None:
 
     model = build(LLAMA, "sdpa")
     ids, mask = _inputs(LLAMA, "right")
-    assert not _loud(attndbg.diagnose(_chunked(model, ids, mask)))
+    assert not loud_findings(attndbg.diagnose(_chunked(model, ids, mask)))
     with substituted_sdpa(causal_only):
-        found = _loud(attndbg.diagnose(_chunked(model, ids, mask)))
+        found = loud_findings(attndbg.diagnose(_chunked(model, ids, mask)))
     assert "MSK006" in found, found
     assert "q_len 4 != k_len 12" in found["MSK006"][0].message
 
@@ -185,10 +178,10 @@ def test_mask_not_extended_during_manual_generation(new_tokens: int) -> None:
     new = torch.randint(3, 100, (2, new_tokens), generator=torch.Generator().manual_seed(1))
     extended = torch.cat([mask, torch.ones_like(new)], dim=-1)
     correct = _record(model, input_ids=new, attention_mask=extended, **_prefill(model, ids, mask))
-    assert not _loud(attndbg.diagnose(correct))
+    assert not loud_findings(attndbg.diagnose(correct))
     calls = _record(model, input_ids=new, attention_mask=mask, **_prefill(model, ids, mask))
     assert calls[0].mask is not None and not bool(calls[0].mask[..., -1].any())  # the bug is there
-    found = _loud(attndbg.diagnose(calls))
+    found = loud_findings(attndbg.diagnose(calls))
     assert set(found) == {"MSK008"}, found
     evidence = found["MSK008"][0].evidence
     assert evidence["hidden_keys"] == list(range(12, 12 + new_tokens)) and evidence["samples"] == 2
@@ -202,9 +195,13 @@ def test_own_4d_mask_ignores_the_cache_offset() -> None:
     padding = mask[:, None, None, :].bool()
     cache = _prefill(model, ids[:, :8], mask[:, :8])
     aligned = torch.ones(4, 12, dtype=torch.bool).tril(8)[None, None] & padding
-    assert not _loud(attndbg.diagnose(_record(model, input_ids=ids[:, 8:], attention_mask=aligned, **cache)))
+    assert not loud_findings(
+        attndbg.diagnose(_record(model, input_ids=ids[:, 8:], attention_mask=aligned, **cache))
+    )
     cache = _prefill(model, ids[:, :8], mask[:, :8])
     upper_left = torch.ones(4, 12, dtype=torch.bool).tril()[None, None] & padding
-    found = _loud(attndbg.diagnose(_record(model, input_ids=ids[:, 8:], attention_mask=upper_left, **cache)))
+    found = loud_findings(
+        attndbg.diagnose(_record(model, input_ids=ids[:, 8:], attention_mask=upper_left, **cache))
+    )
     assert "MSK006" in found, found
     assert "upper left" in found["MSK006"][0].message

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import loud_findings as loud
 
 import attndbg
 from attndbg.report import Report, Severity
@@ -44,14 +45,6 @@ def diagnose_eager(q, k, v, bias: torch.Tensor) -> Report:  # noqa: ANN001
     scores = q @ k.transpose(-1, -2) * D**-0.5 + bias
     out = torch.softmax(scores, dim=-1) @ v
     return attndbg.diagnose(q, k, v, mask=bias, out=out)
-
-
-def loud(report: Report) -> dict[str, list]:
-    found: dict[str, list] = {}
-    for finding in report.findings:
-        if finding.severity is not Severity.INFO:
-            found.setdefault(finding.code, []).append(finding)
-    return found
 
 
 def finding(report: Report, code: str):  # noqa: ANN201

@@ -241,19 +241,12 @@ class CaseContext:
     def nonfinite(self, role: str) -> tuple[int, int, int]:
         """(NaN, +Inf, -Inf) counts of a stored tensor, computed once per case: the summary
         table, NUM001 and NUM002 all read them (a finite tensor costs one pass)."""
-        import torch
+
+        from attndbg.stats.scan import nonfinite_counts
 
         cache = self._nonfinite
         if role not in cache:
-            tensor = self.raw[role]
-            if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
-                cache[role] = (0, 0, 0)
-            else:
-                cache[role] = (
-                    int(torch.isnan(tensor).sum()),
-                    int(torch.isposinf(tensor).sum()),
-                    int(torch.isneginf(tensor).sum()),
-                )
+            cache[role] = nonfinite_counts(self.raw[role])
         return cache[role]
 
     def keep_mask(self, mask: torch.Tensor) -> torch.Tensor:

@@ -45,31 +45,14 @@ def summarize_tensor(
 ) -> TensorSummary:
     """Shape, dtype, range, mean, std and NaN/Inf counts; ``counts`` (NaN, +Inf, -Inf) when the
     caller already has them, so a finite tensor is not scanned again."""
+    from attndbg.stats.scan import finite_moments, nonfinite_counts
+
     values = tensor.detach()
-    if values.dtype == torch.bool:
-        values = values.to(torch.float32)
-    elif not values.is_floating_point():
-        values = values.to(torch.float64)
-    values = values.to(torch.float32) if values.dtype in (torch.float16, torch.bfloat16) else values
-    if counts is None:
-        finite_mask = torch.isfinite(values)
-        if bool(finite_mask.all()):
-            counts = (0, 0, 0)
-        else:
-            counts = (
-                int(torch.isnan(values).sum()),
-                int(torch.isposinf(values).sum()),
-                int(torch.isneginf(values).sum()),
-            )
-    nan, posinf, neginf = counts
-    finite = values if nan + posinf + neginf == 0 else values[torch.isfinite(values)]
-    low: float | None = None
-    high: float | None = None
-    average: float | None = None
-    spread: float | None = None
-    if finite.numel():
-        std, mean = torch.std_mean(finite) if finite.numel() > 1 else (torch.zeros(()), finite.mean())
-        low, high, average, spread = float(finite.min()), float(finite.max()), float(mean), float(std)
+    nan, posinf, neginf = counts if counts is not None else nonfinite_counts(values)
+    moments = finite_moments(values, finite=nan + posinf + neginf == 0)
+    low = high = average = spread = None
+    if moments is not None:
+        low, high, average, spread = moments.low, moments.high, moments.mean, moments.std
     return TensorSummary(
         role,
         key,

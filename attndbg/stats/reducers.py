@@ -71,8 +71,7 @@ class Logits(Reducer):
                 kt = chunk.batch.kt
                 assert kt is not None
                 k_mean = kt.mean(-1)  # (H, D): Σ_j S_ij / Lk = (q_i·scale)·k̄
-                centered = kt - k_mean[..., None]
-                k_cov = (centered @ centered.transpose(-1, -2) / kt.shape[-1]).double()
+                k_cov = _covariance(kt, k_mean)
                 self._moments = {chunk.batch.index: (k_mean, k_cov)}  # one sample's at a time
             return self._moments[chunk.batch.index]
 
@@ -99,6 +98,18 @@ class Logits(Reducer):
         deviation = torch.where(kept, scores - mean[..., None], zero)
         rows["logit_mean"][at] = mean
         rows["logit_std"][at] = ((deviation * deviation).sum(-1) / count.clamp_min(1)).sqrt()
+
+
+def _covariance(kt: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """(H, D, D) covariance of the keys' columns of ``kt`` (H, D, Lk), summed over blocks of
+    keys: no centred copy of K (a quarter of the inputs at long lengths)."""
+    heads, dim, keys = kt.shape
+    step = max(1, (1 << 20) // max(1, heads * dim))
+    total = torch.zeros(heads, dim, dim, dtype=torch.float64, device=kt.device)
+    for start in range(0, keys, step):
+        centered = kt[..., start : start + step] - mean[..., None]
+        total += (centered @ centered.transpose(-1, -2)).double()
+    return total / max(keys, 1)
 
 
 class ReferenceOutput(Reducer):

@@ -6,6 +6,7 @@ Nothing here imports torch, Rich or Typer.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -185,33 +186,38 @@ class Report:
     def codes(self) -> list[str]:
         return sorted({f.code for f in self.findings})
 
-    def to_dict(self, timings: bool = True) -> dict[str, Any]:
-        def convert(obj: Any) -> Any:
-            if isinstance(obj, Enum):
-                return obj.value
-            if dataclasses.is_dataclass(obj):
-                return {f.name: convert(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-            if isinstance(obj, dict):
-                return {str(k): convert(v) for k, v in obj.items()}
-            if isinstance(obj, (list, tuple)):
-                return [convert(v) for v in obj]
-            return obj
-
-        cases = []
-        for case in self.cases:
-            data = convert(case)
-            if not timings:
-                for stage in data["stages"]:
-                    stage["seconds"] = None
-            cases.append(data)
+    def to_dict(self, timings: bool = True, cases: bool = True) -> dict[str, Any]:
+        """The JSON document as plain data; ``cases=False`` leaves the cases list empty, for a
+        renderer that converts one case at a time (:meth:`case_dicts`)."""
         return {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "attndbg", "version": _version()},
             "inputs": list(self.inputs),
-            "cases": cases,
+            "cases": list(self.case_dicts(timings)) if cases else [],
             "summary": {**self.counts(), "cases": len(self.cases), "fail_on": self.fail_on},
             "exit_code": self.exit_code(),
         }
+
+    def case_dicts(self, timings: bool = True) -> Iterator[dict[str, Any]]:
+        """Each case as plain data, converted when asked for."""
+        for case in self.cases:
+            data = _plain(case)
+            if not timings:
+                for stage in data["stages"]:
+                    stage["seconds"] = None
+            yield data
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Enum):
+        return obj.value
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def _version() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from typing import Any
 
 from attndbg.report import Report
@@ -26,4 +27,15 @@ def to_json(value: Any) -> str:
 
 
 def render_json(report: Report, timings: bool = True) -> str:
-    return to_json(report.to_dict(timings=timings))
+    """The report's JSON document, each case converted and encoded in turn, so that a run over
+    thousands of cases never holds them all as plain data at once. The text is what
+    ``to_json(report.to_dict())`` gives."""
+    document = to_json(report.to_dict(timings=timings, cases=False))
+    empty = '\n  "cases": [],\n'
+    if not report.cases:
+        return document
+    cases = ",\n".join(
+        textwrap.indent(to_json(case).rstrip("\n"), "    ") for case in report.case_dicts(timings)
+    )
+    before, _, after = document.partition(empty)
+    return f'{before}\n  "cases": [\n{cases}\n  ],\n{after}'

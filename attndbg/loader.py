@@ -199,7 +199,7 @@ def load_case(plan: CasePlan, handle: Any = None) -> Case:
 
 # A handle maps its file: pages it has read stay resident until it closes, so a handle is
 # reopened after this many bytes, to keep memory flat over a large file.
-REOPEN_AFTER_BYTES = 16 << 20
+REOPEN_AFTER_BYTES = 4 << 20
 
 
 def read_cases(plans: Iterable[CasePlan]) -> Iterator[tuple[CasePlan, Case]]:

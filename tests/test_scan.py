@@ -51,8 +51,8 @@ def test_counts_and_moments_match_one_pass(name: str, monkeypatch: pytest.Monkey
     assert moments is not None and moments.count == finite.numel()
     std, mean = torch.std_mean(finite)
     assert moments.low == float(finite.min()) and moments.high == float(finite.max())
-    assert moments.mean == pytest.approx(float(mean), rel=1e-9, abs=1e-12)
-    assert moments.std == pytest.approx(float(std), rel=1e-9)
+    assert moments.mean == pytest.approx(float(mean), rel=1e-6, abs=1e-9)  # float32 pieces
+    assert moments.std == pytest.approx(float(std), rel=1e-6)
 
 
 def test_a_tensor_without_finite_values_has_no_moments() -> None:

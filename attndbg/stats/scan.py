@@ -50,26 +50,33 @@ def nonfinite_counts(tensor: torch.Tensor) -> tuple[int, int, int]:
 
 @dataclass
 class Moments:
-    """Range, mean and (unbiased) standard deviation of a tensor's finite values."""
+    """Range, mean and (unbiased) standard deviation of a tensor's finite values, merged piece
+    by piece (Chan et al.'s pairwise update: no cancellation between pieces)."""
 
     count: int = 0
     low: float = math.inf
     high: float = -math.inf
-    total: float = 0.0
-    squares: float = 0.0  # Σ (x − shift)², shifted by the first piece's mean for precision
-    shift: float | None = None
+    mean: float = 0.0
+    squares: float = 0.0  # Σ (x − mean)²
 
-    @property
-    def mean(self) -> float:
-        assert self.shift is not None
-        return self.shift + self.total / self.count
+    def add(self, values: torch.Tensor) -> None:
+        n = values.numel()
+        if n > 1:
+            std, mean = torch.std_mean(values)
+            piece_mean, piece_squares = float(mean), float(std) ** 2 * (n - 1)
+        else:
+            piece_mean, piece_squares = float(values.reshape(-1)[0]), 0.0
+        total = self.count + n
+        delta = piece_mean - self.mean
+        self.mean += delta * n / total
+        self.squares += piece_squares + delta * delta * self.count * n / total
+        self.count = total
+        self.low = min(self.low, float(values.amin()))
+        self.high = max(self.high, float(values.amax()))
 
     @property
     def std(self) -> float:
-        if self.count < 2:
-            return 0.0
-        variance = (self.squares - self.total * self.total / self.count) / (self.count - 1)
-        return math.sqrt(max(variance, 0.0))
+        return math.sqrt(max(self.squares, 0.0) / (self.count - 1)) if self.count > 1 else 0.0
 
 
 def finite_moments(tensor: torch.Tensor, finite: bool) -> Moments | None:
@@ -83,14 +90,6 @@ def finite_moments(tensor: torch.Tensor, finite: bool) -> Moments | None:
             values = part.to(torch.float32 if part.is_floating_point() else torch.float64)
         if not finite:
             values = values[torch.isfinite(values)]
-        if not values.numel():
-            continue
-        if moments.shift is None:
-            moments.shift = float(values.mean(dtype=torch.float64))
-        centred = values.to(torch.float64) - moments.shift
-        moments.count += values.numel()
-        moments.low = min(moments.low, float(values.min()))
-        moments.high = max(moments.high, float(values.max()))
-        moments.total += float(centred.sum())
-        moments.squares += float((centred * centred).sum())
+        if values.numel():
+            moments.add(values)
     return moments if moments.count else None

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 TEMPORARIES_PER_ELEMENT = 4
 CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 scores per chunk: stays in cache with its exp
 _MIN_ROWS = 128  # rows per product while it stays small: fewer make the matmul slower
-PRODUCT_ELEMENTS = 1 << 23  # 32 MiB of float32 scores: long keys get fewer rows, not more memory
+PRODUCT_ELEMENTS = 1 << 22  # 16 MiB of float32 scores: long keys get fewer rows, not more memory
 _FEWEST_ROWS = 16
 
 

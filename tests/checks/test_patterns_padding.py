@@ -10,7 +10,10 @@ same pattern on real rows.
 
 from __future__ import annotations
 
+import io
+
 import torch
+from rich.console import Console
 
 import attndbg
 from attndbg.case import Case
@@ -78,6 +81,10 @@ def test_the_same_pattern_on_real_rows_is_reported() -> None:
     sinks = [f for f in report.findings if f.code == "PAT004"]
     assert sinks and sinks[0].evidence["heads"] == list(range(HEADS)), codes(report)
     assert all(h.padding_rows == PADDING_ROWS and h.sink_mass > 0.9 for h in report.cases[0].heads)
+    # the terminal's head table, shown with the finding, says how many rows it left out
+    console = Console(width=100, file=io.StringIO(), record=True)
+    console.print(report)
+    assert f"{PADDING_ROWS} padding query rows left out" in console.export_text()
 
 
 def test_padding_query_rows_hidden_by_a_4d_mask_are_counted_as_left_out() -> None:

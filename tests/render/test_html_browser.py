@@ -275,6 +275,8 @@ def test_minilm_report_in_chromium(browser: object, tmp_path: Path) -> None:
     for key in ["ArrowDown"] * 3 + ["ArrowRight"] * 5 + ["Enter"]:
         page.keyboard.press(key)
     opened.view(3, 5, 0)
+    padding = data["cases"][3]["heads"][5]["padding_rows"]  # three sentences padded to one length
+    assert padding > 0 and f"({padding} padding query rows left out)" in page.inner_text("#detail-stats")
 
     tensors = load_file(str(capture))
     name = "encoder.layer.3.attention.self"

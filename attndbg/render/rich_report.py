@@ -140,7 +140,7 @@ def head_table(case: CaseReport) -> Table:
         )
     left_out = max((h.padding_rows for h in case.heads), default=0)
     if left_out:
-        table.caption = f"{left_out} padding query rows left out (their outputs are discarded)"
+        table.caption = f"{left_out} padding query rows left out (their own key is masked for every query)"
         table.caption_justify = "left"
         table.caption_style = "dim"
     return table

@@ -24,8 +24,8 @@ POSITIONAL = 0.9  # weight on the token itself, its neighbours and the first tok
 # Head statistics skip padding queries: a padded batch discards their outputs, and all its pad
 # tokens attend alike, so they would make any head look like a sink or a collapsed head.
 REAL_ROWS = (
-    " Query rows at padding positions of a padded batch (their own key masked for every query) "
-    "are left out: their outputs are discarded."
+    " In self-attention (q_len = k_len) the query rows at padding positions of a padded batch "
+    "(their own key masked for every query) are left out: their outputs are discarded."
 )
 
 

@@ -34,16 +34,17 @@ def head_summary(
     the query rows that ``padding`` ((B or 1, Lq) bool, see
     :func:`attndbg.attention.padding_queries`) marks: a padded batch discards their outputs,
     and their weights are whatever the padding token's query or the mask's fill makes them.
-    A sample whose every query row would be padding keeps them all.
+    Read only when q_len == k_len (self-attention over the whole sequence); otherwise every
+    row counts.
     """
     n = stats.n_kept
     B, H, Lq = n.shape
     real = torch.ones(B, 1, Lq, dtype=torch.bool)
-    if padding is not None and padding.shape[0] in (1, B) and padding.shape[-1] == Lq:
+    # Only where query i's own key is key i: in a cached step, a chunk or cross-attention a
+    # hidden key says nothing sure about a query (a decode step whose mask was not extended
+    # hides every new token's own key, MSK008; grouped heads may be packed on the query axis).
+    if padding is not None and stats.n_keys == Lq and padding.shape[0] in (1, B) and padding.shape[-1] == Lq:
         real = ~padding.cpu().reshape(-1, 1, Lq).expand(B, 1, Lq)
-        # A sample with no real query is not a padded one: its mask hides the queries' own
-        # keys for another reason (the new tokens of a cached step, MSK008), so its rows count.
-        real = real | ~real.any(-1, keepdim=True)
     informative = (n >= 4) & real
     log_n = torch.log(n.clamp_min(2))
     ratio = torch.where(n > 1, stats.entropy / log_n, torch.ones_like(n))

@@ -104,3 +104,17 @@ def test_an_unpadded_batch_leaves_out_nothing() -> None:
     for mask in (None, torch.ones(2, 1, 1, TOTAL, dtype=torch.bool)):
         heads = attndbg.diagnose(q, k, v, mask=mask).cases[0].heads
         assert all(h.padding_rows == 0 and h.rows == 2 * TOTAL for h in heads)
+
+
+def test_a_cached_step_whose_new_keys_are_hidden_keeps_every_row() -> None:
+    """A chunk of 2 new tokens whose mask was not extended (MSK008): their own keys are hidden
+    from every query, which is the bug, not padding. Off the square (q_len < k_len) a hidden
+    key says nothing sure about a query, so every row counts."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, HEADS, 2, D, generator=g)
+    k, v = (torch.randn(2, HEADS, TOTAL, D, generator=g) for _ in range(2))
+    mask = torch.ones(2, 1, 1, TOTAL, dtype=torch.bool)
+    mask[..., -2:] = False
+    report = attndbg.diagnose(q, k, v, mask=mask)
+    assert "MSK008" in codes(report)
+    assert all(h.padding_rows == 0 and h.rows == 2 * 2 for h in report.cases[0].heads)

@@ -325,10 +325,14 @@ class CaseContext:
 
     @cached_property
     def heads(self) -> list[HeadStats]:
-        """Per-head statistics over the batch; the report's table and the PAT checks read this."""
+        """Per-head statistics over the batch, padding query rows left out; the report's table
+        and the PAT checks read this."""
+        from attndbg.attention import padding_queries
         from attndbg.stats import heads_over_batch
 
-        return heads_over_batch(self.stats)
+        keep = None if self.mask4d is None else self.keep_mask(self.mask4d)
+        padding = padding_queries(keep, self.sizes["Lq"], self.sizes["Lk"])
+        return heads_over_batch(self.stats, padding)
 
     def describe_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {}

@@ -49,7 +49,7 @@ def head_weights(ctx: CaseContext, batch: int, head: int, rows: slice) -> tuple[
             if bias is None
             else (bias <= MASKED_BIAS).expand_as(weights)
         )
-        return torch.nan_to_num(weights), masked
+        return weights, masked  # NaN and ±inf stay: the renderers draw them as broken cells
     if ctx.has_qkv:
         assert ctx.q is not None and ctx.k is not None
         q = ctx.q[min(batch, ctx.q.shape[0] - 1), head, rows] * ctx.scale
@@ -69,6 +69,8 @@ def head_weights(ctx: CaseContext, batch: int, head: int, rows: slice) -> tuple[
 def build_heatmap(
     ctx: CaseContext, batch: int = 0, head: int = 0, max_rows: int = 32, max_cols: int = 64
 ) -> Heatmap:
+    """One head's map, max-pooled: a cell is NaN when any weight it pools is NaN (``amax``
+    propagates NaN), so a broken row stays visible however far the map is pooled."""
     lq, lk = ctx.sizes["Lq"], ctx.sizes["Lk"]
     row_step = max(1, math.ceil(lq / max_rows))
     col_step = max(1, math.ceil(lk / max_cols))
@@ -129,7 +131,8 @@ def difference(a: CaseContext, b: CaseContext, head: int = 0, batch: int = 0, to
         wb, _ = head_weights(b, batch, head, rows)
         delta = (wa - wb).flatten()
         k = min(top, delta.numel())
-        values, index = delta.abs().topk(k)
+        # a NaN on one side (or both) is the largest difference there is
+        values, index = delta.abs().nan_to_num(nan=math.inf).topk(k)
         for value, flat in zip(values.tolist(), index.tolist()):
             i, j = divmod(flat, lk)
             entries.append(

@@ -30,7 +30,7 @@ class Heatmap:
     case: str
     batch: int
     head: int
-    weights: list[list[float]]  # pooled (rows, cols), max over each block
+    weights: list[list[float]]  # pooled (rows, cols), max over each block (NaN if any is NaN)
     masked: list[list[bool]]  # every key of the block is masked
     row_step: int  # query rows per cell
     col_step: int  # keys per cell
@@ -110,7 +110,8 @@ class TensorSummary:
 @dataclass
 class HeadStats:
     """Statistics of one head's attention, averaged over its informative rows (≥ 4 attended
-    keys) and the batch, from the chunked pass; the PAT checks and the report's table read it."""
+    keys, not at a padding position) and the batch, from the chunked pass; the PAT checks and
+    the report's table read it."""
 
     head: int
     entropy: float
@@ -125,6 +126,7 @@ class HeadStats:
     logit_std: float
     next_mass: float = 0.0
     rows: int = 0  # informative rows that the means are over; 0 = no statistic for this head
+    padding_rows: int = 0  # (batch, query) rows at padding positions, left out of the means
 
     @property
     def positional_mass(self) -> float:

@@ -119,3 +119,26 @@ def test_real_output_saved_next_to_inputs_passes(minilm_capture) -> None:
     ref = F.scaled_dot_product_attention(call.q, call.k, call.v, attn_mask=call.mask)
     report = attndbg.diagnose(call.q, call.k, call.v, mask=call.mask, out=ref)
     assert report.exit_code() == 0
+
+
+@pytest.mark.parametrize("layer", range(6))
+def test_padded_batch_head_statistics_are_those_of_the_sentences_alone(minilm_capture, layer: int) -> None:
+    """The padded batch's per-head statistics (and so its PAT findings) read only real query
+    rows: they equal the statistics of each sentence diagnosed alone, without any padding,
+    pooled over the sentences' rows. The padding rows are counted, not averaged."""
+    from attndbg.stats.heads import _HEAD_MEANS
+
+    call = minilm_capture[1][layer]
+    padded = attndbg.diagnose(call.q, call.k, call.v, mask=call.mask, select="PAT")
+    total = call.q.shape[2]
+    lengths = call.mask.reshape(call.mask.shape[0], -1, total).any(1).sum(-1).tolist()
+    assert min(lengths) < total  # the batch is padded
+    sentence = [[t[b : b + 1, :, :n] for t in (call.q, call.k, call.v)] for b, n in enumerate(lengths)]
+    alone = [attndbg.diagnose(*qkv, select="PAT") for qkv in sentence]
+    for head, got in enumerate(padded.cases[0].heads):
+        parts = [report.cases[0].heads[head] for report in alone]
+        assert got.rows == sum(p.rows for p in parts) == sum(lengths)
+        assert got.padding_rows == sum(total - n for n in lengths)
+        for name in _HEAD_MEANS:
+            want = sum(getattr(p, name) * p.rows for p in parts) / got.rows
+            assert getattr(got, name) == pytest.approx(want, abs=2e-4), (head, name)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from attndbg.attention import MASKED_BIAS
+from attndbg.attention import MASKED_BIAS, padding_queries
 from attndbg.hypotheses import evidence, explained, explained_as, verdicts, weights_explained_by
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
@@ -70,66 +70,6 @@ def weak_fill(ctx: CaseContext) -> dict[str, Any] | None:
     }
 
 
-def own_key_offset(keep: torch.Tensor, lq: int, lk: int) -> int:
-    """Where query i's own position sits on the key axis of a self-attention mask: key i + offset.
-
-    Bottom-right (lk - lq), as self-attention, KV caches and chunked prefill have it, unless
-    the mask rules that out and names one other offset: every query that attends to anything
-    attends to its own position (causal, bidirectional, banded and block-local masks alike).
-    Blocked local attention (LongT5: each block of queries against the keys of its own and
-    the neighbouring blocks) puts it at block + i. Undecided masks keep bottom-right."""
-    import torch
-
-    bottom_right = lk - lq
-    if tuple(keep.shape[-2:]) != (lq, lk):
-        return bottom_right  # broadcast over queries (or keys): nothing to read an offset from
-    rows = keep.reshape(-1, lq, lk)
-    live = rows.any(-1)
-
-    def own_keys_kept(offset: int) -> bool:
-        own = torch.diagonal(rows, offset=offset, dim1=-2, dim2=-1)
-        return bool((own | ~live).all())
-
-    if not bool(live.any()) or own_keys_kept(bottom_right):
-        return bottom_right
-    found = None
-    for offset in range(bottom_right):
-        if own_keys_kept(offset):
-            if found is not None:
-                return bottom_right  # two candidates: not decided by this mask
-            found = offset
-    return bottom_right if found is None else found
-
-
-def padding_queries(ctx: CaseContext) -> torch.Tensor | None:
-    """(B or 1, Lq) bool: query rows that sit at a padding position — their own key is masked
-    for every query of the sample, while the sample has at least one attended key. Such rows
-    are fully masked by construction in a padded batch and their outputs are discarded.
-
-    In a blocked layout (batch·blocks on the batch axis, see :func:`own_key_offset`) a block
-    that lies wholly in a sample's padding has no attended key at all; it counts as padding
-    when the block before it ends in padding queries: right padding running on through
-    consecutive blocks of one sample, as encoders pad. Not backwards: an inverted mask leaves
-    the shorter samples a leading run of hidden queries and the longest sample nothing at all,
-    and that empty sample must stay a finding."""
-    keep = keep_matrix(ctx)
-    sizes = ctx.sizes
-    lq, lk = sizes["Lq"], sizes["Lk"]
-    if keep is None or lk < lq:
-        return None
-    offset = own_key_offset(keep, lq, lk)
-    pad_key = ~keep.any(dim=1).any(dim=1)  # (B or 1, Lk): no query of the sample attends it
-    sample_live = keep.reshape(keep.shape[0], -1).any(-1, keepdim=True)
-    padding = pad_key[:, offset : offset + lq] & sample_live
-    if offset == lk - lq:
-        return padding
-    empty = ~sample_live[:, 0]  # blocks with no attended key at all
-    for block in range(1, len(empty)):  # right padding runs on into the next block
-        if empty[block] and bool(padding[block - 1, -1]):
-            padding[block] = True
-    return padding
-
-
 def consequence(kind: str) -> dict[str, str]:
     """What each backend makes of a fully masked row with this fill."""
     if kind == "-inf":
@@ -174,7 +114,7 @@ weights = weights.masked_fill(~keep, 0.0)                    # defined zeros, Na
             return
         total = full.shape[0] * full.shape[2]
         rows = full.any(dim=1)
-        padding = padding_queries(ctx)
+        padding = padding_queries(keep_matrix(ctx), ctx.sizes["Lq"], ctx.sizes["Lk"])
         expected = rows & padding.expand_as(rows) if padding is not None else rows & False
         unexpected = rows & ~expected
         first = [[b, i] for b, i in (unexpected if unexpected.any() else rows).nonzero()[:5].tolist()]
@@ -609,7 +549,7 @@ def mixed_fill(ctx: CaseContext, named: list[str], base: dict[str, Any]) -> Hit:
     anything; they differ only in a fully masked row, so the mix matters only where such a
     row sits at a real token (a padding query's output is discarded)."""
     full = ctx.stats.fully_masked.any(dim=1)  # (B, Lq)
-    padding = padding_queries(ctx)
+    padding = padding_queries(keep_matrix(ctx), ctx.sizes["Lq"], ctx.sizes["Lk"])
     at_real = full & ~padding.expand_as(full) if padding is not None else full
     fills = ", ".join(named)
     evidence = {

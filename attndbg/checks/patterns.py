@@ -1,5 +1,6 @@
 """Stage 6 — patterns: per-head shape of attention. Warnings and infos only, never errors:
-healthy trained models have sinks and sharp heads."""
+healthy trained models have sinks and sharp heads. The checks read ``ctx.heads``, whose means
+leave out the query rows at padding positions of a padded batch."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ SINK_MASS = 0.3  # mean weight on the first key (attention-sink literature)
 DUPLICATE_COSINE = 0.995
 MIN_KEYS = 8  # patterns mean little over fewer keys
 POSITIONAL = 0.9  # weight on the token itself, its neighbours and the first token
+# Head statistics skip padding queries: a padded batch discards their outputs, and all its pad
+# tokens attend alike, so they would make any head look like a sink or a collapsed head.
+REAL_ROWS = (
+    " In self-attention (q_len = k_len) the query rows at padding positions of a padded batch "
+    "(their own key masked for every query) are left out: their outputs are discarded."
+)
 
 
 def _heads(ctx: CaseContext) -> list[HeadStats]:
@@ -43,7 +50,7 @@ class CollapsedHead(Check):
         "more than 0.95 on one key. That is fine for a deliberate positional head (previous "
         "token, the token itself) or a sink head (first token), so those are not reported; a "
         "head that collapses onto varying content keys is usually entropy collapse from large "
-        "logits (see SCL003), and its gradients are tiny."
+        "logits (see SCL003), and its gradients are tiny." + REAL_ROWS
     )
     fix = """
 # Bound the logits (QK-norm) or lower the learning rate of the attention projections:
@@ -85,7 +92,7 @@ class UniformHead(Check):
         f"A head is uniform when over {UNIFORM_SHARE:.0%} of its rows have entropy above 0.99 × "
         "log(n_keys): it averages its values regardless of content, as an untrained or "
         "scale-broken layer does (see SCL002/SCL004). Trained heads occasionally look like this "
-        "in the first layer, hence a warning."
+        "in the first layer, hence a warning." + REAL_ROWS
     )
     fix = """
 # Check that q and k carry signal and the scale is applied once:
@@ -121,7 +128,7 @@ class LayerEntropyCollapse(Check):
         f"When the mean normalised entropy of all heads falls below {LAYER_COLLAPSE} the whole "
         "layer has collapsed to near one-hot attention — the training instability described "
         "by Zhai et al. (2023), usually preceded by logit growth. Single sharp heads are "
-        "normal; a whole layer is not."
+        "normal; a whole layer is not." + REAL_ROWS
     )
     fix = """
 # sigma-reparam or QK-norm on the layer, and check the warm-up / learning rate:
@@ -159,7 +166,7 @@ class AttentionSink(Check):
         f"Trained transformers park attention on the first token when a head has nothing to "
         f"do (Xiao et al. 2023, 'attention sinks'). Reported when a head's mean weight on key 0 "
         f"exceeds {SINK_MASS}. Not a defect — but it matters for KV-cache eviction (keep the "
-        "first tokens) and when reading weights as explanations."
+        "first tokens) and when reading weights as explanations." + REAL_ROWS
     )
     fix = """
 # Streaming / cache eviction: always keep the first few tokens' K/V (StreamingLLM)

@@ -51,6 +51,14 @@ GLYPHS = " ░▒▓█"
 DIVERGING_GLYPHS = "=- +#"  # strongly negative … strongly positive
 MASKED = "·"
 _MASKED_STYLE = Style(color="grey35", bgcolor="grey7")
+# A weight that is not a number is a broken row, not "no attention": it gets a glyph of its own
+# on a colour that neither palette has, in every console mode, and wins over the masked dots
+# (a fully masked row softmaxed over -inf is both masked and NaN, and the NaN is the bug).
+NAN = "×"
+INFINITE = "∞"
+NAN_RGB = (255, 0, 255)  # magenta
+INFINITE_RGB = (255, 106, 0)  # orange
+NONFINITE_LABELS = {NAN: "NaN", INFINITE: "±inf"}
 
 
 def _render_mode(console: Console) -> str:
@@ -79,6 +87,35 @@ def _cell(t: float, width: int, diverging: bool, mode: str) -> Text:
     return Text(_glyph(t, diverging) * width, style=Style(color=colour) if mode == "coloured-glyphs" else "")
 
 
+def _nonfinite_glyph(value: float) -> str:
+    return NAN if math.isnan(value) else INFINITE
+
+
+def _nonfinite_rgb(glyph: str) -> tuple[int, int, int]:
+    return NAN_RGB if glyph == NAN else INFINITE_RGB
+
+
+def _unit_rgb(glyph: str) -> tuple[float, float, float]:
+    """The non-finite colour as matplotlib takes it (0…1 per channel)."""
+    r, g, b = _nonfinite_rgb(glyph)
+    return r / 255, g / 255, b / 255
+
+
+def _nonfinite_cell(glyph: str, width: int, mode: str) -> Text:
+    """A NaN or ±inf cell: its glyph, coloured (or on its colour) where the console has colours."""
+    rgb = _nonfinite_rgb(glyph)
+    colour = f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"
+    if mode == "background":
+        return Text(glyph * width, style=Style(color="black", bgcolor=colour, bold=True))
+    return Text(glyph * width, style=Style(color=colour, bold=True) if mode == "coloured-glyphs" else "")
+
+
+def finite_top(heatmaps: list[Heatmap]) -> float:
+    """The largest |weight| that is a number (1.0 when there is none): the colour scale's end."""
+    values = (abs(x) for h in heatmaps for row in h.weights for x in row if math.isfinite(x))
+    return max(values, default=0.0) or 1.0
+
+
 def _fit(label: str, width: int) -> str:
     """``label`` in at most ``width`` characters, ellipsised rather than silently cut."""
     if len(label) <= width:
@@ -101,7 +138,7 @@ class HeatmapView:
     def lines(self, mode: str) -> list[Text]:
         h, cell, diverging = self.h, self.cell, self.diverging
         rows, cols = h.shape
-        top = max((abs(x) for row in h.weights for x in row), default=0.0) or 1.0
+        top = finite_top([h])
         label_width = max((len(s) for s in h.row_labels), default=1)
         lines: list[Text] = []
         if self.title:
@@ -120,17 +157,29 @@ class HeatmapView:
             label = h.col_labels[j] if j < len(h.col_labels) and (j == 0 or width > 2) else ""
             axis.append(_fit(label, max(cell, width - 1)).ljust(width), style="dim")
         lines.append(axis)
+        broken: set[str] = set()
         for i in range(rows):
             label = h.row_labels[i] if i < len(h.row_labels) else ""
             line = Text()
             line.append(label.rjust(label_width) + " ", style="dim")
             for j in range(cols):
-                if h.masked[i][j] and not diverging:
+                weight = h.weights[i][j]
+                if not math.isfinite(weight):
+                    glyph = _nonfinite_glyph(weight)
+                    broken.add(glyph)
+                    line.append_text(_nonfinite_cell(glyph, cell, mode))
+                elif h.masked[i][j] and not diverging:
                     line.append(MASKED * cell, style=_MASKED_STYLE if mode != "glyphs" else "")
                 else:
-                    line.append_text(_cell(h.weights[i][j] / top, cell, diverging, mode))
+                    line.append_text(_cell(weight / top, cell, diverging, mode))
             lines.append(line)
-        lines.append(self.legend(top, label_width, mode))
+        legend = self.legend(top, label_width, mode)
+        for glyph in (NAN, INFINITE):  # only what the map holds
+            if glyph in broken:
+                legend.append("   " if legend.plain.strip() else "")
+                legend.append_text(_nonfinite_cell(glyph, self.cell, mode))
+                legend.append(f" {NONFINITE_LABELS[glyph]}", style="dim")
+        lines.append(legend)
         return lines
 
     def legend(self, top: float, label_width: int, mode: str) -> Text:
@@ -254,16 +303,27 @@ def png_figure(heatmaps: list[Heatmap], diverging: bool = False):  # noqa: ANN20
     rows = (n + columns - 1) // columns
     width, height = _panel_inches(*heatmaps[0].shape, alone=n == 1)
     fig, axes = plt.subplots(rows, columns, figsize=(width * columns + 0.8, height * rows), squeeze=False)
-    top = max(max((abs(x) for r in h.weights for x in r), default=0.0) for h in heatmaps) or 1.0
+    top = finite_top(heatmaps)
     cmap, vmin = ("RdBu_r", -top) if diverging else ("viridis", 0.0)
     image = None
+    present: set[str] = set()
     for index, h in enumerate(heatmaps):
         ax = axes[index // columns][index % columns]
         data = np.array(h.weights, dtype=float)
-        image = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=top, interpolation="nearest", aspect="auto")
+        # non-finite cells are left out of the colour map and painted in their own colours
+        image = ax.imshow(
+            np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=top, interpolation="nearest", aspect="auto"
+        )
+        nan, infinite = np.isnan(data), np.isinf(data)
+        if nan.any() or infinite.any():
+            overlay = np.zeros((*data.shape, 4))
+            overlay[nan] = (*_unit_rgb(NAN), 1.0)
+            overlay[infinite] = (*_unit_rgb(INFINITE), 1.0)
+            ax.imshow(overlay, interpolation="nearest", aspect="auto")
+            present.update(glyph for glyph, cells in ((NAN, nan), (INFINITE, infinite)) if cells.any())
         for i, row in enumerate(h.masked):
             for j, masked in enumerate(row):
-                if masked and not diverging:
+                if masked and not diverging and np.isfinite(data[i, j]):
                     ax.add_patch(
                         Rectangle(
                             (j - 0.5, i - 0.5),
@@ -279,15 +339,19 @@ def png_figure(heatmaps: list[Heatmap], diverging: bool = False):  # noqa: ANN20
         if n == 1 and data.shape[0] <= 16 and data.shape[1] <= 16:
             for i in range(data.shape[0]):
                 for j in range(data.shape[1]):
-                    if not h.masked[i][j]:
+                    value = data[i, j]
+                    if not np.isfinite(value):
+                        text = "NaN" if np.isnan(value) else f"{value:+}"
+                        ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black")
+                    elif not h.masked[i][j]:
                         ax.text(
                             j,
                             i,
-                            f"{data[i, j]:.2f}",
+                            f"{value:.2f}",
                             ha="center",
                             va="center",
                             fontsize=7,
-                            color="white" if data[i, j] < 0.6 * top else "black",
+                            color="white" if value < 0.6 * top else "black",
                         )
         step = f" ({h.row_step}×{h.col_step} per cell)" if h.row_step > 1 or h.col_step > 1 else ""
         ax.set_title(f"head {h.head}{step}", fontsize=9)
@@ -306,6 +370,19 @@ def png_figure(heatmaps: list[Heatmap], diverging: bool = False):  # noqa: ANN20
     fig.suptitle(f"{heatmaps[0].case} · batch {heatmaps[0].batch} · {heatmaps[0].source}", fontsize=10)
     fig.subplots_adjust(top=0.86, hspace=0.45, wspace=0.35)
     assert image is not None  # heatmaps is never empty
+    if present:
+        from matplotlib.patches import Patch
+
+        fig.legend(
+            handles=[
+                Patch(facecolor=_unit_rgb(glyph), label=NONFINITE_LABELS[glyph])
+                for glyph in (NAN, INFINITE)
+                if glyph in present
+            ],
+            loc="upper left",
+            fontsize=8,
+            frameon=False,
+        )
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="Δ weight" if diverging else "weight")
     return fig
 

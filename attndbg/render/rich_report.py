@@ -138,6 +138,11 @@ def head_table(case: CaseReport) -> Table:
             _num(h.max_logit),
             style=style,
         )
+    left_out = max((h.padding_rows for h in case.heads), default=0)
+    if left_out:
+        table.caption = f"{left_out} padding query rows left out (their own key is masked for every query)"
+        table.caption_justify = "left"
+        table.caption_style = "dim"
     return table
 
 

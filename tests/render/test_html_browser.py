@@ -275,6 +275,8 @@ def test_minilm_report_in_chromium(browser: object, tmp_path: Path) -> None:
     for key in ["ArrowDown"] * 3 + ["ArrowRight"] * 5 + ["Enter"]:
         page.keyboard.press(key)
     opened.view(3, 5, 0)
+    padding = data["cases"][3]["heads"][5]["padding_rows"]  # three sentences padded to one length
+    assert padding > 0 and f"({padding} padding query rows left out)" in page.inner_text("#detail-stats")
 
     tensors = load_file(str(capture))
     name = "encoder.layer.3.attention.self"
@@ -316,3 +318,33 @@ def test_pages_with_nothing_to_draw_load_cleanly(browser: object, tmp_path: Path
     assert "no head statistics" in opened_blocked.page.inner_text("#grid-wrap")
     assert "SHP001" in opened_blocked.page.inner_text("#findings")
     assert opened.problems == [] and opened_blocked.problems == []
+
+
+def test_nan_rows_are_drawn_as_broken_in_chromium(browser: object, tmp_path: Path) -> None:
+    """NUM002's NaN rows (a plain softmax over fully masked rows, saved as the weights): their
+    own colour, class and tooltip, and a legend entry only on the map that has them."""
+    from test_nonfinite import NAN_RGB, nan_rows_case
+
+    cases = [nan_rows_case("broken"), nan_rows_case("fixed", broken=False)]
+    path = tmp_path / "nan.html"
+    path.write_text(render_html(run_cases(cases, Options(), ["memory"]), [collect_maps(c) for c in cases]))
+    opened = Opened(browser, path)
+    page = opened.page
+
+    page.locator('button.cell[data-case="0"][data-head="1"]').click()
+    opened.view(0, 1, 0)
+    assert page.locator("#heatmap").get_attribute("data-nonfinite") == "nan"
+    assert page.locator("#map-legend .swatch.nan").count() == 1 and "NaN" in page.inner_text("#map-legend")
+    assert "weight NaN" in opened.hover(9, 3)
+    assert "nonfinite" in page.locator("#tooltip").get_attribute("class")
+    image = opened.canvas_image()
+    assert np.abs(opened.cell_pixels(image, 9, 3) - np.array(NAN_RGB)).max() < 8  # no hatch over it
+    assert "NaN" not in opened.hover(2, 3)
+    assert "nonfinite" not in (page.locator("#tooltip").get_attribute("class") or "")
+
+    page.locator('button.cell[data-case="1"][data-head="1"]').click()
+    opened.view(1, 1, 0)
+    assert page.locator("#heatmap").get_attribute("data-nonfinite") == ""
+    assert page.locator("#map-legend .swatch").count() == 0
+    assert opened.hover(9, 3).endswith("· masked")
+    assert opened.problems == []

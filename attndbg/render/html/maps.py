@@ -3,8 +3,9 @@ by the core (``attndbg.heatmap.build_heatmap``) to a size that keeps the file bo
 base64 so that a browser can decode them without a library.
 
 Weights travel as little-endian float16 (about 3 significant digits, enough for a tooltip and a
-log scale down to 1e-7), all maps of a case in one zlib stream (the browser inflates it with its
-own ``DecompressionStream``; MiniLM's maps shrink from 330 to about 210 KiB); masked cells as a
+log scale down to 1e-7; NaN and ±inf travel as they are, for the page to draw as broken cells),
+all maps of a case in one zlib stream (the browser inflates it with its own
+``DecompressionStream``; MiniLM's maps shrink from 330 to about 210 KiB); masked cells as a
 bitmap, stored once per batch row when every head shares it (masks broadcast over heads almost
 always).
 """

@@ -51,6 +51,9 @@
   function gradient() {
     return `linear-gradient(to right, ${PALETTES[state.palette].map((h) => "#" + h).join(", ")})`;
   }
+  // weights that are not numbers: colours neither palette has (the terminal and PNG use them too)
+  const NONFINITE = { nan: { colour: "#ff00ff", label: "NaN" }, inf: { colour: "#ff6a00", label: "±inf" } };
+  const nonfinite = (v) => (Number.isNaN(v) ? "nan" : Number.isFinite(v) ? null : "inf");
   function number(v) {
     if (typeof v !== "number") return String(v);
     if (!Number.isFinite(v)) return String(v);
@@ -304,8 +307,9 @@
     }
     const row = c.heads.find((x) => x.head === h);
     const stats = $("#detail-stats");
+    const leftOut = row && row.padding_rows ? ` (${row.padding_rows} padding query rows left out)` : "";
     stats.textContent = row
-      ? "averaged over the batch: " + STATS.filter((s) => typeof row[s.key] === "number").map((s) => `${s.label} ${number(row[s.key])}`).join(" · ") + " · "
+      ? `averaged over the batch${leftOut}: ` + STATS.filter((s) => typeof row[s.key] === "number").map((s) => `${s.label} ${number(row[s.key])}`).join(" · ") + " · "
       : "";
     stats.append(Object.assign(document.createElement("a"), { href: `#case-${ci}`, textContent: "settings and assumptions of this case" }));
     const box = $("#detail-findings");
@@ -371,15 +375,17 @@
       return v / top1;
     };
     const pattern = hatchPattern(ctx);
+    const broken = new Set();
     for (let i = 0; i < m.rows; i++) for (let j = 0; j < m.cols; j++) {
-      const k = i * m.cols + j, v = weights[k];
+      const k = i * m.cols + j, v = weights[k], kind = nonfinite(v);
       const x = left + j * cell, y = top + i * cell;
-      if (Number.isNaN(v)) ctx.fillStyle = "#000";
+      if (kind) { broken.add(kind); ctx.fillStyle = NONFINITE[kind].colour; }
       else if (masked[k] && !(v > 0)) ctx.fillStyle = "#e3e3e3";
       else ctx.fillStyle = colour(scaled(v, i));
       ctx.fillRect(x, y, cell, cell);
-      if (masked[k]) { ctx.fillStyle = pattern; ctx.fillRect(x, y, cell, cell); }
+      if (masked[k] && !kind) { ctx.fillStyle = pattern; ctx.fillRect(x, y, cell, cell); }
     }
+    canvas.dataset.nonfinite = [...broken].sort().join(" ");
     // labels: all of them when a cell is tall enough for the text, else every few
     ctx.fillStyle = "#333";
     ctx.font = font;
@@ -411,6 +417,11 @@
     const bar = Object.assign(document.createElement("span"), { className: "bar" });
     bar.style.background = gradient();
     legend.append(ends[0], bar, ends[1], Object.assign(document.createElement("span"), { className: "hatch" }), "masked");
+    for (const kind of ["nan", "inf"].filter((x) => broken.has(x))) {
+      const swatch = Object.assign(document.createElement("span"), { className: `swatch ${kind}` });
+      swatch.style.background = NONFINITE[kind].colour;
+      legend.append(swatch, NONFINITE[kind].label);
+    }
   }
   function cellText(i, j) {
     const m = MAPS[state.caseIndex];
@@ -422,13 +433,16 @@
       return `${plural} ${index * step}–${Math.min((index + 1) * step, total) - 1}`;
     };
     const pooled = m.row_step > 1 || m.col_step > 1;
-    const weight = Number.isNaN(v) ? "NaN" : number(v);
+    // float16 carries the maps: a finite weight beyond its range (65504) arrives as inf
+    const weight = Number.isNaN(v) ? "NaN" : Number.isFinite(v) ? number(v) : `${v > 0 ? "+" : "-"}inf (or beyond float16's range)`;
     return `${span(i, m.row_step, m.q_len, "query", "queries", labels.rows[i])} → ${span(j, m.col_step, m.k_len, "key", "keys", labels.cols[j])}` +
       ` · ${pooled ? "max weight" : "weight"} ${weight}` + (masked[k] ? " · masked" : "");
   }
   function showTooltip(i, j, x, y) {
     const tip = $("#tooltip");
     tip.textContent = cellText(i, j);
+    const { weights } = mapData(state.caseIndex, state.batch, state.head);
+    tip.classList.toggle("nonfinite", nonfinite(weights[i * MAPS[state.caseIndex].cols + j]) !== null);
     tip.hidden = false;
     const wrap = $("#canvas-wrap");
     const maxX = wrap.scrollLeft + wrap.clientWidth - tip.offsetWidth - 4;

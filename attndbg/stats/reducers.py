@@ -200,7 +200,8 @@ class MaskedMass(Reducer):
 class HeadGram(Reducer):
     """Σ p_h·p_g between heads over every ``stride``-th query row, for duplicate heads: the
     sampled rows' weights of every head group are kept until the row block is complete, so
-    the Gram matrix costs no second product."""
+    the Gram matrix costs no second product. Padding query rows are left out, as in the head
+    table."""
 
     family = Statistic.HEAD_GRAM
 
@@ -208,6 +209,19 @@ class HeadGram(Reducer):
         self.stride = max(1, self.acc.shape[2] // GRAM_ROWS)
         self._blocks: dict[tuple[int, int], torch.Tensor] = {}  # per row block: one thread each
         self._lock = threading.Lock()
+        self._real = self._real_rows()
+
+    def _real_rows(self) -> torch.Tensor | None:
+        """(B or 1, Lq) bool, False at padding query rows (as the head table leaves them out:
+        only where query i's own key is key i), or None when every row counts."""
+        from attndbg.attention import padding_queries
+
+        lq, lk = self.acc.shape[2], self.ctx.sizes["Lk"]
+        mask = self.ctx.mask4d
+        if lq != lk or mask is None:
+            return None
+        padding = padding_queries(self.ctx.keep_mask(mask), lq, lk)
+        return None if padding is None or not bool(padding.any()) else ~padding
 
     def _sampled(self, rows: slice) -> range:
         return range(rows.start + (-rows.start % self.stride), rows.stop, self.stride)
@@ -224,7 +238,11 @@ class HeadGram(Reducer):
         if sampled is not None and len(mine):
             local = slice(mine.start - chunk.rows.start, None, self.stride)
             at = block.index(mine.start)
-            sampled[chunk.heads, at : at + len(mine)] = torch.nan_to_num(weights[:, local], nan=0.0)
+            picked = torch.nan_to_num(weights[:, local], nan=0.0)
+            if self._real is not None:  # padding rows weigh nothing in the similarity
+                real = self._real[min(chunk.batch.index, self._real.shape[0] - 1), mine.start :: self.stride]
+                picked = picked * real[: len(mine)].to(picked.device, picked.dtype)[None, :, None]
+            sampled[chunk.heads, at : at + len(mine)] = picked
         if sampled is not None and chunk.heads.stop == heads and chunk.rows.stop == chunk.block.stop:
             flat = self._blocks.pop(key).reshape(heads, -1)
             gram = (flat @ flat.T).to(torch.float64)

@@ -118,3 +118,26 @@ def test_a_cached_step_whose_new_keys_are_hidden_keeps_every_row() -> None:
     report = attndbg.diagnose(q, k, v, mask=mask)
     assert "MSK008" in codes(report)
     assert all(h.padding_rows == 0 and h.rows == 2 * 2 for h in report.cases[0].heads)
+
+
+def test_duplicate_head_similarity_leaves_out_padding_rows() -> None:
+    """Every head's padding rows point at the first key alike: counted, they would make all
+    heads look like copies of one another (PAT005 reads this Gram matrix); the real rows differ."""
+    lengths, total = [6, 6], 64
+    padding = torch.arange(total)[None, :] >= torch.tensor(lengths)[:, None]
+    q, k, v = batch_with_sinks(lengths, total, padding)
+    mask = attention_mask(lengths, total)
+    gram = CaseContext(Case("c", "<memory>", {"q": q, "k": k, "v": v, "mask": mask})).stats.head_gram
+    bias = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(q @ k.transpose(-1, -2) * D**-0.5 + bias, dim=-1).double()
+    every_row = torch.einsum("bhqk,bgqk->bhg", weights, weights)
+    real = (~padding).double()[:, None, :, None]
+    real_rows = torch.einsum("bhqk,bgqk->bhg", weights * real, weights * real)
+
+    def least_cosine(g: torch.Tensor) -> float:
+        norms = torch.diagonal(g, dim1=-2, dim2=-1).sqrt()
+        return float((g / (norms[..., :, None] * norms[..., None, :])).amin())
+
+    assert least_cosine(every_row) > 0.95  # the padding rows alone make every pair "duplicate"
+    assert torch.allclose(gram, real_rows, rtol=1e-4, atol=1e-6)
+    assert least_cosine(gram) < 0.9

@@ -22,16 +22,9 @@ from functools import partial
 import torch
 
 from attndbg.attention import causal_keep
-from attndbg.gradcheck.sweep import (
-    SCENARIOS,
-    Diagnosis,
-    Implementation,
-    Result,
-    Scenario,
-    SweepReport,
-    call_with,
-    make_case,
-)
+from attndbg.gradcheck.implementation import Implementation
+from attndbg.gradcheck.scenarios import SCENARIOS, Scenario, make_case
+from attndbg.gradcheck.sweep import Diagnosis, Result, SweepReport, call_with
 from attndbg.report import Severity
 from attndbg.scales import describe_scale, fit_log_scale
 

@@ -24,7 +24,9 @@ class Scenario:
     lk: int = 8
     d: int = 16
     dv: int | None = None
-    mask: str = "none"  # none | bool-padding | additive-padding | fully-masked
+    # none | bool-padding | additive-padding | fully-masked (one query row) | fully-padded (every
+    # key of the last batch element: rows with nothing to attend for a key padding mask)
+    mask: str = "none"
     causal: bool = False
     scale: float | None = None  # passed only to implementations that take a scale
 
@@ -72,6 +74,9 @@ def make_case(s: Scenario, seed: int, device: str, align: str) -> dict[str, Any]
     elif s.mask == "fully-masked":
         keep = torch.ones(s.b, 1, s.lq, s.lk, dtype=torch.bool)
         keep[:, :, min(2, s.lq - 1)] = False
+    elif s.mask == "fully-padded":
+        keep = torch.ones(s.b, 1, s.lq, s.lk, dtype=torch.bool)
+        keep[-1] = False
     if s.causal and keep is not None:
         keep = keep & causal_keep(s.lq, s.lk, align)
     if s.mask == "additive-padding":

@@ -26,7 +26,12 @@ import torch
 from attndbg.attention import expand_kv_heads, reference_attention
 from attndbg.errors import first_line
 from attndbg.gradcheck.gradients import gradients
-from attndbg.gradcheck.implementation import Implementation, describe_convention, implementation_of
+from attndbg.gradcheck.implementation import (
+    Implementation,
+    describe_convention,
+    implementation_of,
+    resolve_layout,
+)
 from attndbg.gradcheck.implementation import load_implementation as load_implementation
 from attndbg.gradcheck.scenarios import CUSTOM_SCALE, LEVELS, Scenario, make_case
 from attndbg.report import FAIL_ON_RANK, Severity
@@ -155,6 +160,7 @@ def run_scenario(
     seed: int = 0,
 ) -> Result:
     dtype = DTYPES[dtype_name]
+    s = impl.adapt(s)
     why_not = impl.accepts(s)
     if why_not:
         return Result(s.name, dtype_name, "skipped", reasons=[why_not])
@@ -227,9 +233,9 @@ def mask_perturbation(impl: Implementation, device: str, align: str) -> tuple[st
     implementation that masks after the softmax, or with a weak fill, lets them through even
     when its outputs look close. (NaN there is not required to stay out: 0·NaN is NaN in every
     matmul, PyTorch's own kernels included.)"""
-    if impl.mask_parameter is None:
+    if not impl.takes_mask:
         return "skipped", "the implementation takes no mask"
-    s = Scenario("perturbation", mask="bool-padding")
+    s = impl.adapt(Scenario("perturbation", mask="bool-padding"))
     c = make_case(s, 1, device, align)
     fn = call_with(impl, s, c, False)
     try:
@@ -254,7 +260,7 @@ def working_precision(impl: Implementation, device: str) -> tuple[str, str]:
     .float() upcasts…) though handed float64: its central difference along a random direction
     with a step of 1e-9 then disagrees with the one with a step of 1e-4, where a float64
     function gives the same derivative at both steps."""
-    c = make_case(Scenario("precision", b=1, lq=6, lk=6), 3, device, "upper-left")
+    c = make_case(impl.adapt(Scenario("precision", b=1, lq=6, lk=6)), 3, device, "upper-left")
     q, k, v = (c[n].double() for n in "qkv")
     direction = torch.randn(q.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(
         device
@@ -286,7 +292,7 @@ def gradcheck_float64(impl: Implementation, device: str, precision: str = "float
     differences by float32 rounding, which is not a wrong backward."""
     if precision not in ("float64", "float32"):
         return "skipped", "not run: the function computes in low precision even from float64 inputs"
-    s = Scenario("gradcheck", b=1, h=1, lq=3, lk=4, d=4)
+    s = impl.adapt(Scenario("gradcheck", b=1, h=1, lq=3, lk=4, d=4))
     c = make_case(s, 2, device, "upper-left")
     inputs = tuple(c[n].double().requires_grad_(True) for n in "qkv")
     options: dict[str, Any] = {}  # gradcheck's float keywords (eps, atol, rtol)
@@ -312,19 +318,22 @@ def probe_grouped_kv(impl: Implementation, device: str) -> str:
     code is what the gqa scenarios test."""
     if impl.gqa:
         return "grouped K/V passed with enable_gqa=True"
-    s = Scenario("probe", h=4, hk=2)
+    s = impl.adapt(Scenario("probe", h=4, hk=2))
+    if impl.accepts(s):
+        return f"K/V with fewer heads not passed: {impl.accepts(s)}"
     c = make_case(s, 4, device, "upper-left")
+    impl.grouped_kv = True
     try:
         with torch.no_grad():
-            out = impl.fn(c["q"], c["k"], c["v"])
-        out = out[0] if isinstance(out, (tuple, list)) else out
+            out = impl(c["q"], c["k"], c["v"])
         if torch.is_tensor(out) and out.shape == c["q"].shape:
-            impl.grouped_kv = True
             return "grouped K/V passed as they are (2 KV heads for 4 query heads): its own GQA code is tested"
     except Exception as exc:
+        impl.grouped_kv = False
         message = first_line(exc)
         raised = f"{type(exc).__name__}: " + (message if len(message) <= 80 else message[:79] + "…")
         return f"K/V heads expanded before the call (grouped K/V raised {raised})"
+    impl.grouped_kv = False
     return "K/V heads expanded before the call (grouped K/V gave a wrongly shaped output)"
 
 
@@ -345,6 +354,10 @@ def sweep(
     dtypes = dtypes or list(DTYPES)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        layout_note = resolve_layout(impl, device)
+        report.convention = describe_convention(impl)
+        if layout_note:
+            report.passed.append(layout_note)
         if any(s.hk for s in LEVELS[level]):
             report.passed.append(probe_grouped_kv(impl, device))
         if impl.scale_parameter and any(s.scale for s in LEVELS[level]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect as pyinspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -50,6 +51,7 @@ class Implementation:
     layout: Layout = field(default_factory=lambda: LAYOUTS["bhld"])
     layout_source: str | None = None  # given | probed | documented; None until resolved
     argument_order: str = "qkv"  # the order its first three parameters name query, key, value
+    _copies: dict[torch.dtype, Callable] = field(default_factory=dict, repr=False)
 
     @property
     def convention(self) -> str:
@@ -121,9 +123,22 @@ class Implementation:
         if self.heads_parameter:
             kwargs[self.heads_parameter] = h
         given = {"q": q, "k": k, "v": v}
-        out = self.fn(*(self.layout.to(given[name]) for name in self.argument_order), **kwargs)
+        fn = self._in_dtype(q.dtype)
+        out = fn(*(self.layout.to(given[name]) for name in self.argument_order), **kwargs)
         out = out[0] if isinstance(out, (tuple, list)) else out
         return self.layout.back(out, b, h)
+
+    def _in_dtype(self, dtype: torch.dtype) -> Callable:
+        """A module with floating-point weights or buffers runs in the dtype under test, as a
+        model cast with .half() would: a copy per dtype, the user's module untouched."""
+        if not isinstance(self.fn, torch.nn.Module):
+            return self.fn
+        tensors = [*self.fn.parameters(), *self.fn.buffers()]
+        if all(not t.is_floating_point() or t.dtype == dtype for t in tensors):
+            return self.fn
+        if dtype not in self._copies:
+            self._copies[dtype] = copy.deepcopy(self.fn).to(dtype)
+        return self._copies[dtype]
 
     def _mask(
         self, keep: torch.Tensor | None, bias: torch.Tensor | None, q: torch.Tensor
@@ -268,10 +283,14 @@ def resolve_layout(impl: Implementation, device: str) -> str | None:
     d = impl.fixed_head_dim or 4
     g = torch.Generator().manual_seed(11)
     q, k, v = (torch.randn(2, heads, n, d, generator=g).to(device) for n in (5, 7, 7))
+    # a padding mask too, in the form the function takes: bmm code that ignores the layout
+    # without a mask fails with one
+    keep = torch.ones(2, 1, 5, 7, dtype=torch.bool, device=device)
+    keep[1, ..., -2:] = False
     passing = []
     for layout in candidates(impl.heads_parameter is not None or impl.fixed_heads is not None):
         impl.layout = layout
-        if runs_as_attention(lambda q, k, v: impl(q, k, v), q, k, v):
+        if runs_as_attention(lambda q, k, v: impl(q, k, v), q, k, v) and _runs_with(impl, q, k, v, keep):
             passing.append(layout)
     hint = _sequence_first_hint(impl.fn)
     hinted = [layout for layout in passing if hint is not None and layout.sequence_first == hint]
@@ -280,7 +299,7 @@ def resolve_layout(impl: Implementation, device: str) -> str | None:
         return (
             None
             if passing
-            else "no layout ran as attention on a probe: (batch, heads, seq, head_dim) assumed"
+            else "no layout ran as plain attention on a probe: (batch, heads, seq, head_dim) assumed"
         )
     how = "a probe"
     if len(hinted) == 1:
@@ -288,9 +307,11 @@ def resolve_layout(impl: Implementation, device: str) -> str | None:
     elif len(passing) == 1:
         chosen = passing[0]
     else:  # several run as attention: the one that computes plain attention, if one clearly does
-        ranked = sorted(passing, key=lambda layout: _distance_to_reference(impl, layout, q, k, v))
-        best, second = (_distance_to_reference(impl, layout, q, k, v) for layout in ranked[:2])
-        if not best < 0.5 * second:
+        distances = {layout.name: _distance_to_reference(impl, layout, q, k, v) for layout in passing}
+        # layouts that all give plain attention are equivalent: the first (4-d before 3-d) is taken
+        ranked = sorted(passing, key=lambda layout: max(distances[layout.name], 1e-4))
+        best, second = (max(distances[layout.name], 1e-4) for layout in ranked[:2])
+        if not (best < 0.5 * second or second <= 1e-4):
             names = ", ".join(f"{layout.name} {layout.shape}" for layout in passing)
             raise InputError(
                 f"--impl {impl.name}: runs as attention in several layouts ({names}): say which with --layout"
@@ -298,6 +319,21 @@ def resolve_layout(impl: Implementation, device: str) -> str | None:
         chosen, how = ranked[0], "a probe (the layout closest to plain attention)"
     impl.layout, impl.layout_source = chosen, "probed"
     return f"Q, K, V handed as {chosen.shape}: the layout {how} shows it takes"
+
+
+def _runs_with(
+    impl: Implementation, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor
+) -> bool:
+    """The function runs with a padding mask, when it takes one, and gives a finite output."""
+    if not impl.takes_mask:
+        return True
+    try:
+        with torch.no_grad():
+            out = impl(q, k, v, keep=keep)
+    except Exception:
+        return False
+    expected = (*q.shape[:-1], v.shape[-1])
+    return torch.is_tensor(out) and out.shape == expected and bool(torch.isfinite(out).all())
 
 
 def _distance_to_reference(

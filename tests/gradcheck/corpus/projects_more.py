@@ -7,30 +7,28 @@ Re-implemented in our own words with the sources' fill values, dtypes, scale and
 handling; projections, dropout and position tables outside the attention core are left out
 (identity weights where PyTorch's own module is used).
 
-``CASES``: the verdict a careful reviewer gives. Before (main, 3a0f8b6) → after this change,
-as `attndbg gradcheck --impl FILE:NAME` reports it (exit code, diagnoses):
+``CASES``: the verdict a careful reviewer gives. Each entry run as a user would,
+`python -m attndbg gradcheck --impl tests/gradcheck/corpus/projects_more.py:NAME` — on main
+(3a0f8b6), then with this change — exit code and diagnoses:
 
 | entry | main | now |
 |---|---|---|
-| torch_multihead_attention | 1: GRD004 everywhere (a 4-d tensor handed to (L, N, E)) | 1: MSK001 (NaN), GRD004 (is_causal needs attn_mask) |
-| fairseq_seq_first_attention | 1: GRD004 everywhere, masks skipped | 1: MSK001 (NaN padded rows) |
-| DiffusersAttention | 2: a class was refused | 0: MSK001 (uniform) |
-| WhisperQKVAttention | 2: a class was refused | 1: GRD004 (mask[:n_ctx, :n_ctx] with q_len < k_len) |
-| xformers_ref_attention_bmk | 0 but masks skipped (attn_bias unknown) | 1: MSK001 (NaN) |
-| swin_window_attention | 1: SCL002 (its head size ignored) | 1: MSK002 (-100 fill) |
-| mistral_attention | 1: GRD004 everywhere ((B, L, H, D) layout) | 1: GRD004 (prefill-only mask) |
-| t5_attention | 1: SCL001 | 1: SCL001 |
-| t5_declared_scale | 1: SCL001 | 0: SCL001 info |
-| alibi_attention | 1: SMX004 | 1: SMX004 |
-| flax_dot_product_attention | 1: GRD004 everywhere ((B, L, H, D) layout) | 0: MSK001 (uniform) |
-| torchtune_sdpa | 0 | 0: MSK001 (zeros) |
-| labml_ddpm_before / _after | 1: GRD004 / 1: GRD004 | 1: SMX002 / 0 |
-| transformer_10_before / _after | 1: SMX004, MSK002 / 0: MSK001 | same |
-| transformer_40_before / _after | 0, masks skipped | 1: MSK002 / 0: MSK001 |
-| aladdin_65_before / _after | 1: GRD004 everywhere | 1: SCL002, MSK007 / 1: MSK007 |
-
-(The table is filled from the runs recorded in the final report; CASES is what the test
-enforces.)
+| torch_multihead_attention | 1 GRD004: a 4-d tensor in every scenario | 1 MSK001 NaN, GRD004 |
+| fairseq_seq_first_attention | 1 GRD004 in every scenario | 1 MSK001 NaN |
+| DiffusersAttention (a class) | 1 GRD004: the class called with Q, K, V | 0 MSK001 warning |
+| WhisperQKVAttention (a class) | 1 GRD004: the class called with Q, K, V | 1 GRD004 (its own limits) |
+| xformers_ref_attention_bmk | 0, masks skipped (attn_bias unknown) | 1 MSK001 NaN |
+| swin_window_attention | 1 SCL002: its head size ignored | 1 MSK007 warning, MSK001 |
+| mistral_attention | 1 GRD004, SMX004: (B, H, L, D) assumed | 1 GRD004 (its own limit) |
+| t5_attention | 1 SCL001, MSK001 | 1 SCL001, MSK001 |
+| t5_declared_scale | 1 SCL001, MSK001 | 0 SCL001 info, MSK001 |
+| alibi_attention | 1 GRD004, SMX004 error | 1 GRD004, SMX004 warning (ALiBi) |
+| flax_dot_product_attention | 1 GRD004, SMX004: (B, H, L, D) assumed | 0 MSK001 warning |
+| torchtune_sdpa | 0 MSK001 | 0 MSK001 |
+| labml_ddpm_before / after | 1 GRD004, SMX004 / same | 1 SMX002 / 0 |
+| transformer_10_before / after | 1 MSK001, MSK002, SMX004 / 0 | same |
+| transformer_40_before / after | 0 / 0, masks skipped | 1 MSK002, SMX004, MSK001 / 0 |
+| aladdin_65_before / after | 1 GRD004 / 1 GRD004 | 1 SCL002, MSK007 / 1 MSK007 |
 """
 
 from __future__ import annotations
@@ -87,7 +85,7 @@ def fairseq_seq_first_attention(query, key, value, key_padding_mask=None, attn_m
     attn_weights_float = F.softmax(attn_weights.float(), dim=-1)
     attn_probs = attn_weights_float.type_as(attn_weights)
     attn = torch.bmm(attn_probs, v)
-    return attn.transpose(0, 1).contiguous().view(tgt_len, bsz, -1)
+    return attn.transpose(0, 1).contiguous().view(tgt_len, bsz, value.size(-1))
 
 
 # ---- diffusers: heads folded into the batch, baddbmm with the additive mask ------------------
@@ -442,14 +440,221 @@ aladdin_65_after = AladdinSelfAttention(fixed=True)
 CASES = [
     {
         "fn": "torch_multihead_attention",
-        "source": "pytorch/pytorch torch/nn/modules/activation.py (nn.MultiheadAttention)",
+        "source": "pytorch/pytorch torch/nn/modules/activation.py "
+        "(nn.MultiheadAttention, identity projections)",
         "args": [],
         "exit": 1,
         "codes": ["GRD004", "MSK001"],
         "failing": ["causal"],
-        "why": "an nn.Module instance, (L, N, E) recognised from batch_first=False and a probe, "
-        "its 2 heads and head size 16 used; padding through key_padding_mask; fully padded rows "
-        "NaN (error); is_causal=True alone raises 'Need attn_mask if specifying the is_causal "
-        "hint' — the module cannot take a causal flag without a mask (GRD004, its message)",
+        "why": "an nn.Module instance: (L, N, E) from batch_first=False and a probe, its 2 heads and "
+        "head size 16, its float32 weights cast with the inputs; padding through key_padding_mask, "
+        "the other masks as an additive attn_mask; rows whose keys are all padding are NaN (error, "
+        "pytorch/pytorch#41508); is_causal=True alone raises 'Need attn_mask if specifying the "
+        "is_causal hint' — documented, but a causal flag the module cannot take alone (GRD004)",
+    },
+    {
+        "fn": "fairseq_seq_first_attention",
+        "source": "facebookresearch/fairseq fairseq/modules/multihead_attention.py"
+        "@806855bf660ea748ed7ffb42fe8dcc881ca3aca0 (Time x Batch x Channel, key_padding_mask)",
+        "args": [],
+        "exit": 1,
+        "codes": ["MSK001"],
+        "failing": [],
+        "why": "correct in (T, B, C) with num_heads passed; key_padding_mask gets the padding, "
+        "attn_mask the causal and per-row masks; float32 softmax judged at float32 precision; "
+        "-inf padding makes fully padded rows NaN (error)",
+    },
+    {
+        "fn": "DiffusersAttention",
+        "source": "huggingface/diffusers src/diffusers/models/attention_processor.py"
+        "@8fadb14a96ffd9edc83e07751d83e45980594f67 (get_attention_scores + bmm)",
+        "args": [],
+        "exit": 0,
+        "codes": ["MSK001"],
+        "failing": [],
+        "why": "a class built with no arguments; (batch·heads, seq, dim_head) found by the probe; "
+        "its fixed scale dim_head ** -0.5 checked at its own head size; baddbmm with the additive "
+        "finfo.min mask: fully masked rows uniform (warning)",
+    },
+    {
+        "fn": "WhisperQKVAttention",
+        "source": "openai/whisper whisper/model.py@fdf63e51dc3089e10d72fd25ac04ffe22f86543e (qkv_attention)",
+        "args": [],
+        "exit": 1,
+        "codes": ["GRD004"],
+        "failing": ["causal q_len<k_len", "empty-query"],
+        "why": "(batch, ctx, n_state) split by the module's n_head, recognised over the folded layout "
+        "as the one computing plain attention; q and k each scaled by d ** -0.25 is 1/sqrt(d): "
+        "basic, odd sizes, causal pass; its causal buffer sliced [:n_ctx, :n_ctx] by the query "
+        "length cannot serve q_len < k_len > 1, and view(..., n_head, -1) fails on an empty query "
+        "(GRD004, the messages)",
+    },
+    {
+        "fn": "xformers_ref_attention_bmk",
+        "source": "facebookresearch/xformers xformers/benchmarks/benchmark_mem_eff_attention.py "
+        "(ref_attention_bmk)",
+        "args": [],
+        "exit": 1,
+        "codes": ["MSK001"],
+        "failing": [],
+        "why": "attn_bias read as an additive bias, (batch·heads, seq, head_dim) found by the probe "
+        "with a mask (baddbmm refuses the 4-d one); correct, -inf bias makes fully masked rows NaN",
+    },
+    {
+        "fn": "swin_window_attention",
+        "source": "microsoft/Swin-Transformer models/swin_transformer.py"
+        "@9cd3dbd4a60ffc82f930f189284e46a5ad1f3bb0 (WindowAttention)",
+        "args": [],
+        "exit": 1,
+        "codes": ["MSK001", "MSK007"],
+        "failing": [],
+        "why": "correct on ordinary inputs at its own head size; the -100 window mask is a weak "
+        "fill (MSK007 warning, named with its value, not a leak): a row whose keys are all "
+        "masked still attends by softmax(s - 100) = softmax(s) (MSK001 other, error)",
+    },
+    {
+        "fn": "mistral_attention",
+        "source": "mistralai/mistral-inference one_file_ref.py@c18d5b9166ffa16ce58827346ed56a28d2876e7e",
+        "args": [],
+        "exit": 1,
+        "codes": ["GRD004"],
+        "failing": ["causal q_len<k_len"],
+        "why": "(batch, seq, heads, head_dim) found by the probe; its own repeat_interleave GQA "
+        "tested; float32 softmax judged at float32 precision; the prefill mask is (seqlen, seqlen) "
+        "of the query length and cannot serve q_len < k_len (GRD004)",
+    },
+    {
+        "fn": "t5_attention",
+        "source": "huggingface/transformers src/transformers/models/t5/modeling_t5.py"
+        "@6b8b757dfcb582379a64f013cdce46c43629f2b0 (T5Attention)",
+        "args": [],
+        "exit": 1,
+        "codes": ["MSK001", "SCL001"],
+        "failing": ["basic"],
+        "why": "no 1/sqrt(d) by design (folded into the query weights' initialisation), but nothing "
+        "in the function says so: as scaled dot-product attention it is unscaled, and a careful "
+        "reviewer flags it (SCL001 error) — the fix is to declare it, see t5_declared_scale",
+    },
+    {
+        "fn": "t5_declared_scale",
+        "source": "huggingface/transformers (eager_attention_forward's scaling, T5's 1.0)",
+        "args": [],
+        "exit": 0,
+        "codes": ["MSK001", "SCL001"],
+        "failing": [],
+        "why": "the signature declares scaling=1.0: checked as unscaled attention (passes) and "
+        "said as an info (SCL001) — right for T5, a trap for callers that leave it out; "
+        "custom-scale honoured",
+    },
+    {
+        "fn": "alibi_attention",
+        "source": "ofirpress/attention_with_linear_biases "
+        "fairseq/models/transformer.py@3b7c2eca8397d27be08c6dffad9b60855507f9b7",
+        "args": [],
+        "exit": 1,
+        "codes": ["GRD004", "SMX004"],
+        "failing": ["q_len!=k_len"],
+        "why": "outputs are plain attention plus ALiBi's distance bias: named as such (SMX004 "
+        "warning, not a bug); its bias is sliced [:, :tgt, :tgt] for self-attention only, so "
+        "q_len != k_len raises (GRD004)",
+    },
+    {
+        "fn": "flax_dot_product_attention",
+        "source": "google/flax flax/linen/attention.py@2d32f287533999a125c9c94bf84d03b9460ae8d9",
+        "args": [],
+        "exit": 0,
+        "codes": ["MSK001"],
+        "failing": [],
+        "why": "JAX-style (batch, length, heads, depth) einsum code, found by the probe (it also "
+        "computes plain attention with heads folded: the 4-d layout is taken); finfo.min fill: "
+        "fully masked rows uniform (warning)",
+    },
+    {
+        "fn": "torchtune_sdpa",
+        "source": "pytorch/torchtune torchtune/modules/attention_utils.py"
+        "@478e32664308144fe679e248c51f43790d6bdedf",
+        "args": [],
+        "exit": 0,
+        "codes": ["MSK001"],
+        "failing": [],
+        "why": "SDPA behind torchtune's True = attend mask and expand-based GQA; zeros on fully "
+        "masked rows (info)",
+    },
+    {
+        "fn": "labml_ddpm_before",
+        "source": "labmlai/annotated_deep_learning_paper_implementations#146 (before)",
+        "args": [],
+        "exit": 1,
+        "codes": ["SMX002"],
+        "failing": ["basic"],
+        "why": "softmax over the query axis of 'bijh' scores, in an nn.Module taking (batch, seq, "
+        "heads, d_k): layout found by the probe, its d_k used, the axis named",
+    },
+    {
+        "fn": "labml_ddpm_after",
+        "source": "labmlai/annotated_deep_learning_paper_implementations#146 (after: dim=2)",
+        "args": [],
+        "exit": 0,
+        "codes": [],
+        "failing": [],
+        "why": "correct",
+    },
+    {
+        "fn": "transformer_10_before",
+        "source": "hyunwoongko/transformer#10 (before: @09c74b80162ac571584ca29379236e95453fe43b)",
+        "args": [],
+        "exit": 1,
+        "codes": ["MSK001", "MSK002", "SMX004"],
+        "failing": ["basic", "padding-bool"],
+        "why": "several bugs at once (kᵀ by view, scale by d_model, softmax over heads, -1e-12 fill): "
+        "outputs differ with no single signature (SMX004), masked keys leak (MSK002)",
+    },
+    {
+        "fn": "transformer_10_after",
+        "source": "hyunwoongko/transformer#10 (after: @63286547b9cd174a6cfc204832271814d685181f)",
+        "args": [],
+        "exit": 0,
+        "codes": ["MSK001"],
+        "failing": [],
+        "why": "correct; -10000 fits float16; fully masked rows uniform (warning)",
+    },
+    {
+        "fn": "transformer_40_before",
+        "source": "hyunwoongko/transformer#40, bentrevett/pytorch-seq2seq#96 (before)",
+        "args": [],
+        "exit": 1,
+        "codes": ["MSK001", "MSK002", "SMX004"],
+        "failing": ["padding-bool"],
+        "why": "the padding mask, given as a key padding mask, is broadcast over the query axis: "
+        "padded keys leak into every row (MSK002), padded queries are blanked",
+    },
+    {
+        "fn": "transformer_40_after",
+        "source": "hyunwoongko/transformer#40 (after: unsqueeze(1).unsqueeze(2))",
+        "args": [],
+        "exit": 0,
+        "codes": ["MSK001"],
+        "failing": [],
+        "why": "correct; fully padded rows uniform with the -10000 fill (warning)",
+    },
+    {
+        "fn": "aladdin_65_before",
+        "source": "aladdinpersson/Machine-Learning-Collection#65 (before)",
+        "args": [],
+        "exit": 1,
+        "codes": ["MSK001", "MSK007", "SCL002"],
+        "failing": ["basic", "padding-bool"],
+        "why": "forward(values, keys, query, mask) called in that order; (N, len, embed) split by its "
+        "heads; scale 1/sqrt(embed_size) named (SCL002); masked_fill(-1e20) raises in float16 "
+        "(MSK007)",
+    },
+    {
+        "fn": "aladdin_65_after",
+        "source": "aladdinpersson/Machine-Learning-Collection#65 (after: head_dim)",
+        "args": [],
+        "exit": 1,
+        "codes": ["MSK001", "MSK007"],
+        "failing": ["padding-bool"],
+        "why": "scale fixed; the -1e20 fill the issue left alone still raises in float16 (MSK007)",
     },
 ]

@@ -147,7 +147,7 @@ class Implementation:
         name = self.mask_parameter
         if name == "mask" or (name == "attn_mask" and bias is None):
             if bias is not None:
-                keep = bias > MASKED_BIAS if keep is None else keep & (bias > MASKED_BIAS)
+                keep = _keep_of(keep, bias)
             return keep
         if bias is not None:
             return bias.to(q.dtype)
@@ -167,7 +167,7 @@ class Implementation:
         """nn.MultiheadAttention's convention: the keys no query attends to as a (B, Lk)
         key_padding_mask (True = padding), whatever else as an additive attn_mask."""
         if bias is not None:
-            keep = bias > MASKED_BIAS if keep is None else keep & (bias > MASKED_BIAS)
+            keep = _keep_of(keep, bias)
         if keep is None:
             return
         rest = keep
@@ -194,6 +194,11 @@ class Implementation:
         if self.layout.name in ("(bh)ld", "l(bh)d", "lbe") or collapse:  # heads folded into the batch
             return mask.expand(b, h, *mask.shape[-2:]).reshape(b * h, *mask.shape[-2:])
         return mask
+
+
+def _keep_of(keep: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
+    """An additive mask as a keep-mask, folded into the keep-mask already there."""
+    return bias > MASKED_BIAS if keep is None else keep & (bias > MASKED_BIAS)
 
 
 def load_implementation(spec: str, layout: str | None = None) -> Implementation:

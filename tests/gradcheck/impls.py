@@ -251,3 +251,10 @@ class NeedsArguments(torch.nn.Module):
 
     def forward(self, q, k, v):  # noqa: ANN001, ANN201
         return F.scaled_dot_product_attention(q, k, v)
+
+
+def any_leading_axes(query, key, value):
+    """einsum over (..., seq, heads, head_dim) with no scale: it runs as attention in more than
+    one layout, and matches plain attention in none."""
+    scores = torch.einsum("...qhd,...khd->...hqk", query, key)
+    return torch.einsum("...hqk,...khd->...qhd", torch.softmax(scores, dim=-1), value)

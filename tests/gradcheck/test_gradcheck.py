@@ -230,3 +230,11 @@ def test_weak_finite_fill_is_a_warning_not_a_leak() -> None:
     assert codes["MSK007"]["severity"] == "warning" and "-100" in codes["MSK007"]["message"]
     _, leaky = sweep("leaky_mask", "--quick")
     assert leaky["diagnoses"][0]["code"] == "MSK002"
+
+
+def test_ambiguous_layout_is_one_clear_line() -> None:
+    result = run_cli("gradcheck", "--impl", f"{IMPLS}:any_leading_axes", "--quick")
+    assert result.returncode == 2 and "several layouts" in result.stderr and "--layout" in result.stderr
+    assert "Traceback" not in result.stderr
+    code, data = sweep("any_leading_axes", "--quick", "--layout", "blhd")
+    assert code == 1 and data["diagnoses"][0]["code"] == "SCL001"

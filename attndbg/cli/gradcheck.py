@@ -10,6 +10,7 @@ import typer
 from attndbg.cli import options as opt
 from attndbg.cli.output import ReportOutput, emit, finish, progress
 from attndbg.cli.paths import check_output, import_from_cwd
+from attndbg.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -21,7 +22,18 @@ if TYPE_CHECKING:
 def gradcheck(
     path: Annotated[Path | None, typer.Argument(help="safetensors file: gradients on its tensors.")] = None,
     impl: Annotated[
-        str | None, typer.Option(help="Your attention: module:function or path/to/file.py:function.")
+        str | None,
+        typer.Option(
+            help="Your attention: module:function or path/to/file.py:function; an nn.Module "
+            "instance, or a class built with no arguments, works too."
+        ),
+    ] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="How --impl takes Q, K, V, when a probe cannot tell: bhld (batch, heads, seq, "
+            "head_dim), blhd, lbhd, ble or lbe (heads merged into the channels), (bh)ld, l(bh)d."
+        ),
     ] = None,
     level: Annotated[opt.Level, typer.Option(help="How many shapes to sweep.")] = opt.Level.default,
     quick: Annotated[bool, typer.Option("--quick", help="Same as --level quick.")] = False,
@@ -57,7 +69,9 @@ def gradcheck(
     from attndbg.gradcheck.sweep import load_implementation, sdpa_backends, sweep
 
     chosen = "quick" if quick else "thorough" if thorough else level.value
-    targets = [("", load_implementation(impl))] if impl else sdpa_backends(device)
+    if layout is not None and impl is None:
+        raise UsageError("--layout applies to --impl only")
+    targets = [("", load_implementation(impl, layout))] if impl else sdpa_backends(device)
     reports = []
     with progress(len(targets)) as advance:
         for label, target in targets:

@@ -9,7 +9,8 @@ severity, so that ``--fail-on`` decides the exit code as it does for ``inspect``
   scale (SCL001 none, SCL002 wrong — named), softmax over queries (SMX002), the causal
   diagonal (MSK006 other alignment, MSK005 off by one), the mask read inverted (MSK004) or
   added as 0/1 (MSK003), KV heads tiled instead of repeated (GRD005);
-- masked keys that leak (MSK002), a backward that disagrees with finite differences (GRD001);
+- masked keys that leak (MSK002; MSK007, a warning, when a weak finite fill such as -100
+  added to the scores explains the leak), a backward that disagrees with finite differences (GRD001);
 - anything left: SMX004 (forward differs) or GRD001 (only gradients differ).
 """
 
@@ -22,16 +23,9 @@ from functools import partial
 import torch
 
 from attndbg.attention import causal_keep
-from attndbg.gradcheck.sweep import (
-    SCENARIOS,
-    Diagnosis,
-    Implementation,
-    Result,
-    Scenario,
-    SweepReport,
-    call_with,
-    make_case,
-)
+from attndbg.gradcheck.implementation import Implementation
+from attndbg.gradcheck.scenarios import SCENARIOS, Scenario, make_case
+from attndbg.gradcheck.sweep import Diagnosis, Result, SweepReport, call_with
 from attndbg.report import Severity
 from attndbg.scales import describe_scale, fit_log_scale
 
@@ -89,7 +83,22 @@ def diagnose(impl: Implementation, report: SweepReport, device: str, align: str)
     found = Diagnoses()
     _fits(impl, report, found, device, align)
     mask_semantics = {"MSK003", "MSK004"} & set(found.by_code)
-    if report.mask_perturbation == "fail" and not mask_semantics:
+    ordinary_masks_pass = not any(
+        r.dtype == "float32" and r.verdict == "fail" and r.scenario.startswith("padding")
+        for r in report.results
+    )
+    weak_fill = None
+    if report.mask_perturbation == "fail" and ordinary_masks_pass:
+        weak_fill = _weak_fill(impl, device, align)
+    if weak_fill is not None and not mask_semantics:
+        found.add(
+            "MSK007",
+            "warning",
+            f"masked keys are filled with {weak_fill:g}, added to their scores: they weigh nothing while "
+            f"scores stay within about {-weak_fill:g} of each other, but a key that scores higher leaks "
+            f"({report.notes[0]}); fill with -inf or torch.finfo(scores.dtype).min",
+        )
+    elif report.mask_perturbation == "fail" and not mask_semantics:
         found.add("MSK002", "error", "masked key/value positions leak: " + report.notes[0])
     elif report.mask_perturbation == "fail":
         for code in mask_semantics:
@@ -103,7 +112,63 @@ def diagnose(impl: Implementation, report: SweepReport, device: str, align: str)
     if mask_semantics:  # under a misread mask, what rows with nothing to attend do means nothing
         found.by_code.pop("MSK001", None)
     _unexplained(report, found)
+    _declared_scale(impl, found)
     report.diagnoses = sorted(found.by_code.values(), key=lambda d: -Severity(d.severity).rank)
+
+
+def _declared_scale(impl: Implementation, found: Diagnoses) -> None:
+    """A signature whose scale parameter defaults to a number declares that scale: the sweep
+    checks the function as attention with it, and says so — callers that leave it out do
+    not get 1/√d."""
+    value, name = impl.declared_scale, impl.scale_parameter
+    if value is None:
+        return
+    if value == 1.0:
+        found.add(
+            "SCL001",
+            "info",
+            f"declares {name}=1 by default (no 1/√d), and was checked as such: right where the query "
+            f"projection absorbs 1/√d (T5), missing wherever a caller leaves {name} out",
+        )
+        return
+    found.add(
+        "SCL002",
+        "info",
+        f"declares a fixed {name}={value:g} by default whatever the head size, and was checked as "
+        f"such: callers with other head sizes must pass {name}",
+    )
+
+
+WEAK_FILLS = (-10.0, -100.0, -1000.0, -10000.0)
+
+
+def _weak_fill(impl: Implementation, device: str, align: str) -> float | None:
+    """The finite fill an implementation adds to masked scores, when that is what lets keys
+    through: on inputs where every masked key scores exactly -fill and the others about 0,
+    a fill of that size gives the masked keys real weight — the output is the reference's
+    with that fill, neither the masked one nor the unmasked one. None when no such fill
+    explains the leak (a mask applied after the softmax, one that masks nothing)."""
+    from attndbg.attention import reference_attention
+
+    s = impl.adapt(Scenario("perturbation", mask="bool-padding"))
+    c = make_case(s, 1, device, align)
+    keep = c["keep"]
+    masked = (~keep[:, 0, 0])[:, None, :, None]  # (B, 1, Lk, 1)
+    scale = s.scale if s.scale is not None else s.d**-0.5
+    direction = torch.nn.functional.normalize(c["q"][:1, :1, :1], dim=-1)  # one unit query for every row
+    q = direction.expand(c["q"].shape).clone()
+    for fill in WEAK_FILLS:
+        k = torch.where(masked, direction * (-fill / scale), 0.1 * c["k"])
+        try:
+            with torch.no_grad():
+                test = call_with(impl, s, {**c, "q": q, "k": k}, False)(q, k, c["v"]).double()
+        except Exception:
+            return None
+        matches = Matcher(test, None)
+        bias = torch.zeros(keep.shape, dtype=torch.float64, device=keep.device).masked_fill(~keep, fill)
+        if matches(reference_attention(q.double(), k.double(), c["v"].double(), mask=bias, scale=s.scale)):
+            return fill
+    return None
 
 
 def _exceptions(report: SweepReport, found: Diagnoses) -> None:
@@ -187,6 +252,7 @@ def _fit_scenario(impl: Implementation, s: Scenario, found: Diagnoses, device: s
     first variant that explains it names the bug."""
     from attndbg.attention import reference_attention
 
+    s = impl.adapt(s)
     c = make_case(s, 0, device, align)
     causal_only = s.causal and c["keep"] is None
     try:
@@ -215,6 +281,7 @@ def _fit_scenario(impl: Implementation, s: Scenario, found: Diagnoses, device: s
         partial(_fit_mask, s, handed, c["bias"], attention, matches, found),
         partial(_fit_mask_after_softmax, s, handed, (q, k, v), matches, found),
         partial(_fit_gqa, s, k, v, attention, matches, found),
+        partial(_fit_alibi, s, c["bias"] if c["bias"] is not None else handed, attention, matches, found),
     ):
         if fit():
             return
@@ -408,6 +475,46 @@ def _fit_gqa(
         )
         return True
     return False
+
+
+def alibi_slopes(heads: int) -> list[float]:
+    """ALiBi's per-head slopes (Press et al.): 2^(-8/n)·k for n heads, interleaved when the
+    head count is not a power of two."""
+
+    def geometric(n: int) -> list[float]:
+        start = 2 ** (-8 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(heads).is_integer():
+        return geometric(heads)
+    closest = 2 ** math.floor(math.log2(heads))
+    return geometric(closest) + alibi_slopes(2 * closest)[0::2][: heads - closest]
+
+
+def _fit_alibi(
+    s: Scenario, mask: torch.Tensor | None, attention: Callable, matches: Matcher, found: Diagnoses
+) -> bool:
+    """Outputs that are attention plus ALiBi's linear distance bias -m_h·(i - j): a position
+    bias by design (BLOOM, MPT, fairseq's ALiBi), named so that it is not taken for a bug."""
+    slopes = torch.tensor(alibi_slopes(s.h), dtype=torch.float64)
+    i = torch.arange(s.lq)[:, None] + (s.lk - s.lq)
+    j = torch.arange(s.lk)[None, :]
+    bias = (slopes[:, None, None] * (j - i)).to(matches.test.device)  # (H, Lq, Lk)
+    if mask is not None and mask.dtype == torch.bool:
+        bias = torch.where(mask, bias, float("-inf"))
+    elif mask is not None:
+        bias = bias + mask
+    if not matches(attention(mask=bias, is_causal=s.causal and mask is None)):
+        return False
+    found.add(
+        "SMX004",
+        "warning",
+        "outputs match plain attention plus ALiBi's linear position bias (per-head slopes 2^(-8k/heads) "
+        "times the key–query distance): a position bias by design, not a bug — pass the bias as "
+        "attn_mask to the reference to compare the rest",
+        s.name,
+    )
+    return True
 
 
 def _unexplained(report: SweepReport, found: Diagnoses) -> None:

@@ -8,7 +8,8 @@ import torch
 
 from attndbg.attention import reference_attention
 from attndbg.context import CaseContext
-from attndbg.gradcheck.sweep import Implementation, Result, SweepReport
+from attndbg.gradcheck.implementation import Implementation
+from attndbg.gradcheck.sweep import Result, SweepReport
 from attndbg.loader import iter_cases
 from attndbg.vocab import MaskSemantics
 

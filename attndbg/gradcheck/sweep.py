@@ -16,7 +16,6 @@ so that what an implementation does there is named, with its own severity.
 
 from __future__ import annotations
 
-import inspect as pyinspect
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,55 +23,20 @@ from typing import Any, cast
 
 import torch
 
-from attndbg.attention import MASKED_BIAS, causal_keep, expand_kv_heads, reference_attention
-from attndbg.errors import InputError, UsageError, first_line
+from attndbg.attention import expand_kv_heads, reference_attention
+from attndbg.errors import first_line
 from attndbg.gradcheck.gradients import gradients
+from attndbg.gradcheck.implementation import (
+    Implementation,
+    describe_convention,
+    implementation_of,
+    resolve_layout,
+)
+from attndbg.gradcheck.implementation import load_implementation as load_implementation
+from attndbg.gradcheck.scenarios import CUSTOM_SCALE, LEVELS, Scenario, make_case
 from attndbg.report import FAIL_ON_RANK, Severity
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-CUSTOM_SCALE = 0.3  # far from 1/√d for every head size the scenarios use
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    b: int = 2
-    h: int = 2
-    hk: int | None = None
-    lq: int = 8
-    lk: int = 8
-    d: int = 16
-    dv: int | None = None
-    mask: str = "none"  # none | bool-padding | additive-padding | fully-masked
-    causal: bool = False
-    scale: float | None = None  # passed only to implementations that take a scale
-
-
-QUICK = [
-    Scenario("basic"),
-    Scenario("padding-bool", mask="bool-padding"),
-    Scenario("fully-masked-row", mask="fully-masked"),
-    Scenario("causal", causal=True),
-]
-DEFAULT = [
-    *QUICK,
-    Scenario("odd-sizes", b=1, h=3, lq=5, lk=7, d=12, dv=10),
-    Scenario("q_len!=k_len", lq=3, lk=9),
-    Scenario("gqa", h=4, hk=2),
-    Scenario("empty-query", lq=0, lk=5),
-    Scenario("padding-additive", mask="additive-padding"),
-    Scenario("causal q_len<k_len", lq=4, lk=8, causal=True),
-    Scenario("custom-scale", scale=CUSTOM_SCALE),
-]
-THOROUGH = [
-    *DEFAULT,
-    Scenario("long", b=1, h=4, lq=128, lk=128, d=64),
-    Scenario("long-causal", b=1, h=4, lq=96, lk=128, d=64, causal=True),
-    Scenario("many-heads-gqa", b=3, h=8, hk=2, lq=17, lk=33, d=32, mask="bool-padding"),
-    Scenario("single-key", lq=4, lk=1),
-]
-LEVELS = {"quick": QUICK, "default": DEFAULT, "thorough": THOROUGH}
-SCENARIOS = {s.name: s for s in THOROUGH}
 
 
 @dataclass
@@ -130,176 +94,7 @@ class SweepReport:
         return {"schema_version": 2, **asdict(self), "counts": self.counts(), "exit_code": self.exit_code()}
 
 
-# ---- the implementation under test ---------------------------------------------------------
-CAUSAL_PARAMETERS = ("is_causal", "causal")
-SCALE_PARAMETERS = ("scale", "softmax_scale", "sm_scale", "scaling")
-
-
-@dataclass
-class Implementation:
-    """The user's function and what its signature accepts. Only what it accepts is passed:
-    a mask (``attn_mask``: SDPA semantics; ``mask``: True/1 = attend), a causal flag, a scale,
-    ``enable_gqa``. Without a causal flag the causal mask is built here, aligned as asked."""
-
-    name: str
-    fn: Callable
-    mask_parameter: str | None = None
-    causal_parameter: str | None = None
-    scale_parameter: str | None = None
-    gqa: bool = False  # takes enable_gqa
-    grouped_kv: bool = False  # handles K/V with fewer heads by itself (probed)
-    align: str = "upper-left"
-    backend: bool = False  # one of PyTorch's SDPA backends: "no kernel for this input" is a refusal
-
-    @property
-    def convention(self) -> str:
-        return {"attn_mask": "sdpa", "attention_mask": "sdpa", "mask": "seeds"}.get(
-            self.mask_parameter or "", "qkv"
-        )
-
-    def accepts(self, s: Scenario) -> str | None:
-        """Why the scenario cannot be run, or None."""
-        if s.mask != "none" and self.mask_parameter is None:
-            return "the implementation takes no mask"
-        if s.causal and self.causal_parameter is None and self.mask_parameter is None:
-            return "the implementation takes neither a mask nor a causal flag"
-        if s.scale is not None and self.scale_parameter is None:
-            return "the implementation takes no scale"
-        return None
-
-    def __call__(self, q, k, v, keep=None, bias=None, causal=False, scale=None):  # noqa: ANN001, ANN204
-        """keep: bool (…, Lq, Lk) True = attend; bias: additive float. A causal flag goes to
-        the function when it takes one and no mask is given (SDPA refuses both); otherwise
-        the causal mask is folded into the mask, aligned as ``self.align``."""
-        kwargs: dict[str, Any] = {}
-        if k.shape[-3] != q.shape[-3]:
-            if self.gqa:
-                kwargs["enable_gqa"] = True
-            elif not self.grouped_kv:
-                k, v = expand_kv_heads(k, q.shape[-3]), expand_kv_heads(v, q.shape[-3])
-        if causal and self.causal_parameter and keep is None and bias is None:
-            kwargs[self.causal_parameter] = True
-        elif causal:
-            tri = causal_keep(q.shape[-2], k.shape[-2], self.align, q.device)
-            if bias is not None:
-                bias = bias.masked_fill(~tri, float("-inf"))
-            else:
-                keep = tri if keep is None else keep & tri
-        if self.mask_parameter == "attn_mask":
-            if bias is not None:
-                kwargs["attn_mask"] = bias.to(q.dtype)
-            elif keep is not None:
-                kwargs["attn_mask"] = keep
-        elif self.mask_parameter == "attention_mask":
-            if bias is not None:
-                kwargs["attention_mask"] = bias.to(q.dtype)
-            elif keep is not None:
-                hidden = torch.finfo(q.dtype).min
-                kwargs["attention_mask"] = torch.zeros(
-                    keep.shape, dtype=q.dtype, device=q.device
-                ).masked_fill(~keep, hidden)
-        elif self.mask_parameter == "mask":
-            if bias is not None:
-                keep = bias > MASKED_BIAS if keep is None else keep & (bias > MASKED_BIAS)
-            if keep is not None:
-                kwargs["mask"] = keep
-        if scale is not None and self.scale_parameter:
-            kwargs[self.scale_parameter] = scale
-        out = self.fn(q, k, v, **kwargs)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def load_implementation(spec: str) -> Implementation:
-    from attndbg.recording.sources import _import, _split_factory
-
-    split = _split_factory(spec)
-    if split is None:
-        raise UsageError(f"--impl {spec!r}: expected module:function or path/to/file.py:function")
-    module = _import(split[0])
-    fn = getattr(module, split[1], None)
-    if not callable(fn):
-        raise InputError(f"--impl {spec}: {split[0]} has no function {split[1]}")
-    return implementation_of(spec, fn)
-
-
-def implementation_of(name: str, fn: Callable) -> Implementation:
-    """Read what ``fn``'s signature accepts."""
-    try:
-        names = set(pyinspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        names = set()
-    # attention_mask is Hugging Face's name: an additive float mask, 0 or finfo(dtype).min
-    mask = next((n for n in ("attn_mask", "attention_mask", "mask") if n in names), None)
-    return Implementation(
-        name,
-        fn,
-        mask_parameter=mask,
-        causal_parameter=next((n for n in CAUSAL_PARAMETERS if n in names), None),
-        scale_parameter=next((n for n in SCALE_PARAMETERS if n in names), None),
-        gqa="enable_gqa" in names,
-    )
-
-
-def describe_convention(impl: Implementation) -> str:
-    masks = {
-        "attn_mask": "attn_mask (bool True = attend, float added)",
-        "attention_mask": "attention_mask (additive float: 0, or finfo(dtype).min where masked)",
-        "mask": "mask (bool, True = attend)",
-    }
-    taken = [masks[impl.mask_parameter]] if impl.mask_parameter else []
-    if impl.causal_parameter:
-        taken.append(f"{impl.causal_parameter}=True")
-    if impl.scale_parameter:
-        taken.append(f"{impl.scale_parameter}")
-    if impl.gqa:
-        taken.append("enable_gqa")
-    text = "(query, key, value" + "".join(f", {t}" for t in taken) + ")"
-    if impl.mask_parameter is None:
-        text += ": mask scenarios skipped"
-    if impl.causal_parameter is None and impl.mask_parameter is not None:
-        text += f": causal masks built by attndbg, aligned {impl.align}"
-    return text
-
-
-# ---- inputs --------------------------------------------------------------------------------
-def make_case(s: Scenario, seed: int, device: str, align: str) -> dict[str, Any]:
-    g = torch.Generator().manual_seed(seed)
-    hk, dv = s.hk or s.h, s.dv or s.d
-    q = torch.randn(s.b, s.h, s.lq, s.d, generator=g)
-    k = torch.randn(s.b, hk, s.lk, s.d, generator=g)
-    v = torch.randn(s.b, hk, s.lk, dv, generator=g)
-    upstream = torch.randn(s.b, s.h, s.lq, dv, generator=g)
-    keep = None
-    bias = None
-    if s.mask in ("bool-padding", "additive-padding"):
-        keep = torch.ones(s.b, 1, 1, s.lk, dtype=torch.bool)
-        keep[-1, ..., max(1, s.lk - 3) :] = False
-        keep = keep.expand(s.b, 1, s.lq, s.lk).clone()
-    elif s.mask == "fully-masked":
-        keep = torch.ones(s.b, 1, s.lq, s.lk, dtype=torch.bool)
-        keep[:, :, min(2, s.lq - 1)] = False
-    if s.causal and keep is not None:
-        keep = keep & causal_keep(s.lq, s.lk, align)
-    if s.mask == "additive-padding":
-        assert keep is not None  # built for the padding masks above
-        bias = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
-    dead = None
-    if keep is not None:
-        dead = ~keep.expand(s.b, s.h, s.lq, s.lk).any(-1)  # (B, H, Lq): nothing to attend
-        if bool(dead.any()):
-            upstream = upstream.masked_fill(dead[..., None], 0.0)
-        else:
-            dead = None
-    move: dict[str, Any] = {"device": device}
-    return {
-        "q": q.to(**move),
-        "k": k.to(**move),
-        "v": v.to(**move),
-        "upstream": upstream.to(**move),
-        "keep": None if keep is None else keep.to(**move),
-        "bias": None if bias is None else bias.to(**move),
-        "dead": None if dead is None else dead.to(**move),
-    }
+# ---- running a scenario ------------------------------------------------------------------
 
 
 def _grads(fn: Callable, c: dict, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -365,6 +160,7 @@ def run_scenario(
     seed: int = 0,
 ) -> Result:
     dtype = DTYPES[dtype_name]
+    s = impl.adapt(s)
     why_not = impl.accepts(s)
     if why_not:
         return Result(s.name, dtype_name, "skipped", reasons=[why_not])
@@ -437,9 +233,9 @@ def mask_perturbation(impl: Implementation, device: str, align: str) -> tuple[st
     implementation that masks after the softmax, or with a weak fill, lets them through even
     when its outputs look close. (NaN there is not required to stay out: 0·NaN is NaN in every
     matmul, PyTorch's own kernels included.)"""
-    if impl.mask_parameter is None:
+    if not impl.takes_mask:
         return "skipped", "the implementation takes no mask"
-    s = Scenario("perturbation", mask="bool-padding")
+    s = impl.adapt(Scenario("perturbation", mask="bool-padding"))
     c = make_case(s, 1, device, align)
     fn = call_with(impl, s, c, False)
     try:
@@ -464,7 +260,7 @@ def working_precision(impl: Implementation, device: str) -> tuple[str, str]:
     .float() upcasts…) though handed float64: its central difference along a random direction
     with a step of 1e-9 then disagrees with the one with a step of 1e-4, where a float64
     function gives the same derivative at both steps."""
-    c = make_case(Scenario("precision", b=1, lq=6, lk=6), 3, device, "upper-left")
+    c = make_case(impl.adapt(Scenario("precision", b=1, lq=6, lk=6)), 3, device, "upper-left")
     q, k, v = (c[n].double() for n in "qkv")
     direction = torch.randn(q.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(
         device
@@ -496,7 +292,7 @@ def gradcheck_float64(impl: Implementation, device: str, precision: str = "float
     differences by float32 rounding, which is not a wrong backward."""
     if precision not in ("float64", "float32"):
         return "skipped", "not run: the function computes in low precision even from float64 inputs"
-    s = Scenario("gradcheck", b=1, h=1, lq=3, lk=4, d=4)
+    s = impl.adapt(Scenario("gradcheck", b=1, h=1, lq=3, lk=4, d=4))
     c = make_case(s, 2, device, "upper-left")
     inputs = tuple(c[n].double().requires_grad_(True) for n in "qkv")
     options: dict[str, Any] = {}  # gradcheck's float keywords (eps, atol, rtol)
@@ -522,19 +318,22 @@ def probe_grouped_kv(impl: Implementation, device: str) -> str:
     code is what the gqa scenarios test."""
     if impl.gqa:
         return "grouped K/V passed with enable_gqa=True"
-    s = Scenario("probe", h=4, hk=2)
+    s = impl.adapt(Scenario("probe", h=4, hk=2))
+    if impl.accepts(s):
+        return f"K/V with fewer heads not passed: {impl.accepts(s)}"
     c = make_case(s, 4, device, "upper-left")
+    impl.grouped_kv = True
     try:
         with torch.no_grad():
-            out = impl.fn(c["q"], c["k"], c["v"])
-        out = out[0] if isinstance(out, (tuple, list)) else out
+            out = impl(c["q"], c["k"], c["v"])
         if torch.is_tensor(out) and out.shape == c["q"].shape:
-            impl.grouped_kv = True
             return "grouped K/V passed as they are (2 KV heads for 4 query heads): its own GQA code is tested"
     except Exception as exc:
+        impl.grouped_kv = False
         message = first_line(exc)
         raised = f"{type(exc).__name__}: " + (message if len(message) <= 80 else message[:79] + "…")
         return f"K/V heads expanded before the call (grouped K/V raised {raised})"
+    impl.grouped_kv = False
     return "K/V heads expanded before the call (grouped K/V gave a wrongly shaped output)"
 
 
@@ -555,6 +354,10 @@ def sweep(
     dtypes = dtypes or list(DTYPES)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        layout_note = resolve_layout(impl, device)
+        report.convention = describe_convention(impl)
+        if layout_note:
+            report.passed.append(layout_note)
         if any(s.hk for s in LEVELS[level]):
             report.passed.append(probe_grouped_kv(impl, device))
         if impl.scale_parameter and any(s.scale for s in LEVELS[level]):

@@ -181,3 +181,80 @@ def mask_after_softmax(query, key, value, mask=None):
 def ignores_scale(query, key, value, scale=None):
     """Takes a scale and drops it."""
     return F.scaled_dot_product_attention(query, key, value)
+
+
+# ---- calling conventions: key padding masks, modules, layouts ------------------------------
+def key_padding_only(query, key, value, key_padding_mask=None):
+    """nn.MultiheadAttention's convention, (batch, k_len) True = padding, masked_fill + nan_to_num."""
+    scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    return torch.nan_to_num(torch.softmax(scores, dim=-1)) @ value
+
+
+def key_padding_ignored(query, key, value, key_padding_mask=None):
+    """Takes a key padding mask and never applies it."""
+    return torch.softmax(query @ key.transpose(-2, -1) / math.sqrt(query.size(-1)), dim=-1) @ value
+
+
+def sequence_first(query, key, value, attn_mask=None, num_heads=1):
+    """(L, B, E) inputs, heads merged into E and folded into the batch for bmm, as
+    nn.MultiheadAttention does; attn_mask (L, S) or (B·heads, L, S), bool True = attend."""
+    lq, b, e = query.shape
+
+    def fold(x):  # noqa: ANN001, ANN202
+        return x.reshape(x.shape[0], b * num_heads, x.shape[-1] // num_heads).transpose(0, 1)
+
+    scores = torch.bmm(fold(query), fold(key).transpose(1, 2)) / math.sqrt(e // num_heads)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    out = torch.bmm(torch.nan_to_num(torch.softmax(scores, dim=-1)), fold(value))
+    return out.transpose(0, 1).reshape(lq, b, num_heads * out.shape[-1])
+
+
+def weak_fill(query, key, value, attn_mask=None):
+    """Masks by adding -100 to the scores (Swin's shifted-window mask)."""
+    scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))
+    if attn_mask is not None:
+        keep = attn_mask if attn_mask.dtype == torch.bool else attn_mask > -1e4
+        scores = scores + torch.zeros(keep.shape, dtype=scores.dtype).masked_fill(~keep, -100.0)
+    return torch.softmax(scores, dim=-1) @ value
+
+
+class ModuleAttention(torch.nn.Module):
+    """A module whose forward is the attention, with a head size of its own (scale fixed at
+    construction)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_dim = 8
+        self.scale = self.head_dim**-0.5
+
+    def forward(self, q, k, v, attn_mask=None):  # noqa: ANN001, ANN201
+        scores = q @ k.transpose(-2, -1) * self.scale
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        elif attn_mask is not None:
+            scores = scores + attn_mask
+        return torch.nan_to_num(torch.softmax(scores, dim=-1)) @ v
+
+
+module_instance = ModuleAttention()
+
+
+class NeedsArguments(torch.nn.Module):
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, q, k, v):  # noqa: ANN001, ANN201
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def any_leading_axes(query, key, value):
+    """einsum over (..., seq, heads, head_dim) with no scale: it runs as attention in more than
+    one layout, and matches plain attention in none."""
+    scores = torch.einsum("...qhd,...khd->...hqk", query, key)
+    return torch.einsum("...hqk,...khd->...qhd", torch.softmax(scores, dim=-1), value)

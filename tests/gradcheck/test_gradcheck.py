@@ -189,3 +189,52 @@ def test_hugging_face_attention_mask_gets_an_additive_mask() -> None:
     assert "attention_mask (additive float" in data["convention"]
     masked = next(d for d in data["diagnoses"] if d["code"] == "MSK001")
     assert masked["severity"] == "warning"  # finfo.min: a uniform average, as Hugging Face gives
+
+
+def test_key_padding_mask_gets_the_mask_scenarios() -> None:
+    code, data = sweep("key_padding_only")
+    assert code == 0, data["diagnoses"]
+    assert "key_padding_mask (bool (batch, k_len), True = padding)" in data["convention"]
+    ran = {r["scenario"] for r in data["results"] if r["verdict"] == "pass"}
+    assert {"padding-bool", "padding-additive", "fully-masked-row"} <= ran
+    assert data["mask_perturbation"] == "pass"
+    code, data = sweep("key_padding_ignored", "--quick")
+    assert code == 1 and "MSK002" in {d["code"] for d in data["diagnoses"]}
+
+
+def test_module_instance_and_class_are_accepted() -> None:
+    code, data = sweep("module_instance")
+    assert code == 0, data["diagnoses"]
+    assert "head size 8 (the module's)" in data["convention"]
+    code, data = sweep("ModuleAttention", "--quick")
+    assert code == 0, data["diagnoses"]
+    result = run_cli("gradcheck", "--impl", f"{IMPLS}:NeedsArguments")
+    assert result.returncode == 2 and "needs arguments" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sequence_first_layout_is_recognised() -> None:
+    code, data = sweep("sequence_first")
+    assert code == 0, data["diagnoses"]
+    assert "(seq, batch, heads·head_dim)" in data["convention"]
+    assert any("a probe" in note for note in data["passed"])
+    code, data = sweep("sequence_first", "--quick", "--layout", "lbe")
+    assert code == 0 and any("--layout lbe" in note for note in data["passed"])
+    assert run_cli("gradcheck", "--impl", f"{IMPLS}:sequence_first", "--layout", "xyz").returncode == 2
+
+
+def test_weak_finite_fill_is_a_warning_not_a_leak() -> None:
+    code, data = sweep("weak_fill", "--quick")
+    codes = {d["code"]: d for d in data["diagnoses"]}
+    assert "MSK002" not in codes and code == 1  # rows with nothing to attend: softmax of s - 100
+    assert codes["MSK007"]["severity"] == "warning" and "-100" in codes["MSK007"]["message"]
+    _, leaky = sweep("leaky_mask", "--quick")
+    assert leaky["diagnoses"][0]["code"] == "MSK002"
+
+
+def test_ambiguous_layout_is_one_clear_line() -> None:
+    result = run_cli("gradcheck", "--impl", f"{IMPLS}:any_leading_axes", "--quick")
+    assert result.returncode == 2 and "several layouts" in result.stderr and "--layout" in result.stderr
+    assert "Traceback" not in result.stderr
+    code, data = sweep("any_leading_axes", "--quick", "--layout", "blhd")
+    assert code == 1 and data["diagnoses"][0]["code"] == "SCL001"

@@ -261,6 +261,9 @@ class Recorder(TorchFunctionMode):
         fill: float | None,
         func: object,
     ) -> None:
+        if isinstance(record, trace.Broken):
+            self.broken(record, result, func)  # keep the first reason through the mask step
+            return
         if not isinstance(record, trace.ScoreTrace):
             return
         if fill is None or not isinstance(condition, torch.Tensor):
@@ -367,7 +370,9 @@ class Recorder(TorchFunctionMode):
             )
             self.calls.calls.append(call)
             self.traces.set(result, trace.WeightsTrace(call))
-        elif over == rank - 1 and (isinstance(record, trace.Broken) or rank == 4):
+        elif over == rank - 1 and (
+            isinstance(record, trace.Broken) or (rank == 4 and not isinstance(record, trace.Projected))
+        ):
             why = record.reason if isinstance(record, trace.Broken) else NO_QK_PRODUCT
             self._record_scores_only(scores, weights, why, log)
 
@@ -459,6 +464,9 @@ def _mha_mask(attn_mask, key_padding_mask, batch, heads, lq, lk):  # noqa: ANN00
     return bias
 
 
+_SOFTMAX_MODULES = (torch.nn.Softmax, torch.nn.LogSoftmax, torch.nn.Softmin)
+
+
 @contextmanager
 def capture(
     model: torch.nn.Module | None = None,
@@ -471,6 +479,10 @@ def capture(
     handles = []
     if model is not None:
         for name, module in model.named_modules():
+            if isinstance(module, _SOFTMAX_MODULES):
+                # nn.Softmax(dim=-1) held as self.attend is a step of the attention around it:
+                # the call is named after that module, not after the softmax
+                continue
 
             def push(_module, _inputs, name=name):  # noqa: ANN001
                 stack.append(name)

@@ -95,6 +95,16 @@ class MaskPart:
     layout_done: int
     fill: float = float("-inf")
     scale_then: float = 1.0  # the scale applied so far: later scalings also scale a bias
+    location: Location | None = None
+
+    def depth(self) -> tuple[int, float]:
+        """How this step hides keys, for choosing the mask step among several: (0, -) when it
+        hides some (a value at or below MASKED_BIAS), else (1, its most negative value)."""
+        if self.kind == "additive":
+            lowest = float(self.values.min()) if self.values.numel() else 0.0
+            return (0, 0.0) if lowest <= MASKED_BIAS else (1, lowest)
+        hidden = self.values.bool() if self.kind == "drop" else ~self.values.bool()
+        return (0, 0.0) if bool(hidden.any()) else (1, 0.0)
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,17 @@ class PreScale:
 
     factor: float
     location: Location | None
+
+
+@dataclass(frozen=True)
+class Projected:
+    """Features straight out of a learned projection (linear or convolution), moved about but
+    not yet combined with another token's features. A softmax over them normalises features
+    (linear attention's feature maps, a predicted weight per sampling point, a router's gate),
+    not query–key scores: it is not taken for attention."""
+
+
+PROJECTED = Projected()
 
 
 @dataclass(frozen=True)
@@ -229,11 +250,17 @@ def masked(
             f"the scores are filled with {fill:g} where the mask says so; attndbg follows fills "
             f"at or below {MASKED_BIAS:g} (a masked key)"
         )
-    part = MaskPart(kind, values, shape, len(trace.layout), fill, trace.applied_scale)
-    locations = dict(trace.locations)
-    if locations.get("mask") is None:
-        locations["mask"] = location
-    return trace.step(masks=(*trace.masks, part), locations=locations)
+    part = MaskPart(kind, values, shape, len(trace.layout), fill, trace.applied_scale, location)
+    return trace.step(masks=(*trace.masks, part))
+
+
+def _mask_location(parts: tuple[MaskPart, ...]) -> Location | None:
+    """The user's mask step: the first step that hides keys, else the most negative bias (a
+    relative-position bias or ALiBi added before the mask is not the mask)."""
+    located = [part for part in parts if part.location is not None]
+    if not located:
+        return None
+    return min(located, key=MaskPart.depth).location
 
 
 def relaid(trace: ScoreTrace, op: LayoutOp) -> ScoreTrace:
@@ -398,6 +425,9 @@ def finish(trace: ScoreTrace, scores: torch.Tensor, weights: torch.Tensor) -> Ca
         assert semantics is not None  # _combined_mask names the convention of every mask
         mask, is_causal = _split_causal(_compact(mask), semantics)
         semantics = semantics if mask is not None else None
+    locations = dict(trace.locations)
+    if trace.masks:
+        locations["mask"] = _mask_location(trace.masks)
     return CallTrace(
         q=to_bhsd(q, four),
         k=to_bhsd(k, four),
@@ -408,6 +438,6 @@ def finish(trace: ScoreTrace, scores: torch.Tensor, weights: torch.Tensor) -> Ca
         is_causal=is_causal,
         scale=scale,  # multiplying by 1.0 scales nothing: the same case as no scale step at all
         lead=four,
-        locations=dict(trace.locations),
+        locations=locations,
         notes=notes,
     )

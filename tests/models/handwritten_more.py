@@ -235,11 +235,12 @@ def add_decomposed_rel_pos(attn, q, rel_pos_h, rel_pos_w, q_size, k_size):  # no
     r_q = q.reshape(B, q_h, q_w, dim)
     rel_h = torch.matmul(r_q, Rh.permute(0, 2, 1))
     rel_w = torch.matmul(r_q.permute(0, 2, 1, 3), Rw.permute(0, 2, 1)).permute(0, 2, 1, 3)
-    attn = attn.view(B, q_h, q_w, k_h, k_w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+    attn = attn.view(B, q_h, q_w, k_h, k_w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]  # <bias>
     return attn.view(B, q_h * q_w, k_h * k_w)
 
 
 class Sam(Block):
+    BUGS = ("no-scale", "softmax-dim-2")
     MASKED = False
     VISION = True
     SIDE = 4
@@ -312,7 +313,7 @@ class WindowAttention(nn.Module):
         attn = q @ k.transpose(-2, -1)  # <qk>
         table, index = self.relative_position_bias_table, self.relative_position_index
         relative_position_bias = table[index.view(-1)].view(N, N, -1).permute(2, 0, 1).contiguous()
-        attn = attn + relative_position_bias.unsqueeze(0)
+        attn = attn + relative_position_bias.unsqueeze(0)  # <bias>
         if mask is not None:
             nW = mask.shape[0]
             attn = attn.view(B_ // nW, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)  # <mask>
@@ -323,6 +324,10 @@ class WindowAttention(nn.Module):
 
 
 class Swin(Block):
+    # the shift mask's -100 is above attndbg's masked-key line (-5000): read as a bias, and in
+    # an unshifted window an inverted (all -100) mask is a uniform shift that changes nothing,
+    # so its inversion is not a finding attndbg can make from the tensors
+    BUGS = ("no-scale", "softmax-dim-2")
     VISION = True
     SIDE, WINDOW = 8, 4
     LENGTH = SIDE * SIDE
@@ -367,6 +372,7 @@ class Swin(Block):
 # rearranged per head, `dots = torch.matmul(q, k.transpose(-1, -2)) * self.scale` and the softmax
 # held as a module, self.attend = nn.Softmax(dim=-1). No mask.
 class VitPytorch(Block):
+    BUGS = ("no-scale", "softmax-dim-2")
     MASKED = False
     VISION = True
 

@@ -7,7 +7,27 @@ to the weights the model computed, inspect quiet when the code is right, and eac
 
 Before and after this module's fixes in attndbg/recording (before = main at the branch point):
 
-BEFORE_AFTER_TABLE
+| project          | traced: before → after                    | correct code   | bugs: before → after       |
+|------------------|-------------------------------------------|----------------|----------------------------|
+| diffusers        | traced (4 calls) → same                   | quiet → quiet  | S M X → S M X              |
+| ldm              | traced → same                             | quiet → quiet  | S M X → S M X              |
+| whisper          | traced → same                             | quiet → quiet  | S M X → S M X              |
+| clip (nn.MHA)    | multi_head_attention → same               | quiet → quiet  | M → M (S, X: torch's own)  |
+| sam              | eager (rel-pos product broke it) → traced | quiet → quiet  | S X missed → S X           |
+| swin             | traced as blocks.N.attn.softmax → .attn   | quiet → quiet  | S X → S X (M: see Swin)    |
+| vit-pytorch      | traced as blocks.N.attend → blocks.N      | quiet → quiet  | S X → S X                  |
+| mistral          | traced (GQA) → same                       | quiet → quiet  | S X, M missed → S M X      |
+| gpt-j            | traced → same                             | quiet → quiet  | S M X → S M X              |
+| gpt-neox         | traced → same                             | quiet → quiet  | S M X → S M X              |
+| t5 (user code)   | traced, "no scale step" → same            | SCL001 → same  | X, M missed → M X          |
+| longformer-like  | wrongly traced (k summed) → eager + why   | SMX004 → quiet | – (no q·kᵀ form)           |
+| performer        | nothing → nothing                         | –              | –                          |
+| linear-attention | 2 eager calls (k.softmax) → nothing       | –              | –                          |
+
+S = SCL001, M = MSK004, X = SMX002, each at the user's marked line. Swin's inverted shift mask
+(-100) and T5's missing scale are explained at their classes and tests. Measured by capturing
+build(project) and build(project, bug) for every row, once with main's attndbg (3a0f8b6) and
+once with this branch.
 """
 
 from __future__ import annotations

@@ -170,4 +170,20 @@ def test_banded_attention_falls_back_to_its_scores_and_says_why() -> None:
         assert call.kind == "eager" and call.q is None and call.weights.shape == (2, 4, 16, 5)
         assert "every query has keys of its own" in call.notes[0] and "handwritten_more.py:" in call.notes[0]
     report = attndbg.diagnose(calls)
-    assert report.counts()["error"] == 0, [(f.code, f.message) for f in report.findings]
+    assert loud_findings(report) == {}, [(f.code, f.message) for f in report.findings]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_softmax_upcast_and_cast_back_with_type_is_traced(dtype: torch.dtype) -> None:
+    """``F.softmax(x.float(), dim=-1).type(x.dtype)``: half-precision scores, a float32 softmax
+    and the weights cast back by ``.type`` before the PV product."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 12, 16, generator=generator).to(dtype) for _ in range(3))
+    with attndbg.capture() as calls:
+        x = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        weights = torch.nn.functional.softmax(x.float(), dim=-1).type(x.dtype)
+        torch.matmul(weights, v)
+    (call,) = calls
+    assert call.kind == "traced" and call.notes == [] and call.out is not None
+    assert call.q.dtype == dtype and math.isclose(call.scale, 0.25, rel_tol=1e-6)
+    assert loud_findings(attndbg.diagnose(calls)) == {}

@@ -166,32 +166,52 @@ class Ldm(Block):
 # openai/whisper, whisper/model.py (commit fdf63e51), MultiHeadAttention.qkv_attention: q and k
 # each multiplied by d**-0.25, k laid out (batch, heads, dim, keys) by permute(0, 2, 3, 1) so that
 # `q @ k` needs no transpose, the decoder's causal mask (-inf above the diagonal) sliced and
-# added, softmax in float32 cast back.
-class Whisper(Block):
-    def __init__(self, bug: str | None, index: int = 0, n_ctx: int = 64) -> None:
-        super().__init__(bug, index)
-        self.n_head = HEADS
+# added, softmax in float32 cast back; ResidualAttentionBlock's self-attention (masked) and
+# cross-attention over the audio features (24 frames here: keys ≠ queries, no mask).
+class WhisperAttention(nn.Module):
+    def __init__(self, bug: str | None) -> None:
+        super().__init__()
+        self.bug, self.n_head = bug, HEADS
         self.query, self.value, self.out = (nn.Linear(D_MODEL, D_MODEL) for _ in range(3))
         self.key = nn.Linear(D_MODEL, D_MODEL, bias=False)
-        hidden = torch.empty(n_ctx, n_ctx).fill_(-math.inf)
-        self.register_buffer("mask", hidden.tril_() if self.inverted else hidden.triu_(1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.qkv_attention(self.query(x), self.key(x), self.value(x), self.mask))
+    def forward(self, x, xa=None, mask=None):  # noqa: ANN001, ANN201
+        q = self.query(x)
+        k = self.key(x if xa is None else xa)
+        v = self.value(x if xa is None else xa)
+        return self.out(self.qkv_attention(q, k, v, mask))
 
-    def qkv_attention(self, q, k, v, mask):  # noqa: ANN001, ANN201
+    def qkv_attention(self, q, k, v, mask=None):  # noqa: ANN001, ANN201
         n_batch, n_ctx, n_state = q.shape
         q = q.view(*q.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
         k = k.view(*k.shape[:2], self.n_head, -1).permute(0, 2, 3, 1)
-        if self.scaled:
+        if self.bug != "no-scale":
             scale = (n_state // self.n_head) ** -0.25
             q = q * scale  # <scale>
             k = k * scale
         v = v.view(*v.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
         qk = q @ k  # <qk>
-        qk = qk + mask[:n_ctx, :n_ctx]  # <mask>
-        w = F.softmax(qk.float(), dim=self.softmax_dim).to(q.dtype)  # <softmax>
+        if mask is not None:
+            qk = qk + mask[:n_ctx, :n_ctx]  # <mask>
+        w = F.softmax(qk.float(), dim=-2 if self.bug == "softmax-dim-2" else -1).to(q.dtype)  # <softmax>
         return (w @ v).permute(0, 2, 1, 3).flatten(start_dim=2)
+
+
+class Whisper(Block):
+    AUDIO_FRAMES = 24
+
+    def __init__(self, bug: str | None, index: int = 0, n_ctx: int = 64) -> None:
+        super().__init__(bug, index)
+        self.attn, self.cross_attn = WhisperAttention(bug), WhisperAttention(bug)
+        self.cross_attn_ln = nn.LayerNorm(D_MODEL)
+        self.register_buffer("audio_features", torch.randn(self.AUDIO_FRAMES, D_MODEL))
+        hidden = torch.empty(n_ctx, n_ctx).fill_(-math.inf)
+        self.register_buffer("mask", hidden.tril_() if self.inverted else hidden.triu_(1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x, mask=self.mask)
+        xa = self.audio_features.expand(x.shape[0], -1, -1)
+        return self.cross_attn(self.cross_attn_ln(x), xa)
 
 
 # openai/CLIP, clip/model.py (commit ea41722f), ResidualAttentionBlock: nn.MultiheadAttention in

@@ -11,7 +11,7 @@ Before and after this module's fixes in attndbg/recording (before = main at the 
 |------------------|-------------------------------------------|----------------|----------------------------|
 | diffusers        | traced (4 calls) → same                   | quiet → quiet  | S M X → S M X              |
 | ldm              | traced → same                             | quiet → quiet  | S M X → S M X              |
-| whisper          | traced → same                             | quiet → quiet  | S M X → S M X              |
+| whisper          | traced (self + cross, 4 calls) → same     | quiet → quiet  | S M X → S M X              |
 | clip (nn.MHA)    | multi_head_attention → same               | quiet → quiet  | M → M (S, X: torch's own)  |
 | sam              | eager (rel-pos product broke it) → traced | quiet → quiet  | S X missed → S X           |
 | swin             | traced as blocks.N.attn.softmax → .attn   | quiet → quiet  | S X → S X (M: see Swin)    |
@@ -25,7 +25,8 @@ Before and after this module's fixes in attndbg/recording (before = main at the 
 | linear-attention | 2 eager calls (k.softmax) → nothing       | –              | –                          |
 
 S = SCL001, M = MSK004, X = SMX002, each at the user's marked line. Swin's inverted shift mask
-(-100) and T5's missing scale are explained at their classes and tests. Measured by capturing
+(-100) and T5's missing scale are explained at their classes and tests. A float32 softmax of
+bfloat16 scores (``.type(x.dtype)`` test below) was SMX004 before; quiet after. Measured by capturing
 build(project) and build(project, bug) for every row, once with main's attndbg (3a0f8b6) and
 once with this branch.
 """
@@ -49,7 +50,11 @@ BUG_CODES = {"no-scale": "SCL001", "inverted-mask": "MSK004", "softmax-dim-2": "
 # scale would go, or at the QK product when there is no scale step at all
 BUG_MARKERS = {"no-scale": ("<scale>", "<qk>"), "inverted-mask": ("<mask>",), "softmax-dim-2": ("<softmax>",)}
 CALLS = {"diffusers": ["blocks.0.attn1", "blocks.0.attn2", "blocks.1.attn1", "blocks.1.attn2"]}
+CALLS |= {"whisper": ["blocks.0.attn", "blocks.0.cross_attn", "blocks.1.attn", "blocks.1.cross_attn"]}
 CALLS |= {project: ["blocks.0.attn", "blocks.1.attn"] for project in ("swin", "clip")}
+# calls of masked projects that take no mask: diffusers' attn1, Whisper's cross-attention over
+# the audio, Swin's unshifted first block
+UNMASKED = {"blocks.0.attn1", "blocks.1.attn1", "blocks.0.cross_attn", "blocks.1.cross_attn"}
 
 
 def _capture(model: nn.Module) -> tuple[Calls, torch.Tensor]:
@@ -98,11 +103,12 @@ def test_unchanged_code_is_traced_replays_and_is_clean(project: str) -> None:
         assert call.kind == "traced" and call.out is not None
         assert call.notes == ([NO_SCALE_STEP] if project == "t5" else []), call.notes
         assert call.q.dim() == 4 and call.q.shape[-1] == 8
+        if call.module.endswith("cross_attn"):  # queries × audio frames
+            assert call.weights.shape[-2:] == (x.shape[1], 24) and not call.is_causal
         for step in ("qk", "softmax", *(["scale"] if project != "t5" else [])):
             assert f"<{step}>" in _marker(call.locations[step]), step
-        # diffusers' attn1 and Swin's unshifted first block take no mask; SAM and Swin add a
-        # relative position bias, the step recorded when there is no mask
-        unmasked = call.module.endswith("attn1") or call.module == "blocks.0.attn"
+        # SAM and Swin add a relative position bias: the step recorded when there is no mask
+        unmasked = call.module in UNMASKED or (project == "swin" and call.module == "blocks.0.attn")
         masked = ALL[project].MASKED and not unmasked
         if masked:
             assert call.mask is not None or call.is_causal

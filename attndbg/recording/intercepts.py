@@ -136,8 +136,13 @@ def product(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     a = _argument(args, kwargs, 0, "input")
     b = _argument(args, kwargs, 1, "other", "mat2")
     result = func(*args, **kwargs)
+    weights_b = rec.traces.get(b)
     if isinstance(rec.traces.get(a), tr.WeightsTrace):
         rec.complete(rec.traces.get(a), b, result)
+    elif isinstance(weights_b, tr.WeightsTrace) and weights_b.transposed and isinstance(a, torch.Tensor):
+        # channels-first attention (Stable Diffusion's VAE AttnBlock): outᵀ = vᵀ · wᵀ
+        straight = tr.WeightsTrace(weights_b.call, weights_b.reordered)
+        rec.complete(straight, a.transpose(-2, -1), result.transpose(-2, -1))
     elif _is_activation(a) and _is_activation(b):
         rec.start(a, b.transpose(-2, -1), result, (rec.traces.get(a), rec.traces.get(b)))
     return result
@@ -177,6 +182,28 @@ def _einsum_roles(equation: str) -> tuple[list[str], list[str], list[str]] | Non
     return _TOKEN.findall(operands[0]), _TOKEN.findall(operands[1]), _TOKEN.findall(output)
 
 
+def _einsum_pv(
+    rec: Recorder, record: Any, w_spec: list[str], v: Any, v_spec: list[str], out_spec: list[str], out: Any
+) -> bool:
+    """An einsum of traced weights with v, in whichever operand order and axis layout
+    ('…qk,…kd->…qd', guided-diffusion's 'bts,bcs->bct'): completes the call and says so."""
+    if not isinstance(record, tr.WeightsTrace) or record.reordered or len(w_spec) < 2:
+        return False
+    lead, (query, key) = w_spec[:-2], (w_spec[-2:] if not record.transposed else w_spec[:-3:-1])
+    features = [t for t in v_spec if t not in w_spec]
+    if (
+        len(features) != 1
+        or sorted(v_spec) != sorted([*lead, key, *features])
+        or sorted(out_spec) != sorted([*lead, query, *features])
+    ):
+        return False
+    spec, (feature,) = "".join, features
+    v = torch.einsum(f"{spec(v_spec)}->{spec(lead)}{key}{feature}", v)
+    out = torch.einsum(f"{spec(out_spec)}->{spec(lead)}{query}{feature}", out)
+    rec.complete(tr.WeightsTrace(record.call), v, out)
+    return True
+
+
 @intercept("torch.einsum")
 def einsum(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     """``'…id,…jd->…ij'`` is a QK product (x-transformers); ``'…ij,…jd->…id'`` after a
@@ -195,10 +222,12 @@ def einsum(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         return result
     spec = "".join
     record = rec.traces.get(a)
-    if isinstance(record, tr.WeightsTrace) and a_spec == [*lead, i, d]:
-        v = torch.einsum(f"{spec(b_spec)}->{spec(lead)}{d}{last}", b)
-        rec.complete(record, v, result)
-    elif last in b_spec and last not in a_spec and i in b_spec and _is_activation(a) and _is_activation(b):
+    for weights, w_spec, v, v_spec in ((a, a_spec, b, b_spec), (b, b_spec, a, a_spec)):
+        if _einsum_pv(rec, rec.traces.get(weights), w_spec, v, v_spec, out_spec, result):
+            return result
+    if isinstance(record, tr.WeightsTrace):
+        return result  # weights in a product that is not PV: not a new QK product either
+    if last in b_spec and last not in a_spec and i in b_spec and _is_activation(a) and _is_activation(b):
         # '…ld,…lwd->…lw': every query has keys of its own (a band or a window gathered per
         # query); no single k gives these scores, so they are not q·kᵀ
         rec.traces.set(
@@ -339,7 +368,7 @@ def layout(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         rec.traces.set(result, tr.relaid(record, op))
     elif isinstance(record, tr.WeightsTrace):
         op = tr.LayoutOp(func.__name__, tuple(rest), dict(kwargs), tensor.shape, result.shape)
-        rec.traces.set(result, tr.WeightsTrace(record.call, record.reordered or not op.keeps_last_two))
+        rec.traces.set(result, record.relaid(op))
     else:
         rec.traces.set(result, record)
     return result

@@ -405,7 +405,12 @@ class Recorder(TorchFunctionMode):
         lead = call.lead
         if v.dim() == out.dim() and v.shape[:-2] != out.shape[:-2]:
             v = v.expand(*out.shape[:-2], *v.shape[-2:])  # broadcast in the product (multi-query)
-        if record.reordered or v.shape[:-2].numel() != math.prod(lead) or v.shape[-2] != call.k.shape[-2]:
+        if (
+            record.reordered
+            or record.transposed
+            or v.shape[:-2].numel() != math.prod(lead)
+            or v.shape[-2] != call.k.shape[-2]
+        ):
             call.notes = [n for n in call.notes if n != NO_PV_PRODUCT]
             call.notes.append(
                 f"v/out not recorded: the PV product's v is {tuple(v.shape)}, which does not line up "

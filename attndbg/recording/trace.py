@@ -69,6 +69,21 @@ class LayoutOp:
         return getattr(tensor, method)(*self.args, **self.kwargs)
 
     @property
+    def swaps_last_two(self) -> bool:
+        """Whether the operation exchanges the last two axes and moves nothing else."""
+        rank = len(self.before)
+        if rank < 2:
+            return False
+        if self.method == "transpose":
+            pair = sorted(_normalise_dim(int(d), rank) for d in (*self.args, *self.kwargs.values()))
+            return pair == [rank - 2, rank - 1]
+        if self.method == "permute":
+            packed = len(self.args) == 1 and isinstance(self.args[0], (tuple, list))
+            dims = tuple(_normalise_dim(int(d), rank) for d in (self.args[0] if packed else self.args))
+            return dims == (*range(rank - 2), rank - 1, rank - 2)
+        return False
+
+    @property
     def keeps_last_two(self) -> bool:
         """Whether the (query, key) axes stay the last two, in order."""
         if self.method == "contiguous":
@@ -133,7 +148,13 @@ class WeightsTrace:
     """The weights after the softmax, on their way to the PV product."""
 
     call: Any  # the CapturedCall being completed
-    reordered: bool = False
+    reordered: bool = False  # moved about so that (query, key) can no longer be told
+    transposed: bool = False  # (key, query) last: the PV product is then written v·wᵀ
+
+    def relaid(self, op: LayoutOp) -> WeightsTrace:
+        if op.swaps_last_two:
+            return replace(self, transposed=not self.transposed)
+        return replace(self, reordered=self.reordered or not op.keeps_last_two)
 
 
 @dataclass(frozen=True)

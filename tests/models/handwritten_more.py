@@ -5,7 +5,7 @@ attention of the project cited above it, with the switchable bugs ``no-scale``,
 ``inverted-mask`` and ``softmax-dim-2`` where the idiom has the step (``Block.BUGS`` says which),
 and the lines the tracer must point at carry a trailing ``# <step>`` marker.
 
-Three blocks are not query–key softmax attention as SDPA computes it and must not be taken for
+Three more blocks are not query–key softmax attention as SDPA computes it and must not be taken for
 it: ``longformer`` (a band of keys gathered per query: falls back to scores and weights, and says
 why), ``performer`` (FAVOR+ random features, no softmax at all) and ``linear-attention`` (softmax
 over projected features, not over scores).
@@ -685,6 +685,78 @@ class T5(Block):
         return self.o(attn_output.transpose(1, 2).contiguous().view(batch_size, -1, D_MODEL))
 
 
+# CompVis/stable-diffusion, ldm/modules/diffusionmodules/model.py, AttnBlock (the VAE's
+# attention): 1×1 convolutions, one head over the channels, q permuted to (b, hw, c) and k left
+# (b, c, hw) for bmm, scaled by int(c)**-0.5, softmax over dim=2, and the PV product written
+# channels-first: bmm(v, w_.permute(0, 2, 1)).
+class SdVae(Block):
+    BUGS = ("no-scale", "softmax-dim-2")
+    MASKED = False
+    VISION = True
+    SIDE = 4
+
+    def __init__(self, bug: str | None, index: int = 0) -> None:
+        super().__init__(bug, index)
+        self.norm = nn.GroupNorm(num_groups=8, num_channels=D_MODEL, eps=1e-6, affine=True)
+        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(D_MODEL, D_MODEL, 1) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, n, channels = x.shape
+        h_ = self.norm(x.transpose(1, 2).reshape(batch, channels, self.SIDE, self.SIDE))
+        q, k, v = self.q(h_), self.k(h_), self.v(h_)
+        b, c, h, w = q.shape
+        q = q.reshape(b, c, h * w).permute(0, 2, 1)  # b, hw, c
+        k = k.reshape(b, c, h * w)  # b, c, hw
+        w_ = torch.bmm(q, k)  # <qk>
+        if self.scaled:
+            w_ = w_ * (int(c) ** (-0.5))  # <scale>
+        w_ = torch.nn.functional.softmax(w_, dim=1 if self.bug == "softmax-dim-2" else 2)  # <softmax>
+        v = v.reshape(b, c, h * w)
+        w_ = w_.permute(0, 2, 1)  # b, hw (keys), hw (queries)
+        h_ = torch.bmm(v, w_).reshape(b, c, h, w)
+        return self.proj_out(h_).reshape(b, c, n).transpose(1, 2)
+
+
+# openai/guided-diffusion, guided_diffusion/unet.py, AttentionBlock with QKVAttentionLegacy:
+# a 1×1 conv1d makes qkv, heads folded into the batch and split along the channels, q and k each
+# scaled by ch**-0.25 ("more stable with f16 than dividing afterwards"), einsum "bct,bcs->bts",
+# th.softmax(weight.float(), dim=-1).type(weight.dtype), einsum "bts,bcs->bct" with v.
+# (proj_out is zero-initialised there; left random here so that the block does something.)
+class QKVAttentionLegacy(nn.Module):
+    def __init__(self, n_heads: int, bug: str | None) -> None:
+        super().__init__()
+        self.n_heads, self.bug = n_heads, bug
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        bs, width, length = qkv.shape
+        ch = width // (3 * self.n_heads)
+        q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
+        scale = 1 / math.sqrt(math.sqrt(ch)) if self.bug != "no-scale" else 1.0
+        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)  # <qk> <scale>
+        dim = -2 if self.bug == "softmax-dim-2" else -1
+        weight = torch.softmax(weight.float(), dim=dim).type(weight.dtype)  # <softmax>
+        a = torch.einsum("bts,bcs->bct", weight, v)
+        return a.reshape(bs, -1, length)
+
+
+class GuidedDiffusion(Block):
+    BUGS = ("no-scale", "softmax-dim-2")
+    MASKED = False
+    VISION = True
+
+    def __init__(self, bug: str | None, index: int = 0) -> None:
+        super().__init__(bug, index)
+        self.norm = nn.GroupNorm(8, D_MODEL)
+        self.qkv = nn.Conv1d(D_MODEL, D_MODEL * 3, 1)
+        self.attention = QKVAttentionLegacy(HEADS, bug)
+        self.proj_out = nn.Conv1d(D_MODEL, D_MODEL, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, 2)  # (b, c, spatial)
+        h = self.attention(self.qkv(self.norm(x)))
+        return self.proj_out(h).transpose(1, 2)
+
+
 # Longformer-like sliding-window attention (allenai/longformer and HF's LongformerSelfAttention
 # divide q by √d in place and multiply each query with its own band of 2w + 1 keys; written
 # here with unfold and einsum instead of their chunked as_strided diagonals). The scores are
@@ -812,6 +884,8 @@ PROJECTS: dict[str, type[Block]] = {
     "gpt-j": GptJ,
     "gpt-neox": GptNeoX,
     "t5": T5,
+    "sd-vae": SdVae,
+    "guided-diffusion": GuidedDiffusion,
 }
 NOT_SOFTMAX_ATTENTION: dict[str, type[Block]] = {"performer": Performer, "linear-attention": LinearAttention}
 FALLBACKS: dict[str, type[Block]] = {"longformer": Longformer}

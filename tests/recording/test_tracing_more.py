@@ -1,4 +1,4 @@
-"""Attention written as eleven more public projects write it, met by the tracer unseen.
+"""Attention written as more public projects write it, met by the tracer unseen.
 
 The models are tests/models/handwritten_more.py (sources cited there, one per class). Each is
 captured from a tiny seeded model; every call must be traced to q/k/v (or say why not), replay
@@ -20,6 +20,8 @@ Before and after this module's fixes in attndbg/recording (before = main at the 
 | gpt-j            | traced → same                             | quiet → quiet  | S M X → S M X              |
 | gpt-neox         | traced → same                             | quiet → quiet  | S M X → S M X              |
 | t5 (user code)   | traced, "no scale step" → same            | SCL001 → same  | X, M missed → M X          |
+| sd-vae           | traced, v/out missing (bmm(v, wᵀ)) → full | quiet → quiet  | X, S missed (no v) → S X   |
+| guided-diffusion | traced, v/out missing ('bts,bcs') → full  | quiet → quiet  | X, S missed (no v) → S X   |
 | longformer-like  | wrongly traced (k summed) → eager + why   | SMX004 → quiet | – (no q·kᵀ form)           |
 | performer        | nothing → nothing                         | –              | –                          |
 | linear-attention | 2 eager calls (k.softmax) → nothing       | –              | –                          |
@@ -52,6 +54,7 @@ BUG_MARKERS = {"no-scale": ("<scale>", "<qk>"), "inverted-mask": ("<mask>",), "s
 CALLS = {"diffusers": ["blocks.0.attn1", "blocks.0.attn2", "blocks.1.attn1", "blocks.1.attn2"]}
 CALLS |= {"whisper": ["blocks.0.attn", "blocks.0.cross_attn", "blocks.1.attn", "blocks.1.cross_attn"]}
 CALLS |= {project: ["blocks.0.attn", "blocks.1.attn"] for project in ("swin", "clip")}
+CALLS |= {"guided-diffusion": ["blocks.0.attention", "blocks.1.attention"]}
 # calls of masked projects that take no mask: diffusers' attn1, Whisper's cross-attention over
 # the audio, Swin's unshifted first block
 UNMASKED = {"blocks.0.attn1", "blocks.1.attn1", "blocks.0.cross_attn", "blocks.1.cross_attn"}
@@ -102,7 +105,7 @@ def test_unchanged_code_is_traced_replays_and_is_clean(project: str) -> None:
             continue
         assert call.kind == "traced" and call.out is not None
         assert call.notes == ([NO_SCALE_STEP] if project == "t5" else []), call.notes
-        assert call.q.dim() == 4 and call.q.shape[-1] == 8
+        assert call.q.dim() == 4 and call.q.shape[-1] == (32 if project == "sd-vae" else 8)
         if call.module.endswith("cross_attn"):  # queries × audio frames
             assert call.weights.shape[-2:] == (x.shape[1], 24) and not call.is_causal
         for step in ("qk", "softmax", *(["scale"] if project != "t5" else [])):
@@ -117,7 +120,7 @@ def test_unchanged_code_is_traced_replays_and_is_clean(project: str) -> None:
             assert "<bias>" in _marker(call.locations["mask"])
         # the recorded q, k, scale and mask give the weights the model computed
         scale = 1.0 if project == "t5" else call.scale
-        assert math.isclose(scale, 1.0 if project == "t5" else 8**-0.5, rel_tol=1e-6)
+        assert math.isclose(scale, 1.0 if project == "t5" else call.q.shape[-1] ** -0.5, rel_tol=1e-6)
         torch.testing.assert_close(
             _replayed_weights(call, scale).float(), call.weights.float(), atol=1e-5, rtol=1e-4
         )

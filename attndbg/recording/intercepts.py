@@ -169,11 +169,6 @@ def product_with_bias(rec: Recorder, func: Callable, args: tuple, kwargs: dict) 
 _TOKEN = re.compile(r"\.\.\.|[A-Za-z]")
 
 
-def _at(rec: Recorder) -> str:
-    where = rec.here()
-    return f"{where.file}:{where.line}" if where else "an unknown line"
-
-
 def _einsum_roles(equation: str) -> tuple[list[str], list[str], list[str]] | None:
     inputs, _, output = equation.replace(" ", "").partition("->")
     operands = inputs.split(",")
@@ -233,7 +228,7 @@ def einsum(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         rec.traces.set(
             result,
             tr.Broken(
-                f"q/k/v not recorded: the scores come from einsum {args[0]!r} at {_at(rec)}, in which "
+                f"q/k/v not recorded: the scores come from einsum {args[0]!r}{rec.at()}, in which "
                 "every query has keys of its own (a band or window per query), not one q·kᵀ"
             ),
         )

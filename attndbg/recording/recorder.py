@@ -215,6 +215,11 @@ class Recorder(TorchFunctionMode):
     def here(self) -> Location | None:
         return user_location()
 
+    def at(self) -> str:
+        """ " at FILE:LINE" of the user's line, for a message; empty when there is none."""
+        where = self.here()
+        return f" at {where.file}:{where.line}" if where else ""
+
     def _wanted(self) -> str | None:
         module = self.stack[-1] if self.stack else ""
         if self.layers and not fnmatch.fnmatchcase(module, self.layers):
@@ -229,12 +234,11 @@ class Recorder(TorchFunctionMode):
             self.traces.set(result, record)  # the first reason stays the reason
         elif isinstance(record, trace.ScoreTrace) and isinstance(result, torch.Tensor):
             name = getattr(func, "__name__", str(func))
-            where = self.here()
-            at = f" at {where.file}:{where.line}" if where else ""
             self.traces.set(
                 result,
                 trace.Broken(
-                    f"q/k/v not recorded: the scores go through {name}{at}, which attndbg does not follow"
+                    f"q/k/v not recorded: the scores go through {name}{self.at()}, which attndbg "
+                    "does not follow"
                 ),
             )
 

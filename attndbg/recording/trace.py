@@ -78,10 +78,12 @@ class LayoutOp:
             pair = sorted(_normalise_dim(int(d), rank) for d in (*self.args, *self.kwargs.values()))
             return pair == [rank - 2, rank - 1]
         if self.method == "permute":
-            packed = len(self.args) == 1 and isinstance(self.args[0], (tuple, list))
-            dims = tuple(_normalise_dim(int(d), rank) for d in (self.args[0] if packed else self.args))
-            return dims == (*range(rank - 2), rank - 1, rank - 2)
+            return self._permuted(rank) == (*range(rank - 2), rank - 1, rank - 2)
         return False
+
+    def _permuted(self, rank: int) -> tuple[int, ...]:
+        packed = len(self.args) == 1 and isinstance(self.args[0], (tuple, list))
+        return tuple(_normalise_dim(int(d), rank) for d in (self.args[0] if packed else self.args))
 
     @property
     def keeps_last_two(self) -> bool:
@@ -90,9 +92,7 @@ class LayoutOp:
             return True
         rank = len(self.before)
         if self.method == "permute":
-            packed = len(self.args) == 1 and isinstance(self.args[0], (tuple, list))
-            dims = tuple(_normalise_dim(int(d), rank) for d in (self.args[0] if packed else self.args))
-            return dims[-2:] == (rank - 2, rank - 1)
+            return self._permuted(rank)[-2:] == (rank - 2, rank - 1)
         if self.method == "transpose":
             pair = [_normalise_dim(int(d), rank) for d in (*self.args, *self.kwargs.values())][:2]
             return all(d < rank - 2 for d in pair) or pair[0] == pair[1]

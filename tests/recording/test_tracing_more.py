@@ -5,7 +5,8 @@ captured from a tiny seeded model; every call must be traced to q/k/v (or say wh
 to the weights the model computed, inspect quiet when the code is right, and each injected bug
 (no scale, inverted mask, softmax over the queries) must be found at the user's marked line.
 
-Before and after this module's fixes in attndbg/recording (before = main at the branch point):
+Before and after this branch's fixes (attndbg/recording; MSK004's reading of mask structure; the
+hypotheses' tolerance for half-precision scores), before = main at the branch point:
 
 | project          | traced: before → after                    | correct code   | bugs: before → after       |
 |------------------|-------------------------------------------|----------------|----------------------------|

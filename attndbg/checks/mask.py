@@ -297,6 +297,10 @@ def _structure(keep: torch.Tensor) -> str | None:
         return "causal"
     if bool((keep == ~below).all()) or bool((keep == (j >= i)).all()):
         return "inverted-causal"
+    if rows == cols and bool(keep[j > i].all()) and not bool(keep[j == i].any()):
+        # every future key kept and every query's own key hidden: the complement of a causal
+        # or sliding-window mask (log(1 - band) for log(band)), never a mask written on purpose
+        return "inverted-causal"
     if bool(keep[below].all()) and bool(keep[~below].any()) and not bool(keep[j > i + 2].any()):
         return "leaky-causal"
     return None
@@ -371,7 +375,10 @@ causal = torch.ones(L, L, dtype=torch.bool).tril()   # True on and below the dia
             )
             return
         rows_identical = lq == 1 or bool((keep == keep[..., :1, :]).all())
-        if rows_identical and h == 1 and ctx.mask_semantics is not None:
+        # a per-head bias added with the padding (T5's position_bias + mask) hides the same keys
+        # in every head: the padding structure is read from the first
+        heads_identical = h == 1 or bool((keep == keep[:, :1]).all())
+        if rows_identical and heads_identical and ctx.mask_semantics is not None:
             profile = _padding_profile(keep[:, 0, 0, :])
             # a sample with no key at all is the strong sign (a batch is padded to its longest
             # sample, which inverted has nothing left); a mostly masked prefix is a weak one, and

@@ -108,6 +108,26 @@ def multi_head_attention(rec: Recorder, func: Callable, args: tuple, kwargs: dic
     return func(*args, **kwargs)
 
 
+# ---- projections ------------------------------------------------------------------------------
+
+
+@intercept(
+    "F.linear",
+    "F.bilinear",
+    "torch.conv1d",
+    "torch.conv2d",
+    "torch.conv3d",
+    "F.conv1d",
+    "F.conv2d",
+    "F.conv3d",
+)
+def projection(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+    result = func(*args, **kwargs)
+    if _is_activation(result):
+        rec.traces.set(result, tr.PROJECTED)
+    return result
+
+
 # ---- products ---------------------------------------------------------------------------------
 
 
@@ -116,8 +136,13 @@ def product(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     a = _argument(args, kwargs, 0, "input")
     b = _argument(args, kwargs, 1, "other", "mat2")
     result = func(*args, **kwargs)
+    weights_b = rec.traces.get(b)
     if isinstance(rec.traces.get(a), tr.WeightsTrace):
         rec.complete(rec.traces.get(a), b, result)
+    elif isinstance(weights_b, tr.WeightsTrace) and weights_b.transposed and isinstance(a, torch.Tensor):
+        # channels-first attention (Stable Diffusion's VAE AttnBlock): outᵀ = vᵀ · wᵀ
+        straight = tr.WeightsTrace(weights_b.call, weights_b.reordered)
+        rec.complete(straight, a.transpose(-2, -1), result.transpose(-2, -1))
     elif _is_activation(a) and _is_activation(b):
         rec.start(a, b.transpose(-2, -1), result, (rec.traces.get(a), rec.traces.get(b)))
     return result
@@ -135,9 +160,9 @@ def product_with_bias(rec: Recorder, func: Callable, args: tuple, kwargs: dict) 
         scale = alpha if alpha != 1 else None
         started = rec.start(a, b.transpose(-2, -1), result, (rec.traces.get(a), rec.traces.get(b)), scale)
         if started is not None and beta != 0 and isinstance(bias, torch.Tensor):
-            # a bias (ALiBi), not the user's mask step: no mask location from here
+            # ALiBi (a bias) or diffusers' attention mask: the mask step when it hides keys
             bias = bias if beta == 1 else bias * beta
-            rec.traces.set(result, tr.masked(started, "additive", bias, result.shape, None))
+            rec.traces.set(result, tr.masked(started, "additive", bias, result.shape, rec.here()))
     return result
 
 
@@ -150,6 +175,28 @@ def _einsum_roles(equation: str) -> tuple[list[str], list[str], list[str]] | Non
     if len(operands) != 2 or not output:
         return None
     return _TOKEN.findall(operands[0]), _TOKEN.findall(operands[1]), _TOKEN.findall(output)
+
+
+def _einsum_pv(
+    rec: Recorder, record: Any, w_spec: list[str], v: Any, v_spec: list[str], out_spec: list[str], out: Any
+) -> bool:
+    """An einsum of traced weights with v, in whichever operand order and axis layout
+    ('…qk,…kd->…qd', guided-diffusion's 'bts,bcs->bct'): completes the call and says so."""
+    if not isinstance(record, tr.WeightsTrace) or record.reordered or len(w_spec) < 2:
+        return False
+    lead, (query, key) = w_spec[:-2], (w_spec[-2:] if not record.transposed else w_spec[:-3:-1])
+    features = [t for t in v_spec if t not in w_spec]
+    if (
+        len(features) != 1
+        or sorted(v_spec) != sorted([*lead, key, *features])
+        or sorted(out_spec) != sorted([*lead, query, *features])
+    ):
+        return False
+    spec, (feature,) = "".join, features
+    v = torch.einsum(f"{spec(v_spec)}->{spec(lead)}{key}{feature}", v)
+    out = torch.einsum(f"{spec(out_spec)}->{spec(lead)}{query}{feature}", out)
+    rec.complete(tr.WeightsTrace(record.call), v, out)
+    return True
 
 
 @intercept("torch.einsum")
@@ -170,9 +217,21 @@ def einsum(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         return result
     spec = "".join
     record = rec.traces.get(a)
-    if isinstance(record, tr.WeightsTrace) and a_spec == [*lead, i, d]:
-        v = torch.einsum(f"{spec(b_spec)}->{spec(lead)}{d}{last}", b)
-        rec.complete(record, v, result)
+    for weights, w_spec, v, v_spec in ((a, a_spec, b, b_spec), (b, b_spec, a, a_spec)):
+        if _einsum_pv(rec, rec.traces.get(weights), w_spec, v, v_spec, out_spec, result):
+            return result
+    if isinstance(record, tr.WeightsTrace):
+        return result  # weights in a product that is not PV: not a new QK product either
+    if last in b_spec and last not in a_spec and i in b_spec and _is_activation(a) and _is_activation(b):
+        # '…ld,…lwd->…lw': every query has keys of its own (a band or a window gathered per
+        # query); no single k gives these scores, so they are not q·kᵀ
+        rec.traces.set(
+            result,
+            tr.Broken(
+                f"q/k/v not recorded: the scores come from einsum {args[0]!r}{rec.at()}, in which "
+                "every query has keys of its own (a band or window per query), not one q·kᵀ"
+            ),
+        )
     elif last in b_spec and last not in a_spec and _is_activation(a) and _is_activation(b):
         q = torch.einsum(f"{spec(a_spec)}->{spec(lead)}{i}{d}", a)
         k = torch.einsum(f"{spec(b_spec)}->{spec(lead)}{last}{d}", b)
@@ -217,13 +276,22 @@ def add(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     result = func(*args, **kwargs)
     alpha = kwargs.get("alpha", 1)
     trace_a, trace_b = rec.traces.get(a), rec.traces.get(b)
-    if isinstance(trace_a, tr.ScoreTrace) and isinstance(b, torch.Tensor) and not _is_chain(trace_b):
-        bias = b if alpha == 1 else b * alpha
-        rec.traces.set(result, tr.masked(trace_a, "additive", bias, result.shape, rec.here()))
+    # Scores plus another product (SAM's and MViT's decomposed relative positions q·Rᵀ,
+    # Transformer-XL's position term) is scores plus a bias whose values were computed from
+    # q: the sum is the same, so the second term is kept as a bias. The scores are the chain
+    # already as large as the sum (the other term is broadcast up to it), else the first.
+    if _is_scores(trace_a, a, result) or (
+        isinstance(trace_a, tr.ScoreTrace) and not _is_scores(trace_b, b, result)
+    ):
+        if isinstance(b, torch.Tensor) and not isinstance(trace_b, tr.WeightsTrace):
+            bias = b if alpha == 1 else b * alpha
+            rec.traces.set(result, tr.masked(trace_a, "additive", bias, result.shape, rec.here()))
+        else:
+            rec.broken(trace_a, result, func)
     elif (
         isinstance(trace_b, tr.ScoreTrace)
         and isinstance(a, torch.Tensor)
-        and not _is_chain(trace_a)
+        and not isinstance(trace_a, tr.WeightsTrace)
         and alpha == 1
     ):
         rec.traces.set(result, tr.masked(trace_b, "additive", a, result.shape, rec.here()))
@@ -232,9 +300,12 @@ def add(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     return result
 
 
-def _is_chain(record: Any) -> bool:
-    """Scores or weights of some attention call (a pre-scaled tensor is a plain operand)."""
-    return isinstance(record, (tr.ScoreTrace, tr.WeightsTrace, tr.Broken))
+def _is_scores(record: Any, tensor: Any, result: Any) -> bool:
+    return (
+        isinstance(record, tr.ScoreTrace)
+        and isinstance(tensor, torch.Tensor)
+        and tensor.shape == result.shape
+    )
 
 
 @intercept("torch.masked_fill", "Tensor.masked_fill", "Tensor.masked_fill_")
@@ -267,9 +338,9 @@ def where(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     if len(args) != 3:
         return result
     condition, a, b = args
-    if isinstance(rec.traces.get(a), tr.ScoreTrace):
+    if isinstance(rec.traces.get(a), (tr.ScoreTrace, tr.Broken)):
         rec.mask_step(rec.traces.get(a), result, "keep", condition, tr.scalar_value(b), func)
-    elif isinstance(rec.traces.get(b), tr.ScoreTrace):
+    elif isinstance(rec.traces.get(b), (tr.ScoreTrace, tr.Broken)):
         rec.mask_step(rec.traces.get(b), result, "drop", condition, tr.scalar_value(a), func)
     return result
 
@@ -292,7 +363,7 @@ def layout(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         rec.traces.set(result, tr.relaid(record, op))
     elif isinstance(record, tr.WeightsTrace):
         op = tr.LayoutOp(func.__name__, tuple(rest), dict(kwargs), tensor.shape, result.shape)
-        rec.traces.set(result, tr.WeightsTrace(record.call, record.reordered or not op.keeps_last_two))
+        rec.traces.set(result, record.relaid(op))
     else:
         rec.traces.set(result, record)
     return result
@@ -307,7 +378,7 @@ def selection(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     into streams, timm unbinds q, k, v); parts of the scores are not followed."""
     result = func(*args, **kwargs)
     record = rec.traces.get(args[0]) if args else None
-    if isinstance(record, tr.PreScale):
+    if isinstance(record, (tr.PreScale, tr.Projected)):
         for part in result if isinstance(result, (tuple, list)) else (result,):
             if isinstance(part, torch.Tensor):
                 rec.traces.set(part, record)
@@ -325,6 +396,10 @@ def joined(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     factors = {r.factor for r in records if isinstance(r, tr.PreScale)}
     if records and len(factors) == 1 and all(isinstance(r, tr.PreScale) for r in records):
         rec.traces.set(result, records[0])
+    elif any(isinstance(r, tr.Projected) for r in records) and all(
+        r is None or isinstance(r, tr.Projected) for r in records
+    ):
+        rec.traces.set(result, tr.PROJECTED)  # projected features joined with learned memory slots
     return result
 
 

@@ -215,6 +215,11 @@ class Recorder(TorchFunctionMode):
     def here(self) -> Location | None:
         return user_location()
 
+    def at(self) -> str:
+        """ " at FILE:LINE" of the user's line, for a message; empty when there is none."""
+        where = self.here()
+        return f" at {where.file}:{where.line}" if where else ""
+
     def _wanted(self) -> str | None:
         module = self.stack[-1] if self.stack else ""
         if self.layers and not fnmatch.fnmatchcase(module, self.layers):
@@ -229,12 +234,11 @@ class Recorder(TorchFunctionMode):
             self.traces.set(result, record)  # the first reason stays the reason
         elif isinstance(record, trace.ScoreTrace) and isinstance(result, torch.Tensor):
             name = getattr(func, "__name__", str(func))
-            where = self.here()
-            at = f" at {where.file}:{where.line}" if where else ""
             self.traces.set(
                 result,
                 trace.Broken(
-                    f"q/k/v not recorded: the scores go through {name}{at}, which attndbg does not follow"
+                    f"q/k/v not recorded: the scores go through {name}{self.at()}, which attndbg "
+                    "does not follow"
                 ),
             )
 
@@ -261,6 +265,9 @@ class Recorder(TorchFunctionMode):
         fill: float | None,
         func: object,
     ) -> None:
+        if isinstance(record, trace.Broken):
+            self.broken(record, result, func)  # keep the first reason through the mask step
+            return
         if not isinstance(record, trace.ScoreTrace):
             return
         if fill is None or not isinstance(condition, torch.Tensor):
@@ -367,7 +374,9 @@ class Recorder(TorchFunctionMode):
             )
             self.calls.calls.append(call)
             self.traces.set(result, trace.WeightsTrace(call))
-        elif over == rank - 1 and (isinstance(record, trace.Broken) or rank == 4):
+        elif over == rank - 1 and (
+            isinstance(record, trace.Broken) or (rank == 4 and not isinstance(record, trace.Projected))
+        ):
             why = record.reason if isinstance(record, trace.Broken) else NO_QK_PRODUCT
             self._record_scores_only(scores, weights, why, log)
 
@@ -400,7 +409,12 @@ class Recorder(TorchFunctionMode):
         lead = call.lead
         if v.dim() == out.dim() and v.shape[:-2] != out.shape[:-2]:
             v = v.expand(*out.shape[:-2], *v.shape[-2:])  # broadcast in the product (multi-query)
-        if record.reordered or v.shape[:-2].numel() != math.prod(lead) or v.shape[-2] != call.k.shape[-2]:
+        if (
+            record.reordered
+            or record.transposed
+            or v.shape[:-2].numel() != math.prod(lead)
+            or v.shape[-2] != call.k.shape[-2]
+        ):
             call.notes = [n for n in call.notes if n != NO_PV_PRODUCT]
             call.notes.append(
                 f"v/out not recorded: the PV product's v is {tuple(v.shape)}, which does not line up "
@@ -459,6 +473,9 @@ def _mha_mask(attn_mask, key_padding_mask, batch, heads, lq, lk):  # noqa: ANN00
     return bias
 
 
+_SOFTMAX_MODULES = (torch.nn.Softmax, torch.nn.LogSoftmax, torch.nn.Softmin)
+
+
 @contextmanager
 def capture(
     model: torch.nn.Module | None = None,
@@ -471,6 +488,10 @@ def capture(
     handles = []
     if model is not None:
         for name, module in model.named_modules():
+            if isinstance(module, _SOFTMAX_MODULES):
+                # nn.Softmax(dim=-1) held as self.attend is a step of the attention around it:
+                # the call is named after that module, not after the softmax
+                continue
 
             def push(_module, _inputs, name=name):  # noqa: ANN001
                 stack.append(name)

@@ -69,15 +69,30 @@ class LayoutOp:
         return getattr(tensor, method)(*self.args, **self.kwargs)
 
     @property
+    def swaps_last_two(self) -> bool:
+        """Whether the operation exchanges the last two axes and moves nothing else."""
+        rank = len(self.before)
+        if rank < 2:
+            return False
+        if self.method == "transpose":
+            pair = sorted(_normalise_dim(int(d), rank) for d in (*self.args, *self.kwargs.values()))
+            return pair == [rank - 2, rank - 1]
+        if self.method == "permute":
+            return self._permuted(rank) == (*range(rank - 2), rank - 1, rank - 2)
+        return False
+
+    def _permuted(self, rank: int) -> tuple[int, ...]:
+        packed = len(self.args) == 1 and isinstance(self.args[0], (tuple, list))
+        return tuple(_normalise_dim(int(d), rank) for d in (self.args[0] if packed else self.args))
+
+    @property
     def keeps_last_two(self) -> bool:
         """Whether the (query, key) axes stay the last two, in order."""
         if self.method == "contiguous":
             return True
         rank = len(self.before)
         if self.method == "permute":
-            packed = len(self.args) == 1 and isinstance(self.args[0], (tuple, list))
-            dims = tuple(_normalise_dim(int(d), rank) for d in (self.args[0] if packed else self.args))
-            return dims[-2:] == (rank - 2, rank - 1)
+            return self._permuted(rank)[-2:] == (rank - 2, rank - 1)
         if self.method == "transpose":
             pair = [_normalise_dim(int(d), rank) for d in (*self.args, *self.kwargs.values())][:2]
             return all(d < rank - 2 for d in pair) or pair[0] == pair[1]
@@ -95,6 +110,16 @@ class MaskPart:
     layout_done: int
     fill: float = float("-inf")
     scale_then: float = 1.0  # the scale applied so far: later scalings also scale a bias
+    location: Location | None = None
+
+    def depth(self) -> tuple[int, float]:
+        """How this step hides keys, for choosing the mask step among several: (0, -) when it
+        hides some (a value at or below MASKED_BIAS), else (1, its most negative value)."""
+        if self.kind == "additive":
+            lowest = float(self.values.min()) if self.values.numel() else 0.0
+            return (0, 0.0) if lowest <= MASKED_BIAS else (1, lowest)
+        hidden = self.values.bool() if self.kind == "drop" else ~self.values.bool()
+        return (0, 0.0) if bool(hidden.any()) else (1, 0.0)
 
 
 @dataclass(frozen=True)
@@ -123,7 +148,13 @@ class WeightsTrace:
     """The weights after the softmax, on their way to the PV product."""
 
     call: Any  # the CapturedCall being completed
-    reordered: bool = False
+    reordered: bool = False  # moved about so that (query, key) can no longer be told
+    transposed: bool = False  # (key, query) last: the PV product is then written v·wᵀ
+
+    def relaid(self, op: LayoutOp) -> WeightsTrace:
+        if op.swaps_last_two:
+            return replace(self, transposed=not self.transposed)
+        return replace(self, reordered=self.reordered or not op.keeps_last_two)
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,17 @@ class PreScale:
 
     factor: float
     location: Location | None
+
+
+@dataclass(frozen=True)
+class Projected:
+    """Features straight out of a learned projection (linear or convolution), moved about but
+    not yet combined with another token's features. A softmax over them normalises features
+    (linear attention's feature maps, a predicted weight per sampling point, a router's gate),
+    not query–key scores: it is not taken for attention."""
+
+
+PROJECTED = Projected()
 
 
 @dataclass(frozen=True)
@@ -229,11 +271,17 @@ def masked(
             f"the scores are filled with {fill:g} where the mask says so; attndbg follows fills "
             f"at or below {MASKED_BIAS:g} (a masked key)"
         )
-    part = MaskPart(kind, values, shape, len(trace.layout), fill, trace.applied_scale)
-    locations = dict(trace.locations)
-    if locations.get("mask") is None:
-        locations["mask"] = location
-    return trace.step(masks=(*trace.masks, part), locations=locations)
+    part = MaskPart(kind, values, shape, len(trace.layout), fill, trace.applied_scale, location)
+    return trace.step(masks=(*trace.masks, part))
+
+
+def _mask_location(parts: tuple[MaskPart, ...]) -> Location | None:
+    """The user's mask step: the first step that hides keys, else the most negative bias (a
+    relative-position bias or ALiBi added before the mask is not the mask)."""
+    located = [part for part in parts if part.location is not None]
+    if not located:
+        return None
+    return min(located, key=MaskPart.depth).location
 
 
 def relaid(trace: ScoreTrace, op: LayoutOp) -> ScoreTrace:
@@ -398,6 +446,9 @@ def finish(trace: ScoreTrace, scores: torch.Tensor, weights: torch.Tensor) -> Ca
         assert semantics is not None  # _combined_mask names the convention of every mask
         mask, is_causal = _split_causal(_compact(mask), semantics)
         semantics = semantics if mask is not None else None
+    locations = dict(trace.locations)
+    if trace.masks:
+        locations["mask"] = _mask_location(trace.masks)
     return CallTrace(
         q=to_bhsd(q, four),
         k=to_bhsd(k, four),
@@ -408,6 +459,6 @@ def finish(trace: ScoreTrace, scores: torch.Tensor, weights: torch.Tensor) -> Ca
         is_causal=is_causal,
         scale=scale,  # multiplying by 1.0 scales nothing: the same case as no scale step at all
         lead=four,
-        locations=dict(trace.locations),
+        locations=locations,
         notes=notes,
     )

@@ -68,6 +68,11 @@ def reference_pass(ctx: CaseContext, workers: int | None = None) -> AttentionSta
         head_gram=torch.zeros(B, H, H, dtype=torch.float64, device=ctx.device),
         out=None,
     )
+    if has_qkv or ctx.user_scores is not None:
+        # settle every cached reading before reducers and threads start, in the order a chunk
+        # reads them (the report lists assumptions in the order they were made)
+        _ = ctx.scale if has_qkv else None
+        ctx.combined_bias(0, slice(0, 1), ctx.mask_semantics, ctx.causal_align)
     reducers = [make(ctx, acc) for make in REDUCERS if _runs(ctx, make)]
     for reducer in reducers:
         reducer.start()
@@ -80,10 +85,6 @@ def reference_pass(ctx: CaseContext, workers: int | None = None) -> AttentionSta
             _weights_only_chunk(ctx, acc, b, rows, gram_stride)
     else:
         batches = [_batch(ctx, b) for b in range(B)]
-        # settle every cached reading before the threads start, in the order a chunk reads them
-        # (the report lists assumptions in the order they were made)
-        _ = ctx.scale if has_qkv else None
-        ctx.combined_bias(0, slice(0, 1), ctx.mask_semantics, ctx.causal_align)
 
         def reduce_block(block: tuple[int, slice]) -> None:
             # every head group of a row block in turn, so that reducers may combine heads per row

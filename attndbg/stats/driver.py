@@ -21,6 +21,7 @@ from attndbg.stats.chunks import (
     Batch,
     Chunk,
     Reducer,
+    Workspace,
     chunk_rows,
     chunk_shape,
 )
@@ -86,13 +87,15 @@ def reference_pass(ctx: CaseContext, workers: int | None = None) -> AttentionSta
     else:
         batches = [_batch(ctx, b) for b in range(B)]
 
+        workspace = Workspace()
+
         def reduce_block(block: tuple[int, slice]) -> None:
             # every head group of a row block in turn, so that reducers may combine heads per row
             b, rows = block
             for h0 in range(0, H, heads_per_chunk):
                 heads = slice(h0, min(H, h0 + heads_per_chunk))
-                for chunk in _chunks(ctx, batches[b], heads, rows):
-                    _reduce_chunk(ctx, reducers, chunk)
+                for chunk in _chunks(ctx, batches[b], heads, rows, workspace):
+                    _reduce_chunk(ctx, reducers, chunk, workspace)
 
         in_parallel(reduce_block, blocks, workers)
     chunks = len(blocks) * -(-H // heads_per_chunk)
@@ -171,11 +174,13 @@ def _batch(ctx: CaseContext, b: int) -> Batch:
     return Batch(b, q, kt, ctx.v[min(b, ctx.v.shape[0] - 1)])
 
 
-def _chunks(ctx: CaseContext, batch: Batch, heads: slice, block: slice) -> Iterator[Chunk]:
+def _chunks(
+    ctx: CaseContext, batch: Batch, heads: slice, block: slice, workspace: Workspace
+) -> Iterator[Chunk]:
     """The scores of a block of rows — one product, from q·kᵀ, or the user's saved scores —
     handed on in slices of rows small enough to stay in cache through every element-wise pass
     (on a GPU, whole: its cache is not the limit)."""
-    scores = _product(ctx, batch, heads, block)
+    scores = _product(ctx, batch, heads, block, workspace)
     n_heads, n_rows, n_keys = scores.shape
     step = n_rows if str(ctx.device) != "cpu" else max(1, CHUNK_ELEMENTS // max(1, n_heads * n_keys))
     for first in range(0, n_rows, step):
@@ -183,10 +188,14 @@ def _chunks(ctx: CaseContext, batch: Batch, heads: slice, block: slice) -> Itera
         yield _chunk(ctx, batch, heads, rows, block, scores[:, first : first + step])
 
 
-def _product(ctx: CaseContext, batch: Batch, heads: slice, block: slice) -> torch.Tensor:
+def _product(
+    ctx: CaseContext, batch: Batch, heads: slice, block: slice, workspace: Workspace
+) -> torch.Tensor:
     """(q·scale)·kᵀ for a group of heads and a block of rows, or the saved scores there."""
     if batch.q is not None and batch.kt is not None:
-        return torch.matmul(batch.q[heads, block] * ctx.scale, batch.kt[heads])
+        q, kt = batch.q[heads, block] * ctx.scale, batch.kt[heads]
+        out = workspace.take("scores", (q.shape[0], q.shape[1], kt.shape[-1]), q.device)
+        return torch.matmul(q, kt, out=out)
     saved = ctx.user_scores
     assert saved is not None
     return (
@@ -213,7 +222,7 @@ def _chunk(
     return chunk
 
 
-def _reduce_chunk(ctx: CaseContext, reducers: list[Reducer], chunk: Chunk) -> None:
+def _reduce_chunk(ctx: CaseContext, reducers: list[Reducer], chunk: Chunk, workspace: Workspace) -> None:
     """The softmax of a chunk and what the reducers read of it: torch's fused softmax (one
     kernel for exp and the row sums, ~2× cheaper than ``torch.exp`` alone on CPU), its row max
     (= 1/Σ exp(S − m): the log-sum-exp without a second exp) and Σ p·(S − m) for the entropy."""
@@ -228,7 +237,8 @@ def _reduce_chunk(ctx: CaseContext, reducers: list[Reducer], chunk: Chunk) -> No
     live = torch.isfinite(row_max)
     shift = torch.where(live, row_max, zero)
     logits = logits.sub_(shift[..., None])
-    weights = torch.softmax(logits, -1)
+    weights = workspace.take("weights", tuple(logits.shape), logits.device)
+    torch.ops.aten._softmax.out(logits, -1, False, out=weights)  # torch.softmax, into the buffer
     if str(ctx.device) != "cpu" or not bool(live.all()):
         weights.masked_fill_(~live[..., None], 0.0)  # a row with nothing to attend: NaN → 0
     if chunk.bias is not None:

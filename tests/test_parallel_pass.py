@@ -42,7 +42,7 @@ def test_threads_compute_what_one_thread_computes(name: str) -> None:
         # a small budget: many blocks of rows, so that the threads interleave
         ctx = CaseContext(Case(name, "<memory>", tensors), max_memory=1 << 18)
         ctx.wanted = None  # every reducer, the reference output and the head Gram included
-        results.append(reference_pass(ctx, workers=workers))
+        results.append(reference_pass(ctx, threads=workers))
     serial = results[0]
     assert serial.chunks > 8
     for parallel in results[1:]:
@@ -69,12 +69,12 @@ def test_the_full_plan_runs_in_threads_and_restores_the_thread_count() -> None:
         assert torch.get_num_threads() == 1
         torch.randn(64, 64) @ torch.randn(64, 64)
 
-    in_parallel(record, list(range(32)), workers=2)
+    in_parallel(record, list(range(32)), threads=2)
     assert torch.get_num_threads() == before
     assert len(seen) >= 1
     ctx = CaseContext(Case("c", "<memory>", _cases()["plain"]))
     ctx.wanted = plan_checks([], []).reads
-    assert reference_pass(ctx, workers=2).entropy.isfinite().all()
+    assert reference_pass(ctx, threads=2).entropy.isfinite().all()
     assert torch.get_num_threads() == before
 
 
@@ -84,4 +84,21 @@ def test_a_worker_error_reaches_the_caller() -> None:
             raise ValueError("task 5")
 
     with pytest.raises(ValueError, match="task 5"):
-        in_parallel(fail, list(range(10)), workers=2)
+        in_parallel(fail, list(range(10)), threads=2)
+
+
+def test_threads_beyond_the_worker_cap_go_to_torch_inside_each_worker() -> None:
+    import threading
+
+    from attndbg.stats.driver import MAX_WORKERS
+
+    seen: dict[int, int] = {}
+
+    def record(task: int) -> None:
+        seen[threading.get_ident()] = torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    in_parallel(record, list(range(64)), threads=2 * MAX_WORKERS)
+    assert torch.get_num_threads() == before
+    assert 1 <= len(seen) <= MAX_WORKERS
+    assert set(seen.values()) == {2}

@@ -51,16 +51,18 @@ def compute_stats(ctx: CaseContext) -> AttentionStats:
     return stats
 
 
-def reference_pass(ctx: CaseContext, workers: int | None = None) -> AttentionStats:
+def reference_pass(ctx: CaseContext, threads: int | None = None) -> AttentionStats:
     """Every row statistic from one sweep. On the CPU, blocks of query rows are shared among
-    ``workers`` threads (default: torch's thread count), each running torch single-threaded:
-    one thread per block keeps the element-wise passes free of a fork/join per operation and
-    does not collapse when another process takes a core, as torch's own threads do."""
+    Python threads (``threads``, default torch's thread count; see :func:`in_parallel`), each
+    running torch on its share of the threads — one each, up to ``MAX_WORKERS``: one thread
+    per block keeps the element-wise passes free of a fork/join per operation and does not
+    collapse when another process takes a core, as torch's own threads do."""
     sizes = ctx.sizes
     B, H, Lq, Lk = sizes["B"], sizes["Hq"], sizes["Lq"], sizes["Lk"]
     has_qkv = ctx.has_qkv
-    if workers is None:
-        workers = torch.get_num_threads() if str(ctx.device) == "cpu" else 1
+    if threads is None:
+        threads = torch.get_num_threads() if str(ctx.device) == "cpu" else 1
+    workers = min(threads, MAX_WORKERS)  # each holds one chunk's temporaries at a time
     heads_per_chunk, rows_per_chunk = chunk_shape(ctx, workers) if has_qkv else (H, chunk_rows(ctx))
     acc = Accumulator((B, H, Lq), ctx.device)
     acc.totals.update(
@@ -97,7 +99,7 @@ def reference_pass(ctx: CaseContext, workers: int | None = None) -> AttentionSta
                 for chunk in _chunks(ctx, batches[b], heads, rows, workspace):
                     _reduce_chunk(ctx, reducers, chunk, workspace)
 
-        in_parallel(reduce_block, blocks, workers)
+        in_parallel(reduce_block, blocks, threads)
     chunks = len(blocks) * -(-H // heads_per_chunk)
     for reducer in reducers:
         reducer.finish()
@@ -115,25 +117,32 @@ def reference_pass(ctx: CaseContext, workers: int | None = None) -> AttentionSta
     )
 
 
-def in_parallel(function: Callable[[Any], None], tasks: Sequence[Any], workers: int) -> None:
-    """``function`` on every task, by ``workers`` threads with torch single-threaded inside
-    each (restored after); in order on this thread when one worker is enough, or when a torch
-    mode is active here (a profiler, a FLOP counter, a recorder): modes are per thread, and
-    must see every operation."""
-    workers = min(workers, len(tasks))
+# Python threads beyond this share the interpreter lock for each chunk's few dozen calls more
+# than they gain; the threads past it go to torch inside each worker instead.
+MAX_WORKERS = 8
+
+
+def in_parallel(function: Callable[[Any], None], tasks: Sequence[Any], threads: int) -> None:
+    """``function`` on every task, shared among up to ``MAX_WORKERS`` Python threads that
+    split ``threads`` between them (torch single-threaded inside each while ``threads`` ≤
+    ``MAX_WORKERS``; torch's thread count restored after); in order on this thread when one
+    worker is enough, or when a torch mode is active here (a profiler, a FLOP counter, a
+    recorder): modes are per thread, and must see every operation."""
+    workers = min(threads, len(tasks), MAX_WORKERS)
     if workers <= 1 or _torch_mode_active():
         for task in tasks:
             function(task)
         return
+    per_worker = max(1, threads // workers)
 
     def run(task: Any) -> None:
         with torch.no_grad():  # grad mode is per thread too; statistics never need autograd
             function(task)
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # threads started from here on inherit it
+    torch.set_num_threads(per_worker)  # threads started from here on inherit it
     try:
-        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(per_worker,)) as pool:
             for _ in pool.map(run, tasks):  # re-raises a worker's exception here
                 pass
     finally:

@@ -327,12 +327,19 @@ class CaseContext:
     def heads(self) -> list[HeadStats]:
         """Per-head statistics over the batch, padding query rows left out; the report's table
         and the PAT checks read this."""
-        from attndbg.attention import padding_queries
         from attndbg.stats import heads_over_batch
 
+        return heads_over_batch(self.stats, self.padding_query_rows)
+
+    @cached_property
+    def padding_query_rows(self) -> torch.Tensor | None:
+        """(B or 1, Lq) bool: query rows at padding positions under the assumed mask reading
+        (:func:`attndbg.attention.padding_queries`), worked out once per case for the head
+        statistics, the duplicate-head Gram and the mask checks; None without a mask."""
+        from attndbg.attention import padding_queries
+
         keep = None if self.mask4d is None else self.keep_mask(self.mask4d)
-        padding = padding_queries(keep, self.sizes["Lq"], self.sizes["Lk"])
-        return heads_over_batch(self.stats, padding)
+        return padding_queries(keep, self.sizes["Lq"], self.sizes["Lk"])
 
     def describe_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {}

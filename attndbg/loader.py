@@ -174,14 +174,9 @@ def plan_file(
 def load_case(plan: CasePlan, handle: Any = None) -> Case:
     """One case's tensors, from ``handle`` (an open ``safe_open`` of ``plan.file``) or by
     opening the file."""
-    from safetensors import safe_open
-
+    handle = handle if handle is not None else _open(plan.file)
     try:
-        if handle is None:
-            with safe_open(str(plan.file), framework="pt") as opened:
-                tensors = {role: opened.get_tensor(key) for role, key in plan.keys.items()}
-        else:
-            tensors = {role: handle.get_tensor(key) for role, key in plan.keys.items()}
+        tensors = {role: handle.get_tensor(key) for role, key in plan.keys.items()}
     except Exception as exc:
         raise InputError(f"{plan.file}: tensor data cannot be read ({first_line(exc)})") from None
     return Case(

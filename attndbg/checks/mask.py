@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from attndbg.attention import MASKED_BIAS, padding_queries
+from attndbg.attention import MASKED_BIAS
 from attndbg.hypotheses import evidence, explained, explained_as, verdicts, weights_explained_by
 from attndbg.registry import Check, Hit
 from attndbg.report import Severity
@@ -114,7 +114,7 @@ weights = weights.masked_fill(~keep, 0.0)                    # defined zeros, Na
             return
         total = full.shape[0] * full.shape[2]
         rows = full.any(dim=1)
-        padding = padding_queries(keep_matrix(ctx), ctx.sizes["Lq"], ctx.sizes["Lk"])
+        padding = ctx.padding_query_rows
         expected = rows & padding.expand_as(rows) if padding is not None else rows & False
         unexpected = rows & ~expected
         first = [[b, i] for b, i in (unexpected if unexpected.any() else rows).nonzero()[:5].tolist()]
@@ -556,7 +556,7 @@ def mixed_fill(ctx: CaseContext, named: list[str], base: dict[str, Any]) -> Hit:
     anything; they differ only in a fully masked row, so the mix matters only where such a
     row sits at a real token (a padding query's output is discarded)."""
     full = ctx.stats.fully_masked.any(dim=1)  # (B, Lq)
-    padding = padding_queries(keep_matrix(ctx), ctx.sizes["Lq"], ctx.sizes["Lk"])
+    padding = ctx.padding_query_rows
     at_real = full & ~padding.expand_as(full) if padding is not None else full
     fills = ", ".join(named)
     evidence = {

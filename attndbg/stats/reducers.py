@@ -44,9 +44,7 @@ class NonFiniteScores(Reducer):
             chunk.low = low = torch.where(torch.isfinite(low), low, zero)
             # a row whose scores are all NaN or -inf keeps high = -inf: nothing to attend
             high = chunk.scores.amax(-1)
-            chunk.high = high = torch.where(
-                high == float("-inf"), high, torch.where(torch.isfinite(high), high, zero)
-            )
+            chunk.high = high = torch.where(torch.isfinite(high) | (high == float("-inf")), high, zero)
         self.acc.rows["absmax_raw"][chunk.at] = torch.maximum(high, -low).clamp_min(0)
 
     def finish(self) -> None:
@@ -214,13 +212,9 @@ class HeadGram(Reducer):
     def _real_rows(self) -> torch.Tensor | None:
         """(B or 1, Lq) bool, False at padding query rows (as the head table leaves them out:
         only where query i's own key is key i), or None when every row counts."""
-        from attndbg.attention import padding_queries
-
-        lq, lk = self.acc.shape[2], self.ctx.sizes["Lk"]
-        mask = self.ctx.mask4d
-        if lq != lk or mask is None:
+        if self.acc.shape[2] != self.ctx.sizes["Lk"]:
             return None
-        padding = padding_queries(self.ctx.keep_mask(mask), lq, lk)
+        padding = self.ctx.padding_query_rows
         return None if padding is None or not bool(padding.any()) else ~padding
 
     def _sampled(self, rows: slice) -> range:

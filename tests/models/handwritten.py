@@ -18,6 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import attndbg
+import attndbg.recording.recorder
+
 D_MODEL, HEADS = 32, 4
 HEAD_DIM = D_MODEL // HEADS
 
@@ -466,3 +469,14 @@ def example_input(model: Stack, batch: int = 2, length: int = 16) -> torch.Tenso
 def gemma2_softcap() -> Stack:
     """``tests/models/handwritten.py:gemma2_softcap`` for the CLI: a chain that falls back."""
     return build("gemma2")
+
+
+def capture_unchanged(model: nn.Module, x: torch.Tensor) -> attndbg.recording.recorder.Calls:
+    """``attndbg.capture`` of one forward, asserting that recording does not change what the
+    model computes (NaN included, for the broken variants)."""
+    with torch.no_grad():
+        expected = model(x)
+        with attndbg.capture(model) as calls:
+            got = model(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    return calls

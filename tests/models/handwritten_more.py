@@ -22,12 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import handwritten
 from models.handwritten import D_MODEL, HEAD_DIM, HEADS, _padding
 
 ALL_BUGS = ("no-scale", "inverted-mask", "softmax-dim-2")
 
 
-class Block(nn.Module):
+class Block(handwritten.Block):
     BUGS: tuple[str, ...] = ALL_BUGS
     MASKED = True  # the attention takes a mask
     LENGTH = 16  # tokens of the example input
@@ -35,20 +36,8 @@ class Block(nn.Module):
     OWN_INIT = False  # keeps its project's own initialisation (no widening in build)
 
     def __init__(self, bug: str | None, index: int = 0) -> None:
-        super().__init__()
-        self.bug, self.index = bug, index
-
-    @property
-    def scaled(self) -> bool:
-        return self.bug != "no-scale"
-
-    @property
-    def softmax_dim(self) -> int:
-        return -2 if self.bug == "softmax-dim-2" else -1
-
-    @property
-    def inverted(self) -> bool:
-        return self.bug == "inverted-mask"
+        super().__init__(bug)
+        self.index = index
 
 
 # huggingface/diffusers, src/diffusers/models/attention_processor.py (commit 8fadb14a):
